@@ -1,0 +1,68 @@
+"""The project's own netCDF format: a cell table written by :func:`write_netcdf`.
+
+A netCDF file keeps everything a cell table carries (values, dtypes, units, attrs) and any
+extra variables stored with it (e.g. the simulator's ground truth on dims ``effect``/``cause``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import xarray as xr
+
+from causalcrystal.cells import CellTableError
+
+ENGINE = "h5netcdf"
+
+
+def read_netcdf(path: str | os.PathLike) -> xr.Dataset:
+    """Load a netCDF cell table fully into memory (not yet validated; ``read`` validates).
+
+    Nothing is dropped or renamed, so ``read_netcdf(write_netcdf(ds, p))`` is identical to ``ds``.
+    """
+    p = Path(path)
+    src = str(p.resolve())
+    if not p.is_file():
+        raise CellTableError(f"{src}: no such file; check the path.")
+    try:
+        with xr.open_dataset(p, engine=ENGINE) as handle:
+            ds = handle.load()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CellTableError(
+            f"{src}: cannot read as netCDF/HDF5 ({type(exc).__name__}: {exc}). The file is corrupt or "
+            "not netCDF4; re-create it with causalcrystal.io.write_netcdf."
+        ) from exc
+    # Older xarray versions hand back variable-length strings as object arrays; make_cells gives
+    # fixed-width unicode, so normalise to keep round trips identical.
+    if "image" in ds.variables and ds["image"].dtype == object:
+        ds["image"] = ds["image"].astype(str)
+    # Drop the on-disk encoding (source path, chunking): it is not part of the table.
+    for var in ds.variables.values():
+        var.encoding = {}
+    ds.encoding = {}
+    return ds
+
+
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a cell table (or any dataset) to netCDF4 with h5netcdf.
+
+    Refuses to replace an existing file unless ``overwrite=True``. The file is written next to
+    ``path`` and renamed into place, so a failed write never leaves a truncated file behind.
+    """
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise CellTableError(f"{p}: file exists; pass overwrite=True to replace it.")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    try:
+        ds.to_netcdf(tmp, engine=ENGINE)
+        os.replace(tmp, p)
+    except (TypeError, ValueError) as exc:
+        raise CellTableError(
+            f"{p}: cannot write as netCDF ({exc}). netCDF attrs must be strings or numbers; "
+            "JSON-encode dicts/lists and replace None/bool before writing."
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p

@@ -1,0 +1,136 @@
+"""CSV and Parquet cell tables: one row per unit cell, one column per descriptor.
+
+Columns: ``image, sm_fraction, row, col, I14, I5, a, b, alpha, Vol, Px, Py`` and optionally
+``x, y`` (cell centre). Other columns are ignored. Units are not stored in these formats; the
+defaults of :data:`causalcrystal.cells.DEFAULT_UNITS` apply (use netCDF to keep units and attrs).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from causalcrystal.cells import DESCRIPTORS, CellTableError, make_cells
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("image", "sm_fraction", "row", "col") + DESCRIPTORS
+OPTIONAL_COLUMNS: tuple[str, ...] = ("x", "y")
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise CellTableError(f"{path}: suffix {path.suffix!r} is not a table format; use {TABLE_SUFFIXES}.")
+    return suffix[1:]
+
+
+def _where_row(kind: str, i: int) -> str:
+    # Users open CSVs in editors, so also give the line number (header is line 1).
+    return f"row {i} (0-based; line {i + 2} of the file)" if kind == "csv" else f"row {i} (0-based)"
+
+
+def _numeric(df: pd.DataFrame, column: str, kind: str, src: str) -> np.ndarray:
+    """A column as float64; a value that is present but not a number is an error, not NaN."""
+    raw = df[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna().to_numpy() & raw.notna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise CellTableError(
+            f"{src}: column {column!r} has a non-numeric value {raw.iloc[i]!r} at {_where_row(kind, i)} "
+            f"({int(bad.sum())} such values in total). Fix or blank those entries (blank = NaN)."
+        )
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _integer(df: pd.DataFrame, column: str, kind: str, src: str) -> np.ndarray:
+    values = _numeric(df, column, kind, src)
+    bad = ~np.isfinite(values) | (values != np.rint(values))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise CellTableError(
+            f"{src}: column {column!r} must hold integer grid indices; {_where_row(kind, i)} has "
+            f"{df[column].iloc[i]!r}."
+        )
+    return values.astype(np.int64)
+
+
+def read_table(path: str | os.PathLike) -> xr.Dataset:
+    """Read a CSV or Parquet cell table into a cell table (not yet validated).
+
+    Callers apply :func:`causalcrystal.cells.apply_nonfinite_policy` and
+    :func:`causalcrystal.cells.validate` (``causalcrystal.io.read`` does both).
+    """
+    p = Path(path)
+    src = str(p.resolve())
+    kind = _kind(p)
+    if not p.is_file():
+        raise CellTableError(f"{src}: no such file; check the path.")
+    try:
+        if kind == "csv":
+            # Image labels such as "7" or "010" must stay strings.
+            df = pd.read_csv(p, dtype={"image": str})
+        else:
+            df = pd.read_parquet(p)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise CellTableError(
+            f"{src}: cannot read as {kind.upper()} ({type(exc).__name__}: {exc}). The file is corrupt or "
+            f"not {kind.upper()}; re-export it."
+        ) from exc
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise CellTableError(
+            f"{src}: missing column(s) {missing}; the file has {list(map(str, df.columns))}. A cell table "
+            f"needs {list(REQUIRED_COLUMNS)} (optional {list(OPTIONAL_COLUMNS)})."
+        )
+    if df["image"].isna().any():
+        i = int(np.flatnonzero(df["image"].isna().to_numpy())[0])
+        raise CellTableError(f"{src}: column 'image' is empty at {_where_row(kind, i)}; label every cell.")
+
+    columns = {name: _numeric(df, name, kind, src) for name in DESCRIPTORS}
+    xy = {c: (_numeric(df, c, kind, src) if c in df.columns else None) for c in OPTIONAL_COLUMNS}
+    return make_cells(
+        columns,
+        image=df["image"].astype(str).to_numpy(dtype=object),
+        sm_fraction=_numeric(df, "sm_fraction", kind, src),
+        row=_integer(df, "row", kind, src),
+        col=_integer(df, "col", kind, src),
+        x=xy["x"],
+        y=xy["y"],
+        source=src,
+    )
+
+
+def to_frame(ds: xr.Dataset) -> pd.DataFrame:
+    """The cell table as a flat DataFrame in the CSV/Parquet column order."""
+    data = {"image": ds["image"].values.astype(str)}
+    for name in ("sm_fraction", "row", "col") + DESCRIPTORS + OPTIONAL_COLUMNS:
+        data[name] = ds[name].values
+    return pd.DataFrame(data)
+
+
+def write_table(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a cell table as CSV or Parquet (by suffix); refuses to replace a file unless
+    ``overwrite=True``. Units and attrs are not kept (use netCDF for that)."""
+    p = Path(path)
+    kind = _kind(p)
+    if p.exists() and not overwrite:
+        raise CellTableError(f"{p}: file exists; pass overwrite=True to replace it.")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    df = to_frame(ds)
+    tmp = p.with_name(f".{p.name}.tmp")
+    # Write next to the target and rename, so a failed write never leaves a half file at `path`.
+    try:
+        if kind == "csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
