@@ -1,0 +1,136 @@
+"""The ``causalcrystal`` command: a thin layer over the Python API.
+
+Every verb calls public functions of the package; nothing here is unavailable to a notebook user.
+Heavy modules are imported inside the verbs so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0,0.07,0.1, got {text!r}")
+
+
+def _cmd_simulate(args) -> int:
+    from causalcrystal.io import write_netcdf
+    from causalcrystal.simulate import simulate
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        print(f"error: {out} exists; pass --overwrite to replace it.", file=sys.stderr)
+        return 2
+    ds = simulate(
+        args.compositions,
+        shape=tuple(args.shape),
+        images_per_composition=args.images_per_composition,
+        seed=args.seed,
+        noise=args.noise,
+        n_walls=args.walls,
+        nonfinite_fraction=args.nonfinite_fraction,
+        outlier_fraction=args.outlier_fraction,
+    )
+    write_netcdf(ds, out, overwrite=args.overwrite)
+    n_img = len(set(ds["image"].values.tolist()))
+    print(f"wrote {out}: {n_img} image(s), {ds.sizes['cell']} cells, ground truth included (seed {args.seed})")
+    return 0
+
+
+def inspect_text(cells) -> str:
+    """Human-readable summary of a cell table: images, compositions, cells, non-finite counts, ranges."""
+    import json
+
+    import numpy as np
+
+    from causalcrystal.cells import DESCRIPTORS, images, nonfinite_counts
+
+    lines = []
+    table = images(cells)
+    lines.append(f"source: {cells.attrs.get('source', '')}")
+    lines.append(f"{table.sizes['image']} image(s), {cells.sizes['cell']} cells")
+    lines.append(f"{'image':<16}{'Sm fraction':>12}{'cells':>8}{'grid':>10}  source")
+    for k, lab in enumerate(table["image"].values):
+        grid = f"{int(table['n_rows'][k])}x{int(table['n_cols'][k])}"
+        lines.append(f"{lab:<16}{float(table['sm_fraction'][k]):>12.3f}{int(table['n_cells'][k]):>8}{grid:>10}  "
+                     f"{table['source'].values[k]}")
+    bad = nonfinite_counts(cells)
+    dropped = json.loads(cells.attrs.get("nonfinite_dropped", "{}") or "{}")
+    lines.append("non-finite values: " + ("none" if not bad else ""))
+    for lab, per in bad.items():
+        lines.append(f"  {lab}: " + ", ".join(f"{v}={c}" for v, c in per.items()))
+    if dropped:
+        lines.append("cells dropped by the reader's non-finite policy:")
+        for lab, per in dropped.items():
+            lines.append(f"  {lab}: " + ", ".join(f"{v}={c}" for v, c in per.items()))
+    lines.append(f"{'descriptor':<10}{'units':>12}{'min':>12}{'median':>12}{'max':>12}")
+    for v in DESCRIPTORS:
+        vals = cells[v].values
+        fin = vals[np.isfinite(vals)]
+        lo, med, hi = (np.min(fin), np.median(fin), np.max(fin)) if fin.size else (np.nan,) * 3
+        lines.append(f"{v:<10}{cells[v].attrs.get('units', ''):>12}{lo:>12.4g}{med:>12.4g}{hi:>12.4g}")
+    if "true_B" in cells:
+        lines.append("ground truth: present (simulated data; true_B, true_order, lgd_params)")
+    return "\n".join(lines)
+
+
+def _cmd_inspect(args) -> int:
+    from causalcrystal.io import read
+
+    cells = read(args.inputs, nonfinite="keep", xy_order=args.xy_order)
+    print(inspect_text(cells))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="causalcrystal",
+        description="Bayesian causal structure of crystalline solids imaged atom by atom.",
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("simulate", help="simulate an LGD composition series with ground truth",
+                       description="Simulate Sm-BFO films (LGD model, known causal truth) into a netCDF file.")
+    p.add_argument("--out", required=True, help="output netCDF file (.nc)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data; default 0)")
+    p.add_argument("--compositions", type=_floats, default=[0.0, 0.07, 0.10, 0.13, 0.20],
+                   help="comma-separated Sm fractions (default 0,0.07,0.1,0.13,0.2)")
+    p.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), default=[64, 64],
+                   help="unit cells per image (default 64 64)")
+    p.add_argument("--images-per-composition", type=int, default=1, help="replicate images per composition")
+    p.add_argument("--noise", choices=["laplace", "uniform"], default="laplace", help="exogenous noise family")
+    p.add_argument("--walls", type=int, default=1, help="180-degree domain walls per image (default 1)")
+    p.add_argument("--nonfinite-fraction", type=float, default=0.0, help="share of cells given a NaN/inf value")
+    p.add_argument("--outlier-fraction", type=float, default=0.0, help="share of cells given an outlier")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("inspect", help="summarise input files (images, compositions, cells, ranges)",
+                       description="Summarise inputs: images, Sm fractions, cells, non-finite counts, ranges.")
+    p.add_argument("inputs", nargs="+", help="Sm-BFO .h5 files or folders, .csv, .parquet or .nc")
+    p.add_argument("--xy-order", choices=["xy", "yx"], default="xy",
+                   help="row order of xy_COM in Sm-BFO .h5 files (default xy: row 0 is x)")
+    p.set_defaults(func=_cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``causalcrystal`` console script."""
+    args = build_parser().parse_args(argv)
+    from causalcrystal.cells import CellTableError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CellTableError, ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The command line: simulate writes a file (never over an existing one), inspect summarises it."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import causalcrystal as cc
+from causalcrystal.cli import build_parser, main
+
+
+def test_simulate_then_inspect(tmp_path, capsys):
+    out = tmp_path / "sim.nc"
+    rc = main(["simulate", "--out", str(out), "--seed", "3", "--compositions", "0,0.2", "--shape", "12", "10",
+               "--nonfinite-fraction", "0.05"])
+    assert rc == 0 and out.exists()
+    ds = cc.read(out, nonfinite="keep")
+    assert sorted(set(ds["image"].values.tolist())) == ["Sm_0_0", "Sm_20_0"]
+    assert ds.sizes["cell"] == 2 * 12 * 10
+    assert "true_B" in ds
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Sm_20_0" in text and "0.200" in text and "ground truth: present" in text
+    n_bad = int((~np.isfinite(np.stack([ds[v].values for v in cc.DESCRIPTORS]))).sum())
+    assert n_bad == 12
+    # per-image, per-variable non-finite counts are printed and add up
+    counts = [int(part.split("=")[1]) for line in text.splitlines() if line.startswith("  Sm_")
+              for part in line.split(": ", 1)[1].split(", ")]
+    assert sum(counts) == n_bad
+
+
+def test_simulate_never_overwrites_without_flag(tmp_path, capsys):
+    out = tmp_path / "sim.nc"
+    out.write_text("user data")
+    assert main(["simulate", "--out", str(out), "--shape", "4", "4"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_text() == "user data"
+    assert main(["simulate", "--out", str(out), "--shape", "4", "4", "--overwrite"]) == 0
+
+
+def test_inspect_bad_input_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "nope.csv"
+    bad.write_text("image,row\nA,1\n")
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "nope.csv" in err
+
+
+@pytest.mark.parametrize("verb", ["simulate", "inspect"])
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([verb, "--help"])
+    assert exc.value.code == 0
+    assert verb in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "causalcrystal.cli", "--help"], capture_output=True, text=True,
+                         check=True)
+    assert "simulate" in out.stdout and "inspect" in out.stdout
