@@ -8,6 +8,8 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
+# No exported name may equal a submodule's name: importing the submodule would set the package
+# attribute to the module and shadow the function (hence simulator.py exporting simulate).
 _EXPORTS = {
     "DESCRIPTORS": "causalcrystal.cells",
     "CellTableError": "causalcrystal.cells",
@@ -17,7 +19,7 @@ _EXPORTS = {
     "read": "causalcrystal.io",
     "write_netcdf": "causalcrystal.io",
     "descriptors_from_atoms": "causalcrystal.atoms",
-    "simulate": "causalcrystal.simulate",
+    "simulate": "causalcrystal.simulator",
     "LGDParams": "causalcrystal.lgd",
     "make_tiles": "causalcrystal.tiling",
     "tile_cells": "causalcrystal.tiling",
@@ -28,5 +30,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # cache: later look-ups skip __getattr__
+        return value
     raise AttributeError(f"module 'causalcrystal' has no attribute {name!r}")

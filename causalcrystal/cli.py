@@ -20,7 +20,7 @@ def _floats(text: str) -> list[float]:
 
 def _cmd_simulate(args) -> int:
     from causalcrystal.io import write_netcdf
-    from causalcrystal.simulate import simulate
+    from causalcrystal.simulator import simulate
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:

@@ -1,6 +1,6 @@
 """The Landau-Ginzburg-Devonshire (LGD) physics, in one place.
 
-Both the simulator (:mod:`causalcrystal.simulate`) and the concentration model use these
+Both the simulator (:mod:`causalcrystal.simulator`) and the concentration model use these
 functions, so the data we test on and the model we fit share one set of equations. Equation
 numbers refer to Barakati et al., APL Mach. Learn. 3, 036117 (2025) ("the paper").
 

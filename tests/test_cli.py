@@ -60,3 +60,12 @@ def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "causalcrystal.cli", "--help"], capture_output=True, text=True,
                          check=True)
     assert "simulate" in out.stdout and "inspect" in out.stdout
+
+
+def test_api_names_are_functions_even_after_submodule_imports():
+    import importlib
+
+    for mod in ("causalcrystal.simulator", "causalcrystal.io", "causalcrystal.tiling", "causalcrystal.cells"):
+        importlib.import_module(mod)
+    for name in cc.__all__:
+        assert not isinstance(getattr(cc, name), type(sys)), name

@@ -9,7 +9,7 @@ from scipy import stats
 import causalcrystal as cc
 from causalcrystal import lgd
 from causalcrystal.cells import DESCRIPTORS
-from causalcrystal.simulate import TRUE_ORDER, simulate
+from causalcrystal.simulator import TRUE_ORDER, simulate
 
 IX = {v: k for k, v in enumerate(DESCRIPTORS)}
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from causalcrystal.simulate import simulate
+from causalcrystal.simulator import simulate
 from causalcrystal.tiling import SmallTileWarning, make_tiles, tile_cells, tile_members
 
 

@@ -56,7 +56,11 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = F
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")
     try:
-        ds.to_netcdf(tmp, engine=ENGINE)
+        # Light gzip on numeric variables: simulated truth (cell x 8 x 8, mostly zeros) shrinks ~5x
+        # for a small write-time cost; values are stored exactly.
+        encoding = {name: {"zlib": True, "complevel": 1} for name, var in ds.variables.items()
+                    if var.dtype.kind in "fiub" and var.ndim > 0}
+        ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
         os.replace(tmp, p)
     except (TypeError, ValueError) as exc:
         raise CellTableError(

@@ -140,7 +140,7 @@ def _one_image(y: float, label: str, shape: tuple[int, int], p: lgd.LGDParams, r
     ds = make_cells(
         {v: z[:, _IX[v]] for v in DESCRIPTORS},
         image=label, sm_fraction=y, row=row, col=col,
-        x=col * p.a_ref, y=row * p.b_ref, units=UNITS, source="causalcrystal.simulate",
+        x=col * p.a_ref, y=row * p.b_ref, units=UNITS, source="causalcrystal.simulator",
     )
     ds["true_B"] = (("cell", "effect", "cause"), B)
     ds["true_intercept"] = (("cell", "effect"), c)
@@ -237,7 +237,7 @@ def simulate(
     walls = {k: v for part in parts for k, v in json.loads(part.attrs["walls"]).items()}
     interfaces = {k: v for part in parts for k, v in json.loads(part.attrs["interface_row"]).items()}
     truth_vars = [v for v in parts[0].data_vars if v.startswith("true_")]
-    table = concat([part[list(DESCRIPTORS)] for part in parts], source="causalcrystal.simulate")
+    table = concat([part[list(DESCRIPTORS)] for part in parts], source="causalcrystal.simulator")
     for v in truth_vars:
         table[v] = xr.concat([part[v] for part in parts], dim="cell")
     table = table.assign_coords(effect=list(DESCRIPTORS), cause=list(DESCRIPTORS))
