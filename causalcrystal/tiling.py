@@ -119,3 +119,29 @@ def tile_members(tiles: xr.Dataset, k: int) -> np.ndarray:
 def tile_cells(cells: xr.Dataset, tiles: xr.Dataset, k: int) -> xr.Dataset:
     """The sub-table of the cells in tile ``k``."""
     return cells.isel(cell=tile_members(tiles, k))
+
+
+def image_tiles(cells: xr.Dataset) -> xr.Dataset:
+    """A "tiling" with one tile per whole image, so image-level analyses reuse the tile machinery.
+
+    Same layout as :func:`make_tiles` (``size`` is the larger grid side, ``attrs['whole_image'] = 1``).
+    """
+    validate(cells, allow_nonfinite=True)
+    img = cells["image"].values.astype(str)
+    labels = list(dict.fromkeys(img.tolist()))
+    members = [np.flatnonzero(img == lab) for lab in labels]
+    recs = []
+    for lab, m in zip(labels, members):
+        r, c = cells["row"].values[m], cells["col"].values[m]
+        h, w = int(np.ptp(r)) + 1, int(np.ptp(c)) + 1
+        recs.append({"image": lab, "row0": int(r.min()), "col0": int(c.min()), "height": h, "width": w,
+                     "n_cells": int(m.size), "size": max(h, w)})
+    padded = np.full((len(members), max(m.size for m in members)), -1, dtype=np.int64)
+    for k, m in enumerate(members):
+        padded[k, : m.size] = m
+    coords = {key: ("tile", np.array([rec[key] for rec in recs])) for key in recs[0]}
+    coords["image"] = ("tile", np.array(labels, dtype=str))
+    coords["tile"] = np.arange(len(recs))
+    return xr.Dataset({"members": (("tile", "member"), padded)}, coords=coords,
+                      attrs={"size": 0, "stride": 0, "min_cells": 1, "partition": 1, "whole_image": 1,
+                             "dropped_tiles": "[]"})

@@ -71,3 +71,12 @@ def test_bad_tiling_arguments(cells):
         make_tiles(cells, 1)
     with pytest.raises(ValueError, match="no tile"), pytest.warns(SmallTileWarning):
         make_tiles(cells, 16, min_cells=10_000)
+
+
+def test_image_tiles_are_whole_images(cells):
+    from causalcrystal.tiling import image_tiles
+
+    t = image_tiles(cells)
+    assert list(t["image"].values) == ["Sm_0_0", "Sm_10_0"]
+    assert (_coverage(cells, t) == 1).all()
+    assert (t["n_cells"].values == 37 * 50).all()
