@@ -105,16 +105,18 @@ def forbidden_into(exogenous_idx, n_vars: int) -> np.ndarray:
     return out
 
 
-def dag_prior(order, weights: np.ndarray, forbidden: np.ndarray | None = None) -> DagPrior:
-    """Build the prior of one tile from a causal order, a weight matrix ``[effect, cause]`` and an
-    optional ``[effect, cause]`` mask of forbidden edges."""
+def dag_prior(order, weights: np.ndarray, forbidden: np.ndarray | None = None, floor: float = 0.02) -> DagPrior:
+    """Build the prior of one tile from a causal order, a weight matrix ``[effect, cause]`` (e.g.
+    bootstrap probabilities; clipped to ``[floor, 1 - floor]``) and an optional ``[effect, cause]``
+    mask of forbidden edges."""
     order = np.asarray(order, dtype=np.int64)
     n = len(order)
     if sorted(order.tolist()) != list(range(n)):
         raise ValueError(f"causal order {order.tolist()} is not a permutation of 0..{n - 1}.")
     i, j = lower_pairs(n)
     mask = None if forbidden is None else ~np.asarray(forbidden, dtype=bool)[order[i], order[j]]
-    return DagPrior(order=order, w=np.asarray(weights, dtype=float)[order[i], order[j]], mask=mask)
+    w = np.clip(np.asarray(weights, dtype=float)[order[i], order[j]], floor, 1.0 - floor)
+    return DagPrior(order=order, w=w, mask=mask)
 
 
 def to_descriptor_matrix(values_lower: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -1,0 +1,130 @@
+"""The whole run: files and their contracts, resume, Dask, refusal to overwrite, bad inputs.
+
+This holds the default suite's real end-to-end NUTS run (small settings)."""
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from causalcrystal.cells import DESCRIPTORS
+from causalcrystal.cli import main
+from causalcrystal.engine import RunExistsError, run_pipeline
+from causalcrystal.sem import load_spec
+from causalcrystal.simulator import simulate
+
+FAST = load_spec("laplace").with_(draws=200, tune=200)
+KW = dict(tile_size=12, stride=6, n_bootstrap=5, image_bootstrap=10, spec=FAST, seed=3, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return simulate((0.0, 0.2), shape=(18, 18), seed=8)
+
+
+@pytest.fixture(scope="module")
+def full_run(cells, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "full"
+    res = run_pipeline(cells, out, **KW)
+    return out, res
+
+
+def test_outputs_follow_the_contract(full_run):
+    out, res = full_run
+    assert res["finished"] and res["n_tiles"] == 8  # 2 images x (2 x 2) windows
+    idata = az.from_netcdf(out / "posterior.nc")
+    B = idata.posterior["B"]
+    assert B.dims == ("chain", "draw", "tile", "effect", "cause")
+    assert list(B["effect"].values) == list(DESCRIPTORS) == list(B["cause"].values)
+    for c in ("image", "row0", "col0"):
+        assert c in B.coords
+    assert idata.posterior.attrs["standardize"] == "image"
+    assert "z" in idata.log_likelihood and "diverging" in idata.sample_stats
+    # B is zero on every coefficient the tile's causal order (and exogeneity) forbids
+    never = (B == 0).all(("chain", "draw")).values
+    assert never[:, [0, 1], :].all()  # nothing into I14 / I5
+    assert (never.sum(axis=(1, 2)) >= 64 - 28).all()
+    disc = xr.load_dataset(out / "discovery.nc")
+    assert disc["probability"].dims == ("tile", "effect", "cause")
+    per_image = xr.load_dataset(out / "discovery.nc", group="images")
+    assert list(per_image["image"].values) == ["Sm_0_0", "Sm_20_0"]
+    assert int(per_image.attrs["n_bootstrap"]) == 10
+    s = pd.read_csv(out / "summary.csv")
+    cols = ["tile", "image", "row0", "col0", "effect", "cause", "mean", "sd", "hdi_5%", "hdi_95%", "inclusion_prob",
+            "lingam_prob", "r_hat", "ess_bulk", "divergences"]
+    assert cols == list(s.columns[: len(cols)])
+    assert (s["hdi_5%"] <= s["mean"]).all() and (s["mean"] <= s["hdi_95%"]).all()
+    # summary means equal the posterior's
+    row = s.iloc[0]
+    m = float(B.sel(tile=row["tile"], effect=row["effect"], cause=row["cause"]).mean())
+    assert m == pytest.approx(row["mean"], rel=1e-5, abs=1e-7)
+    # the loglik of each tile has one column per cell in the tile (the rest NaN padding)
+    n_cells = idata.posterior["n_cells"].values
+    finite = np.isfinite(idata.log_likelihood["z"].values[0, 0])
+    np.testing.assert_array_equal(finite.sum(axis=1), n_cells)
+
+
+def test_resume_gives_the_same_numbers(cells, full_run, tmp_path):
+    out_full, _ = full_run
+    out = tmp_path / "resumed"
+    first = run_pipeline(cells, out, stop_after=3, **KW)
+    assert not first["finished"] and first["sampled"] == 3
+    assert not (out / "posterior.nc").exists()
+    second = run_pipeline(cells, out, **KW)
+    assert second["finished"] and second["reused"] == 3 and second["sampled"] == 5
+    a = az.from_netcdf(out_full / "posterior.nc").posterior["B"].values
+    b = az.from_netcdf(out / "posterior.nc").posterior["B"].values
+    np.testing.assert_array_equal(a, b)
+
+
+def test_never_overwrites_without_flag(cells, full_run, tmp_path):
+    out, _ = full_run
+    before = (out / "summary.csv").read_bytes()
+    with pytest.raises(RunExistsError, match="--overwrite"):
+        run_pipeline(cells, out, **KW)
+    assert (out / "summary.csv").read_bytes() == before
+    # a partial run with other settings is refused too
+    part = tmp_path / "part"
+    run_pipeline(cells, part, stop_after=1, **KW)
+    with pytest.raises(RunExistsError, match="other settings"):
+        run_pipeline(cells, part, **{**KW, "seed": 4})
+    # the user's own files in the folder survive --overwrite
+    (part / "notes.txt").write_text("mine")
+    run_pipeline(cells, part, stop_after=1, overwrite=True, **{**KW, "seed": 4})
+    assert (part / "notes.txt").read_text() == "mine"
+
+
+def test_dask_local_cluster_matches_inline(cells, full_run, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    out_full, _ = full_run
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc:
+        res = run_pipeline(cells, tmp_path / "dask", scheduler=lc.scheduler_address,
+                           **{k: v for k, v in KW.items() if k != "workers"})
+    assert res["finished"]
+    a = az.from_netcdf(out_full / "posterior.nc").posterior["B"].values
+    b = az.from_netcdf(tmp_path / "dask" / "posterior.nc").posterior["B"].values
+    np.testing.assert_array_equal(a, b)
+
+
+def test_tiles_that_cannot_be_fitted_are_skipped_with_a_message(tmp_path):
+    cells = simulate((0.1,), shape=(18, 18), seed=2)
+    # hollow out one corner so its tile has too few cells for LiNGAM, but keep it above min_cells
+    keep = ~((cells["row"].values < 12) & (cells["col"].values < 12) & (cells["row"].values % 6 != 0))
+    holey = cells.isel(cell=np.flatnonzero(keep))
+    with pytest.warns(UserWarning, match="not fitted|too few"):
+        res = run_pipeline(holey, tmp_path / "holey", **{**KW, "min_cells": 20})
+    assert res["finished"] and res["n_tiles"] < 4
+    s = pd.read_csv(tmp_path / "holey" / "summary.csv")
+    assert 0 not in set(s["tile"])
+
+
+def test_cli_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--compositions", "0,0.2", "--shape", "16", "16", "--tile-size", "12",
+               "--bootstrap", "5", "--image-bootstrap", "10", "--draws", "200", "--tune", "200", "--workers", "1",
+               "--quiet"])
+    assert rc == 0
+    assert {"discovery.nc", "posterior.nc", "summary.csv", "manifest.json"} <= {p.name for p in out.iterdir()}
+    assert main(["demo", "--out", str(out), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
