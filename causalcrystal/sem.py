@@ -132,36 +132,31 @@ def load_spec(name_or_path: str | Path = "laplace") -> ModelSpec:
 # noise densities: one pytensor version (inside the model) and one numpy version (pointwise LL)
 
 
+def _noise_logp(e, sigma, shape, noise, xp, gammaln):
+    """One formula for both array libraries: ``xp`` is numpy or pytensor.tensor."""
+    x = e / sigma
+    if noise == "laplace":
+        return -xp.log(2.0 * sigma) - xp.abs(x)
+    if noise == "normal":
+        return -0.5 * np.log(2.0 * np.pi) - xp.log(sigma) - 0.5 * x**2
+    if noise == "studentt":
+        nu = shape
+        return (gammaln((nu + 1) / 2) - gammaln(nu / 2) - 0.5 * xp.log(nu * np.pi) - xp.log(sigma)
+                - (nu + 1) / 2 * xp.log1p(x**2 / nu))
+    # generalised normal, shape p: p / (2 sigma Gamma(1/p)) exp(-|x|^p)
+    p = shape
+    return xp.log(p) - xp.log(2.0 * sigma) - gammaln(1.0 / p) - xp.abs(x) ** p
+
+
 def _noise_logp_pt(e, sigma, shape, noise):
     import pytensor.tensor as pt
 
-    x = e / sigma
-    if noise == "laplace":
-        return -pt.log(2.0 * sigma) - pt.abs(x)
-    if noise == "normal":
-        return -0.5 * pt.log(2.0 * np.pi) - pt.log(sigma) - 0.5 * x**2
-    if noise == "studentt":
-        nu = shape
-        return (pt.gammaln((nu + 1) / 2) - pt.gammaln(nu / 2) - 0.5 * pt.log(nu * np.pi) - pt.log(sigma)
-                - (nu + 1) / 2 * pt.log1p(x**2 / nu))
-    # generalised normal, shape p: p / (2 sigma Gamma(1/p)) exp(-|x|^p)
-    p = shape
-    return pt.log(p) - pt.log(2.0 * sigma) - pt.gammaln(1.0 / p) - pt.abs(x) ** p
+    return _noise_logp(e, sigma, shape, noise, pt, pt.gammaln)
 
 
 def noise_logp(e: np.ndarray, sigma: np.ndarray, shape: np.ndarray | None, noise: str) -> np.ndarray:
-    """Elementwise noise log-density in numpy (same formulas as inside the model)."""
-    x = e / sigma
-    if noise == "laplace":
-        return -np.log(2.0 * sigma) - np.abs(x)
-    if noise == "normal":
-        return -0.5 * np.log(2.0 * np.pi) - np.log(sigma) - 0.5 * x**2
-    if noise == "studentt":
-        nu = shape
-        return (special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
-                - np.log(sigma) - (nu + 1) / 2 * np.log1p(x**2 / nu))
-    p = shape
-    return np.log(p) - np.log(2.0 * sigma) - special.gammaln(1.0 / p) - np.abs(x) ** p
+    """Elementwise noise log-density in numpy (the same formula as inside the model)."""
+    return _noise_logp(e, sigma, shape, noise, np, special.gammaln)
 
 
 # ---------------------------------------------------------------------------------------------
