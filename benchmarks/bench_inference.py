@@ -82,7 +82,7 @@ def bench_lingam(Xs):
 
 def bench_memory(cells, tiles, Xs):
     """Peak traced memory of assembling a posterior of T tiles (draws reused across tiles)."""
-    from causalcrystal.engine import assemble, tile_priors
+    from causalcrystal.engine import assemble
     from causalcrystal.priors import dag_prior
     from causalcrystal.sem import load_spec, sample_tile
 

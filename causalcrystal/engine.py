@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 

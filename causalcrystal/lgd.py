@@ -42,7 +42,7 @@ slightly different convention for ``Q_ij`` than Hlinka's (hence ``Q11 < 0``).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 
 import numpy as np

@@ -211,7 +211,6 @@ def compiled_model(spec: ModelSpec, n_vars: int = 8):
     return _COMPILED[key]
 
 
-PARAM_NAMES = ("beta", "c", "sigma", "nu", "shape")
 
 
 def _run_nuts(cm, Zc, prior: DagPrior, sp: SamplerSpec, draws: int, seed: int):

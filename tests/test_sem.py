@@ -1,6 +1,5 @@
 """The per-tile Bayesian SEM: recovery of known coefficients, calibration, direction, noise models."""
 
-import warnings
 
 import arviz as az
 import numpy as np
