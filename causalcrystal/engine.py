@@ -302,8 +302,9 @@ def assemble(cells, tiles, disc, priors, done, tile_dir: Path, spec: ModelSpec, 
     loglik = xr.Dataset({"z": (("chain", "draw", "tile", "member"), ll)},
                         coords={"chain": np.arange(C), "draw": np.arange(D), "tile": np.asarray(done),
                                 "member": np.arange(width)})
+    diverging = stack("diverging", bool)
     stats = xr.Dataset(
-        {"diverging": (("chain", "draw", "tile"), stack("diverging", bool)),
+        {"diverging": (("chain", "draw", "tile"), diverging),
          "tree_depth": (("chain", "draw", "tile"), stack("tree_depth", np.int64)),
          "step_size": (("chain", "draw", "tile"), stack("step_size", np.float64))},
         coords={"chain": np.arange(C), "draw": np.arange(D), "tile": np.asarray(done)},
@@ -315,7 +316,7 @@ def assemble(cells, tiles, disc, priors, done, tile_dir: Path, spec: ModelSpec, 
     mean, sd = flat.mean(0), flat.std(0, ddof=1)
     lo, hi = _hdi(flat, 0.9)
     pincl = incl.reshape(C * D, T, n_var, n_var).mean(0)
-    div = stack("diverging", bool).sum(axis=(0, 1))
+    div = diverging.sum(axis=(0, 1))
     rows = []
     for t, k in enumerate(done):
         allowed = priors[k].allowed

@@ -279,7 +279,7 @@ def sample_tile(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: int) -> d
         out["nu"] = post["nu"].values
     if "shape" in post:
         out["shape"] = post["shape"].values[..., inv]
-    out["loglik"] = pointwise_loglik(X, out["B"], out["c"], out["sigma"], _shape_param(out, X.shape[1]),
+    out["loglik"] = pointwise_loglik(X, out["B"], out["c"], out["sigma"], _shape_param(out),
                                      spec.noise).astype(np.float32)
     stats = idata.sample_stats
     out["diverging"] = stats["diverging"].values.astype(bool)
@@ -300,7 +300,7 @@ def sample_tile(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: int) -> d
     return out
 
 
-def _shape_param(draws: dict, n_vars: int):
+def _shape_param(draws: dict):
     if "nu" in draws:
         return draws["nu"][..., None, None]
     if "shape" in draws:

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import eq1_chain
 import xarray as xr
 
 from causalcrystal.cells import DESCRIPTORS, CellTableError
@@ -33,12 +34,7 @@ IX = DESCRIPTORS.index
 
 @pytest.fixture(scope="module")
 def chain():
-    rng = np.random.default_rng(11)
-    n = 2000
-    z0 = rng.uniform(-1, 1, n)
-    z1 = 3.0 * z0 + rng.uniform(-1, 1, n)
-    z2 = -6.0 * z1 + rng.uniform(-1, 1, n)
-    return np.column_stack([z0, z1, z2])
+    return eq1_chain(2000, seed=11)
 
 
 def _ols(y, X):

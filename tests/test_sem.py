@@ -4,6 +4,7 @@
 import arviz as az
 import numpy as np
 import pytest
+from conftest import eq1_chain
 from scipy import stats
 
 from causalcrystal.cells import DESCRIPTORS
@@ -24,12 +25,7 @@ def _interval(B, i, j, prob=0.9):
 
 def test_paper_toy_chain_eq1():
     """z1 = 3 z0 + e1, z2 = -6 z1 + e2, e ~ U(-1, 1): LiNGAM finds the chain, 90 % intervals cover 3, -6."""
-    rng = np.random.default_rng(0)
-    n = 500
-    z0 = rng.uniform(-1, 1, n)
-    z1 = 3 * z0 + rng.uniform(-1, 1, n)
-    z2 = -6 * z1 + rng.uniform(-1, 1, n)
-    X = np.column_stack([z0, z1, z2])
+    X = eq1_chain(500, seed=0)
     boot = bootstrap_lingam(X, 20, exogenous=None, seed=1)
     assert list(boot["order"]) == [0, 1, 2]
     assert boot["probability"][1, 0] >= 0.95 and boot["probability"][2, 1] >= 0.95
