@@ -105,6 +105,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=["nutpie", "pymc"], default=None, help="NUTS implementation")
     p.add_argument("--draws", type=int, default=None, help="kept draws per chain")
     p.add_argument("--tune", type=int, default=None, help="tuning draws per chain")
+    p.add_argument("--thin", type=int, default=None, help="run draws x thin per chain, keep every thin-th")
     p.add_argument("--chains", type=int, default=None, help="chains per tile")
     p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same numbers)")
     p.add_argument("--workers", type=int, default=None,
@@ -119,7 +120,7 @@ def _run(cells, args) -> int:
     from causalcrystal.sem import load_spec
 
     spec = load_spec(args.model).with_(noise=args.noise, name=args.sampler, draws=args.draws, tune=args.tune,
-                                       chains=args.chains)
+                                       thin=args.thin, chains=args.chains)
     exo = [] if args.exogenous.strip().lower() in ("", "none") else [v.strip() for v in args.exogenous.split(",")]
     res = run_pipeline(cells, args.out, tile_size=args.tile_size, stride=args.stride, min_cells=args.min_cells,
                        n_bootstrap=args.bootstrap, image_bootstrap=args.image_bootstrap, exogenous=exo,

@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from causalcrystal import __version__
 from causalcrystal.cells import DESCRIPTORS, validate
 from causalcrystal.executor import Progress, get_executor
 from causalcrystal.priors import DagPrior, dag_prior, forbidden_into, inclusion_weights
-from causalcrystal.sem import ModelSpec, load_spec
+from causalcrystal.sem import RHAT_MAX, ModelSpec, load_spec
 from causalcrystal.tiling import image_tiles, make_tiles, tile_members
 
 OUTPUTS = ("discovery.nc", "posterior.nc", "summary.csv", "manifest.json", "tiles")
@@ -158,7 +159,8 @@ def run_pipeline(
     """Discovery, priors and per-tile posteriors for a cell table; write the outputs to ``out_dir``.
 
     ``stop_after`` samples at most that many new tiles and returns (a partial, resumable run).
-    Returns a dict with the output paths and counts (``sampled``, ``reused``, ``flagged``).
+    Returns a dict with the output paths, counts (``sampled``, ``reused``, ``flagged``) and the
+    seconds spent in each phase of this call (``timings``: discovery, sampling, writing).
     """
     from causalcrystal import discovery
 
@@ -173,6 +175,8 @@ def run_pipeline(
     _prepare_out(out_dir, {"settings": settings, "causalcrystal": __version__}, overwrite)
 
     tiles = make_tiles(cells, tile_size, stride, min_cells)
+    timings = {"discovery": 0.0, "sampling": 0.0, "writing": 0.0}  # seconds, this call only
+    clock = time.perf_counter()
     dpath = out_dir / "discovery.nc"
     if dpath.exists():
         disc = xr.load_dataset(dpath, engine="h5netcdf")
@@ -195,6 +199,7 @@ def run_pipeline(
         disc_images.to_netcdf(tmp, engine="h5netcdf", group="images", mode="a")
         os.replace(tmp, dpath)
 
+    timings["discovery"] = time.perf_counter() - clock
     std_cells = discovery.standardize(cells, standardize)
     priors = tile_priors(disc, disc_images, spec, exogenous=list(exogenous or []))
     tile_dir = out_dir / "tiles"
@@ -216,6 +221,7 @@ def run_pipeline(
             X = discovery.tile_matrix(std_cells, tile_members(tiles, k), standardize)
             yield TileTask(k, X, priors[k], spec, tile_seed(seed, k))
 
+    clock = time.perf_counter()
     if todo:
         executor = get_executor(scheduler, workers)
         bar = Progress(len(todo), "sampling tiles", enabled=progress)
@@ -226,24 +232,26 @@ def run_pipeline(
         finally:
             executor.close()
 
+    timings["sampling"] = time.perf_counter() - clock
     n_ok = sum(p is not None for p in priors)
     done = [k for k in range(len(priors)) if (tile_dir / f"tile_{k:05d}.npz").exists()]
     result = {"out_dir": str(out_dir), "sampled": len(todo), "reused": reused, "n_tiles": n_ok,
-              "finished": len(done) == n_ok}
+              "finished": len(done) == n_ok, "timings": timings}
     if len(done) < n_ok:
         log(f"stopped with {len(done)}/{n_ok} tiles sampled; run the same command again to resume")
         return result
 
-    idata, summary = assemble(cells, tiles, disc, priors, done, tile_dir, spec, standardize)
+    clock = time.perf_counter()
     tmp = out_dir / "posterior.nc.tmp"
-    idata.to_netcdf(str(tmp), engine="h5netcdf")
+    summary = write_posterior(tmp, tiles, disc, priors, done, tile_dir, spec, standardize, progress)
     os.replace(tmp, out_dir / "posterior.nc")
     summary.to_csv(out_dir / "summary.csv", index=False)
     flagged = summary.loc[summary["flagged"], "tile"].unique()
     if flagged.size:
-        log(f"WARNING: {flagged.size} tile(s) flagged (r_hat > 1.01, ess_bulk < {spec.sampler.target_ess:g} or "
+        log(f"WARNING: {flagged.size} tile(s) flagged (r_hat > {RHAT_MAX}, ess_bulk < {spec.sampler.target_ess:g} or "
             f"divergences): tiles {flagged[:10].tolist()}{' ...' if flagged.size > 10 else ''}; "
             "see the 'flagged' column of summary.csv")
+    timings["writing"] = time.perf_counter() - clock
     result.update(flagged=int(flagged.size), posterior=str(out_dir / "posterior.nc"),
                   summary=str(out_dir / "summary.csv"), discovery=str(dpath))
     log(f"wrote {out_dir}/discovery.nc, posterior.nc, summary.csv ({n_ok} tiles)")
@@ -261,73 +269,105 @@ def _hdi(x: np.ndarray, prob: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
     return s[(lo, *idx)], s[(lo + k, *idx)]
 
 
-def assemble(cells, tiles, disc, priors, done, tile_dir: Path, spec: ModelSpec, standardize: str):
-    """Collect the per-tile draws into one InferenceData and the summary table."""
-    import arviz as az
+#: Variables of ``posterior.nc`` written tile by tile: group, name, dims after (chain, draw, tile), dtype.
+_STREAMED = (
+    ("posterior", "B", ("effect", "cause"), "f4"),
+    ("posterior", "edge_inclusion", ("effect", "cause"), "f4"),
+    ("posterior", "c", ("variable",), "f4"),
+    ("posterior", "sigma", ("variable",), "f4"),
+    ("posterior", "noise_shape", ("variable",), "f4"),
+    ("posterior", "nu", (), "f4"),
+    ("log_likelihood", "z", ("member",), "f4"),
+    ("sample_stats", "diverging", (), "bool"),
+    ("sample_stats", "tree_depth", (), "i8"),
+    ("sample_stats", "step_size", (), "f8"),
+)
+#: npz key of each streamed variable, where it differs from the variable name.
+_NPZ_KEY = {"noise_shape": "shape", "z": "loglik"}
+_TILE_COORDS = ("image", "row0", "col0", "size", "n_cells")
+
+
+def _load_tile(tile_dir: Path, k: int) -> dict:
+    return dict(np.load(tile_dir / f"tile_{k:05d}.npz", allow_pickle=False))
+
+
+def write_posterior(path: Path, tiles, disc, priors, done, tile_dir: Path, spec: ModelSpec, standardize: str,
+                    progress: bool = False):
+    """Write ``posterior.nc`` (ArviZ InferenceData netCDF) and return the summary table.
+
+    Streams: the groups' coordinates and attributes are written by xarray, then every tile's
+    draws are copied from its npz into the file one tile at a time (h5netcdf, chunked per tile),
+    so memory stays at one tile's draws however many tiles the run has (holding them all needed
+    ~4 MB per tile, 8 GB for a public-size series). The summary rows are computed per tile too.
+    """
+    import h5netcdf
     import pandas as pd
 
-    loaded = {k: dict(np.load(tile_dir / f"tile_{k:05d}.npz", allow_pickle=False)) for k in done}
-    T = len(done)
-    first = loaded[done[0]]
+    first = _load_tile(tile_dir, done[0])
     C, D = first["B"].shape[:2]
-    n_var = len(DESCRIPTORS)
-    width = max(loaded[k]["loglik"].shape[2] for k in done)
-
-    def stack(name, dtype=np.float32):
-        return np.stack([loaded[k][name] for k in done], axis=2).astype(dtype)
-
-    B = stack("B")
-    incl = stack("edge_inclusion")
-    ll = np.full((C, D, T, width), np.nan, dtype=np.float32)
-    for t, k in enumerate(done):
-        v = loaded[k]["loglik"]
-        ll[:, :, t, : v.shape[2]] = v
-    tile_coords = {name: ("tile", tiles[name].values[done]) for name in ("image", "row0", "col0", "size", "n_cells")}
-    coords = {"tile": np.asarray(done), "effect": list(DESCRIPTORS), "cause": list(DESCRIPTORS),
-              "variable": list(DESCRIPTORS), **tile_coords}
-    post = xr.Dataset(
-        {"B": (("chain", "draw", "tile", "effect", "cause"), B),
-         "edge_inclusion": (("chain", "draw", "tile", "effect", "cause"), incl),
-         "c": (("chain", "draw", "tile", "variable"), stack("c")),
-         "sigma": (("chain", "draw", "tile", "variable"), stack("sigma"))},
-        coords={"chain": np.arange(C), "draw": np.arange(D), **coords},
-    )
-    if "shape" in first:
-        post["noise_shape"] = (("chain", "draw", "tile", "variable"), stack("shape"))
-    if "nu" in first:
-        post["nu"] = (("chain", "draw", "tile"), np.stack([loaded[k]["nu"] for k in done], axis=2))
+    T = len(done)
+    width = max(int(n) for n in tiles["n_cells"].values[done])
+    present = {name for _, name, _, _ in _STREAMED if _NPZ_KEY.get(name, name) in first}
+    sizes = {"chain": C, "draw": D, "tile": T, "effect": len(DESCRIPTORS), "cause": len(DESCRIPTORS),
+             "variable": len(DESCRIPTORS), "member": width}
+    base = {"chain": np.arange(C), "draw": np.arange(D), "tile": np.asarray(done)}
+    tile_coords = {name: ("tile", tiles[name].values[done]) for name in _TILE_COORDS}
+    post = xr.Dataset(coords={**base, "effect": list(DESCRIPTORS), "cause": list(DESCRIPTORS),
+                              "variable": list(DESCRIPTORS), **tile_coords})
     post.attrs.update(standardize=standardize, units=("standardised per " + standardize) if standardize != "none"
                       else "raw descriptor units", model=json.dumps(spec.to_dict()),
                       causalcrystal=__version__, B_indexing="B[effect, cause]: effect <- cause")
-    loglik = xr.Dataset({"z": (("chain", "draw", "tile", "member"), ll)},
-                        coords={"chain": np.arange(C), "draw": np.arange(D), "tile": np.asarray(done),
-                                "member": np.arange(width)})
-    diverging = stack("diverging", bool)
-    stats = xr.Dataset(
-        {"diverging": (("chain", "draw", "tile"), diverging),
-         "tree_depth": (("chain", "draw", "tile"), stack("tree_depth", np.int64)),
-         "step_size": (("chain", "draw", "tile"), stack("step_size", np.float64))},
-        coords={"chain": np.arange(C), "draw": np.arange(D), "tile": np.asarray(done)},
-    )
-    idata = az.InferenceData(posterior=post, log_likelihood=loglik, sample_stats=stats)
+    groups = {"posterior": post,
+              "log_likelihood": xr.Dataset(coords={**base, "member": np.arange(width)}),
+              "sample_stats": xr.Dataset(coords=base)}
+    for n, (name, ds) in enumerate(groups.items()):  # what InferenceData.to_netcdf writes, minus the draws
+        ds.to_netcdf(path, engine="h5netcdf", group=name, mode="w" if n == 0 else "a")
 
-    # summary: one row per tile x allowed edge
-    flat = B.reshape(C * D, T, n_var, n_var)
+    rows = []
+    bar = Progress(T, "writing posterior.nc", enabled=progress)
+    with h5netcdf.File(path, "a") as f:
+        out = {}
+        for group, name, dims, dtype in _STREAMED:
+            if name not in present:
+                continue
+            shape = tuple(sizes[d] for d in dims)
+            kw = {"fillvalue": np.nan} if dtype.startswith("f") else {}
+            v = f.groups[group].create_variable(name, ("chain", "draw", "tile", *dims),
+                                         dtype=np.int8 if dtype == "bool" else dtype,
+                                         chunks=(C, D, 1, *shape), **kw)
+            if dtype == "bool":
+                v.attrs["dtype"] = "bool"  # how xarray marks a boolean stored as int8
+            if group == "posterior":
+                v.attrs["coordinates"] = " ".join(_TILE_COORDS)
+            out[name] = v
+        for t, k in enumerate(done):
+            arrays = first if t == 0 else _load_tile(tile_dir, k)
+            for name, v in out.items():
+                a = arrays[_NPZ_KEY.get(name, name)]
+                if name == "z":
+                    v[:, :, t, : a.shape[2]] = a
+                else:
+                    v[:, :, t] = a.astype(np.int8) if v.dtype == np.int8 else a
+            rows += _summary_rows(k, arrays, tiles, disc, priors[k], spec)
+            bar.update()
+    return pd.DataFrame(rows)
+
+
+def _summary_rows(k: int, arrays: dict, tiles, disc, prior: DagPrior, spec: ModelSpec) -> list[dict]:
+    """One summary row per allowed edge of tile ``k`` (statistics of the float32 draws as stored)."""
+    B = arrays["B"].astype(np.float32)
+    flat = B.reshape(-1, *B.shape[2:])
     mean, sd = flat.mean(0), flat.std(0, ddof=1)
     lo, hi = _hdi(flat, 0.9)
-    pincl = incl.reshape(C * D, T, n_var, n_var).mean(0)
-    div = diverging.sum(axis=(0, 1))
-    rows = []
-    for t, k in enumerate(done):
-        allowed = priors[k].allowed
-        rh, ess = loaded[k]["r_hat"], loaded[k]["ess_bulk"]
-        bad_tile = bool(np.nanmax(rh[allowed]) > 1.01 or np.nanmin(ess[allowed]) < spec.sampler.target_ess
-                        or div[t] > 0)
-        for i, j in zip(*np.nonzero(allowed)):
-            rows.append({"tile": k, "image": str(tiles["image"].values[k]), "row0": int(tiles["row0"].values[k]),
-                         "col0": int(tiles["col0"].values[k]), "effect": DESCRIPTORS[i], "cause": DESCRIPTORS[j],
-                         "mean": mean[t, i, j], "sd": sd[t, i, j], "hdi_5%": lo[t, i, j], "hdi_95%": hi[t, i, j],
-                         "inclusion_prob": pincl[t, i, j], "lingam_prob": float(disc["probability"].values[k, i, j]),
-                         "r_hat": rh[i, j], "ess_bulk": ess[i, j], "divergences": int(div[t]),
-                         "flagged": bad_tile})
-    return idata, pd.DataFrame(rows)
+    pincl = arrays["edge_inclusion"].astype(np.float32).reshape(flat.shape).mean(0)
+    div = int(arrays["diverging"].sum())
+    rh, ess = arrays["r_hat"], arrays["ess_bulk"]
+    allowed = prior.allowed
+    flagged = bool(np.nanmax(rh[allowed]) > RHAT_MAX or np.nanmin(ess[allowed]) < spec.sampler.target_ess or div > 0)
+    where = {"tile": k, "image": str(tiles["image"].values[k]), "row0": int(tiles["row0"].values[k]),
+             "col0": int(tiles["col0"].values[k])}
+    return [{**where, "effect": DESCRIPTORS[i], "cause": DESCRIPTORS[j], "mean": mean[i, j], "sd": sd[i, j],
+             "hdi_5%": lo[i, j], "hdi_95%": hi[i, j], "inclusion_prob": pincl[i, j],
+             "lingam_prob": float(disc["probability"].values[k, i, j]), "r_hat": rh[i, j],
+             "ess_bulk": ess[i, j], "divergences": div, "flagged": flagged}
+            for i, j in zip(*np.nonzero(allowed))]

@@ -50,15 +50,18 @@ class SamplerSpec:
 
     name: str = "nutpie"
     chains: int = 2
-    tune: int = 300
+    tune: int = 200
     draws: int = 500
     target_ess: float = 400.0
+    #: run ``draws * thin`` draws per chain and keep every ``thin``-th: fewer re-runs for the same
+    #: kept size (see benchmarks/RESULTS.md).
+    thin: int = 2
 
     def __post_init__(self):
         if self.name not in SAMPLERS:
             raise ValueError(f"sampler {self.name!r} unknown; use one of {SAMPLERS}.")
-        if self.chains < 1 or self.draws < 10 or self.tune < 0:
-            raise ValueError("sampler: chains >= 1, draws >= 10 and tune >= 0 required.")
+        if self.chains < 1 or self.draws < 10 or self.tune < 0 or self.thin < 1:
+            raise ValueError("sampler: chains >= 1, draws >= 10, tune >= 0 and thin >= 1 required.")
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,8 @@ def build_model(spec: ModelSpec, n_vars: int = 8, n_init: int = 64):
         if spec.noise == "studentt":
             shape = pm.Gamma("nu", alpha=2.0, beta=0.1)
         elif spec.noise == "gennorm":
-            shape = pm.LogNormal("shape", mu=np.log(2.0), sigma=0.75, shape=n_vars)
+            shape = pm.Truncated("shape", pm.LogNormal.dist(mu=np.log(2.0), sigma=0.75), lower=pr.shape_min,
+                                 upper=pr.shape_max, shape=n_vars)
         else:
             shape = None
         B = pt.set_subtensor(pt.zeros((n_vars, n_vars))[i, j], beta * m)
@@ -233,11 +237,18 @@ def _run_nuts(cm, Zc, prior: DagPrior, sp: SamplerSpec, draws: int, seed: int):
                              progressbar=False, compute_convergence_checks=False)
 
 
-def _min_ess(beta: np.ndarray, mask: np.ndarray) -> float:
+def _diagnostics(beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-normalised split r_hat and bulk ESS of each coefficient; ``beta`` is (chain, draw, k)."""
     import arviz as az
 
-    ess = az.ess(az.convert_to_dataset({"beta": beta[..., mask]}))["beta"].values
-    return float(np.min(ess)) if ess.size else float("inf")
+    if beta.shape[-1] == 0:
+        return np.zeros(0), np.zeros(0)
+    ds = az.convert_to_dataset({"beta": beta})
+    return az.rhat(ds)["beta"].values, az.ess(ds, method="bulk")["beta"].values
+
+
+#: A tile is converged when every allowed coefficient has r_hat at most this (Vehtari et al. 2021).
+RHAT_MAX = 1.01
 
 
 def sample_tile(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: int) -> dict:
@@ -248,24 +259,25 @@ def sample_tile(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: int) -> d
     cause) in descriptor indexing, ``c``, ``sigma`` (chain, draw, var, descriptor order), noise
     ``shape`` if any, ``loglik`` (chain, draw, cell) float32, and sample stats.
     """
-    import arviz as az
-
     order = prior.order
     Zc = np.ascontiguousarray(X[:, order], dtype=np.float64)
     sp = spec.sampler
     cm = compiled_model(spec, X.shape[1])
-    idata = _run_nuts(cm, Zc, prior, sp, sp.draws, seed)
+    idata = _run_nuts(cm, Zc, prior, sp, sp.draws * sp.thin, seed)
+    if sp.thin > 1:
+        idata = idata.sel(draw=slice(None, None, sp.thin))
     # Size the draws to the ESS needed: one re-run, with draws scaled to reach target_ess (at most
-    # 4x), for the tiles that fell short. The kept draws of every tile in a run must have the same
-    # length, so the re-run is thinned back to ``draws``.
-    ess = _min_ess(idata.posterior["beta"].values, prior.mask)
+    # 4x; 2x when only r_hat fell short), for the tiles that fell short. The kept draws of every
+    # tile in a run must have the same length, so the re-run is thinned back to ``draws``;
+    # thinning a longer run also lowers the autocorrelation of the kept draws.
+    keep = prior.mask
+    rhat, ess = _diagnostics(idata.posterior["beta"].values[..., keep])
     reran = 0
-    if ess < sp.target_ess:
-        factor = int(min(4, np.ceil(sp.target_ess / max(ess, 1.0) * 1.2)))
-        if factor > 1:
-            idata = _run_nuts(cm, Zc, prior, sp, sp.draws * factor, seed + 1)
-            idata = idata.sel(draw=slice(None, None, factor))
-            reran = factor
+    if rhat.size and (ess.min() < sp.target_ess or rhat.max() > RHAT_MAX):
+        factor = int(min(4, max(2, np.ceil(sp.target_ess / max(ess.min(), 1.0) * 1.2))))
+        idata = _run_nuts(cm, Zc, prior, sp, sp.draws * sp.thin * factor, seed + 1)
+        idata = idata.sel(draw=slice(None, None, sp.thin * factor))
+        reran = factor
     post = idata.posterior
     beta = post["beta"].values * prior.mask  # (chain, draw, n_allowed) in causal positions
     inv = np.argsort(order)     # descriptor index -> causal position
@@ -287,15 +299,13 @@ def sample_tile(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: int) -> d
     out["tree_depth"] = stats[depth].values.astype(np.int64)
     out["step_size"] = stats["step_size"].values.astype(float)
     # Convergence per coefficient (allowed ones only; fixed zeros have no chain to diagnose).
-    allowed = prior.allowed
-    keep = prior.mask
-    summ = az.summary(az.convert_to_dataset({"beta": beta[..., keep]}), kind="diagnostics")
-    rhat = np.full(allowed.shape, np.nan)
-    ess = np.full(allowed.shape, np.nan)
+    r_kept, ess_kept = _diagnostics(beta[..., keep]) if reran else (rhat, ess)
+    rhat_m = np.full(prior.allowed.shape, np.nan)
+    ess_m = np.full(prior.allowed.shape, np.nan)
     i, j = lower_pairs(len(order))
-    rhat[order[i][keep], order[j][keep]] = summ["r_hat"].values
-    ess[order[i][keep], order[j][keep]] = summ["ess_bulk"].values
-    out["r_hat"], out["ess_bulk"] = rhat, ess
+    rhat_m[order[i][keep], order[j][keep]] = r_kept
+    ess_m[order[i][keep], order[j][keep]] = ess_kept
+    out["r_hat"], out["ess_bulk"] = rhat_m, ess_m
     out["rerun_factor"] = np.array(reran)
     return out
 
@@ -342,7 +352,9 @@ def prior_predictive(prior: DagPrior, spec: ModelSpec, n_cells: int, draws: int 
         nu = rng.gamma(2.0, 1.0 / 0.1, size=(draws, 1, 1))
         e = rng.standard_t(nu, size=size)
     else:
-        p = rng.lognormal(np.log(2.0), 0.75, size=(draws, 1, n))
+        # the truncated LogNormal of the model, by inverse CDF
+        lo, hi = stats.norm.cdf((np.log([pr.shape_min, pr.shape_max]) - np.log(2.0)) / 0.75)
+        p = np.exp(np.log(2.0) + 0.75 * stats.norm.ppf(rng.uniform(lo, hi, size=(draws, 1, n))))
         e = stats.gennorm.rvs(np.broadcast_to(p, size), size=size, random_state=rng)
     e = e * sigma[:, None, :]
     z = np.linalg.solve(np.eye(n)[None] - B, (c[:, None, :] + e).transpose(0, 2, 1)).transpose(0, 2, 1)

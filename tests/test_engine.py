@@ -63,6 +63,14 @@ def test_outputs_follow_the_contract(full_run):
     n_cells = idata.posterior["n_cells"].values
     finite = np.isfinite(idata.log_likelihood["z"].values[0, 0])
     np.testing.assert_array_equal(finite.sum(axis=1), n_cells)
+    # posterior.nc is written tile by tile: every tile's block is exactly its npz, in tile order
+    for t, k in enumerate(idata.posterior["tile"].values):
+        saved = np.load(out / "tiles" / f"tile_{k:05d}.npz")
+        np.testing.assert_array_equal(B.values[:, :, t], saved["B"].astype(np.float32))
+        np.testing.assert_array_equal(idata.log_likelihood["z"].values[:, :, t, : n_cells[t]],
+                                      saved["loglik"])
+        np.testing.assert_array_equal(idata.sample_stats["diverging"].values[:, :, t], saved["diverging"])
+    assert idata.sample_stats["diverging"].dtype == bool
 
 
 def test_resume_gives_the_same_numbers(cells, full_run, tmp_path):
