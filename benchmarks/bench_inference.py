@@ -246,6 +246,7 @@ def bench_end_to_end(shape, n_images, n_bootstrap):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer tiles (a smoke run of this script)")
+    ap.add_argument("--only-nutpie", action="store_true", help="only the nutpie sampler rows, then stop")
     args = ap.parse_args()
     n = 6 if args.quick else 20
     cells, tiles, idx, Xs = tiles_for_bench(n)
@@ -257,14 +258,21 @@ def main() -> None:
           "| re-run |")
     print("|---|---|---|---|---|---|---|---|---|")
     few = 3 if args.quick else 5
-    paths = [("nutpie laplace, 2 chains, tune 300, draws 500 (default)", "laplace", {}, n),
-             ("nutpie laplace, 2 chains, tune 200, draws 500", "laplace", {"tune": 200}, n),
-             ("nutpie laplace, 2 chains, tune 200, draws 500, thin 2", "laplace", {"tune": 200, "thin": 2}, n),
-             ("nutpie laplace, 4 chains, tune 200, draws 250", "laplace", {"chains": 4, "tune": 200, "draws": 250}, n),
+    # every setting explicit: the model files carry their own sampler defaults
+    paths = [("nutpie laplace, 2 chains, tune 300, draws 500", "laplace", {"tune": 300, "thin": 1}, n),
+             ("nutpie laplace, 2 chains, tune 200, draws 500", "laplace", {"tune": 200, "thin": 1}, n),
+             ("nutpie laplace, 2 chains, tune 200, draws 500, thin 2 (default)", "laplace",
+              {"tune": 200, "thin": 2}, n),
+             ("nutpie laplace, 4 chains, tune 200, draws 250, thin 2", "laplace",
+              {"chains": 4, "tune": 200, "draws": 250, "thin": 2}, n),
              ("nutpie gennorm (bounded shape), default settings", "gennorm", {}, few),
-             ("PyMC NUTS laplace, one model + pm.set_data", "laplace", {"name": "pymc"}, few)]
+             ("PyMC NUTS laplace, one model + pm.set_data, default settings", "laplace", {"name": "pymc"}, few)]
+    if args.only_nutpie:
+        paths = paths[:4]
     for label, k, tc, mean, med, e, r, both, rerun in bench_samplers(Xs, priors, paths):
         print(f"| {label} | {k} | {tc:.1f} | {mean:.2f} | {med:.2f} | {e:.0%} | {r:.0%} | {both:.0%} | {rerun:.0%} |")
+    if args.only_nutpie:
+        return
     for K in (4, 8):
         nb = (n // K) * K
         if nb == 0:
@@ -304,4 +312,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured
     main()

@@ -217,7 +217,7 @@ def compiled_model(spec: ModelSpec, n_vars: int = 8):
 
 
 
-def _run_nuts(cm, Zc, prior: DagPrior, sp: SamplerSpec, draws: int, seed: int):
+def _run_nuts(cm, Zc, prior: DagPrior, sp: SamplerSpec, draws: int, seed: int, threads: int | None = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data = {"Z": Zc, "w": prior.w, "m": prior.mask.astype(np.float64)}
@@ -227,7 +227,7 @@ def _run_nuts(cm, Zc, prior: DagPrior, sp: SamplerSpec, draws: int, seed: int):
             # Low-rank mass-matrix adaptation: Vol, a and b are strongly correlated, and the
             # diagonal adaptation left some tiles at a bulk ESS < 100 (3x slower too).
             return nutpie.sample(cm.with_data(**data), draws=draws, tune=sp.tune, chains=sp.chains,
-                                 cores=sp.chains, seed=int(seed), progress_bar=False,
+                                 cores=min(sp.chains, threads or sp.chains), seed=int(seed), progress_bar=False,
                                  low_rank_modified_mass_matrix=True)
         import pymc as pm
 
@@ -251,8 +251,8 @@ def _diagnostics(beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 RHAT_MAX = 1.01
 
 
-def sample_tile(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: int) -> dict:
-    """Sample the posterior of one tile.
+def sample_tile(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: int, threads: int | None = None) -> dict:
+    """Sample the posterior of one tile (``threads``: sampler threads, default one per chain).
 
     ``X``: cells x descriptors (descriptor order, standardised); ``prior``: the tile's causal order
     and inclusion weights. Returns numpy arrays: ``B`` and ``edge_inclusion`` (chain, draw, effect,
@@ -263,7 +263,7 @@ def sample_tile(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: int) -> d
     Zc = np.ascontiguousarray(X[:, order], dtype=np.float64)
     sp = spec.sampler
     cm = compiled_model(spec, X.shape[1])
-    idata = _run_nuts(cm, Zc, prior, sp, sp.draws * sp.thin, seed)
+    idata = _run_nuts(cm, Zc, prior, sp, sp.draws * sp.thin, seed, threads)
     if sp.thin > 1:
         idata = idata.sel(draw=slice(None, None, sp.thin))
     # Size the draws to the ESS needed: one re-run, with draws scaled to reach target_ess (at most
@@ -275,7 +275,7 @@ def sample_tile(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: int) -> d
     reran = 0
     if rhat.size and (ess.min() < sp.target_ess or rhat.max() > RHAT_MAX):
         factor = int(min(4, max(2, np.ceil(sp.target_ess / max(ess.min(), 1.0) * 1.2))))
-        idata = _run_nuts(cm, Zc, prior, sp, sp.draws * sp.thin * factor, seed + 1)
+        idata = _run_nuts(cm, Zc, prior, sp, sp.draws * sp.thin * factor, seed + 1, threads)
         idata = idata.sel(draw=slice(None, None, sp.thin * factor))
         reran = factor
     post = idata.posterior

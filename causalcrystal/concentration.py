@@ -1,0 +1,793 @@
+"""How causal couplings depend on the Sm fraction ``y``: LGD links and a hierarchical model.
+
+Links (Barakati et al. 2025, Eqs. 8-9 and 13-16; physics in :mod:`causalcrystal.lgd`)
+-------------------------------------------------------------------------------------
+
+With ``u(y) = 1 - eps(y) = 1 - eps0 (y - y0)`` (Eq. 9) every link is a curve ``f(y)`` in the
+coupling's raw units:
+
+``universal``
+    ``f = A`` (the paper's finding for most of the 64 couplings).
+``ps``
+    ``f = A sqrt(u)_+``: strain <- polarisation couplings are proportional to the spontaneous
+    polarisation ``P_S(y) = P0 sqrt(u)`` (Eqs. 8, 13b-c, 16): ``a <- Px`` ~ ``2 a0 Q11 P0 k``,
+    ``b <- Px`` ~ ``2 b0 Q12 P0 k``, ``alpha <- Py`` ~ ``-(180/pi) 2 Q44 P0 k`` and the total effect
+    ``Vol <- Px`` ~ ``b0 a0 2 (Q11 + Q12) P0 k`` (``k = P0 / d_S`` converts B-site offset to
+    polarisation). Across a 180-degree wall ``P_S(x)`` changes sign and so do these couplings,
+    so each tile's coefficient is *oriented* by the sign of its mean ``Px`` first.
+``cross``
+    ``f = A u / (u^2 + k^2)``: ``Px <- Py = -a12^P / a11^P`` (Eqs. 12, 15) with
+    ``a11^P ~ (1 - eps(y))`` away from walls; ``k`` is the regularisation of ``1/a11`` (the
+    simulator's ``kappa / (4 |alpha1|)``), a modelling constant, not fitted.
+``quadratic``
+    ``f = c0 + c1 (y - ybar) + c2 (y - ybar)^2`` around the series' mean composition: a free
+    smooth alternative to test the physics against (it carries no information on ``y0``).
+
+``y0`` (the MPB, one for all couplings) and ``eps0 > 0`` are shared; amplitudes are per coupling.
+Which link each coupling gets is a specification in ``models/concentration/*.toml``.
+
+Identifiability (worked out here because it decides what the fit can say)
+---------------------------------------------------------------------------
+
+``u(y) = (1 + eps0 y0) - eps0 y`` is affine in ``y``. Hence
+
+* ``ps``: ``A sqrt(u) = A sqrt(1 + eps0 y0) sqrt(1 - y / y_star)`` with
+  ``y_star = y0 + 1 / eps0``, the composition where ``P_S`` vanishes. With a free amplitude the
+  curve fixes only ``A' = A sqrt(1 + eps0 y0)`` and ``y_star``; any ``(eps0, y0)`` on the line
+  ``y0 + 1/eps0 = y_star`` fits equally well. Sharing ``y0, eps0`` between several ``ps``
+  couplings sharpens ``y_star`` but does not separate ``y0`` from ``eps0``.
+* ``cross`` in the far-from-wall regime ``u >> k`` is ``A / u``, again a function of ``A'`` and
+  ``y_star`` only. Only data where ``u`` approaches ``k`` (compositions near ``y_star``, the AFE
+  side) make the ``k`` term bite and separate the two; the Sm-BFO series (0-20 %) does not reach
+  there for the reference numbers (``y_star ~ 0.38``).
+* ``y0`` is therefore learned through the **amplitudes**: if ``A`` is known (informative priors
+  on ``P0, Q11, Q12, Q44`` and the lattice constants), ``A'/A = sqrt(1 + eps0 y0)`` gives
+  ``c = 1 + eps0 y0`` and then ``eps0 = c / y_star``, ``y0 = y_star (c - 1) / c``. The
+  sensitivity is ``dy0/dc = y_star / c^2`` (~0.1 for the reference numbers): an amplitude known to
+  10 % (``c`` to 20 %) pins ``y0`` to about +-0.04, which is the width of the prior window
+  (0.15-0.25); known to 3 %, to about +-0.012.
+* So: ``y_star`` is identified whenever a ``ps`` or ``cross`` coupling is resolved across the
+  series; ``y0`` and ``eps0`` separately only with informative amplitude priors
+  (``amplitude_rel_sd`` small in the specification). :func:`contraction` reports
+  prior-to-posterior contraction ``1 - sd_post / sd_prior`` for every shared parameter, so a fit
+  says which case it is in.
+
+The hierarchical model (two-stage, the default)
+-----------------------------------------------
+
+Stage 1 (:func:`tile_summaries`) reduces each tile's posterior of a coupling (from ``run``'s
+``posterior.nc``, converted to raw units, oriented where the link asks for it) to a mean ``m_t``
+and s.d. ``s_t``; tiles whose causal order does not allow the edge are left out. Stage 2
+(:func:`fit`) is::
+
+    m_t       ~ StudentT(nu, theta_{g(t),c}, sqrt(s_t^2 + tau_c^2))   tiles around their image
+    theta_g,c ~ Normal(f_c(y_g), omega_c^2)                           images around the link
+
+(Student-t at the tile level so tiles on walls or the interface do not drag an image's value).
+The pointwise log-likelihood kept for LOO is per image and coupling, with ``theta`` integrated
+out (:func:`image_loglik`), so LOO asks how well the link predicts a *held-out image*. That is
+what "universal versus concentration-dependent" means, and :func:`universality` compares the two
+with ``arviz.compare`` (ELPD difference, its standard error, stacking weights).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from scipy import special
+
+from causalcrystal import lgd
+from causalcrystal.cells import DESCRIPTORS
+
+LINKS = ("universal", "ps", "cross", "quadratic")
+_LINK_CODE = {name: k for k, name in enumerate(LINKS)}
+#: Where concentration specifications live.
+SPECS_DIR = Path(__file__).resolve().parents[1] / "models" / "concentration"
+
+
+class ConcentrationError(ValueError):
+    """The run or the specification cannot support a concentration fit (the message says why)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# specification
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """One coupling ``effect <- cause`` and its link.
+
+    ``amplitude``: reference amplitude ``A`` in raw units (``"lgd"``: derived from the LGD
+    reference numbers, :func:`reference_amplitude`; ``None``: unknown, a wide prior). The prior is
+    ``A = amplitude * exp(amplitude_rel_sd * z)`` when known. ``effect_kind``: ``"direct"`` (the
+    entry of ``B``) or ``"total"`` (of ``(I - B)^-1``). ``orient``: multiply each tile's value by
+    the sign of the tile's mean ``Px`` (couplings proportional to the signed ``P_S(x)``).
+    """
+
+    effect: str
+    cause: str
+    link: str = "universal"
+    amplitude: float | str | None = None
+    amplitude_rel_sd: float = 0.5
+    effect_kind: str = "direct"
+    orient: bool = False
+
+    def __post_init__(self):
+        for v in (self.effect, self.cause):
+            if v not in DESCRIPTORS:
+                raise ValueError(f"coupling {self.label}: {v!r} is not a descriptor; use one of {list(DESCRIPTORS)}.")
+        if self.link not in LINKS:
+            raise ValueError(f"coupling {self.label}: link {self.link!r} unknown; use one of {LINKS}.")
+        if self.effect_kind not in ("direct", "total"):
+            raise ValueError(f"coupling {self.label}: effect_kind must be 'direct' or 'total'.")
+        if not self.amplitude_rel_sd > 0:
+            raise ValueError(f"coupling {self.label}: amplitude_rel_sd must be > 0.")
+
+    @property
+    def label(self) -> str:
+        return f"{self.effect}<-{self.cause}"
+
+
+@dataclass(frozen=True)
+class ConcentrationSpec:
+    """A concentration model: the couplings with their links, shared priors and sampler settings.
+
+    ``y0_prior``: (mean, sd, lower, upper) of a truncated normal (default: the paper's 0.15-0.25
+    window as the central 68 %); ``eps0_prior``: (median, log-sd) of a log-normal; ``k_cross``: the
+    ``cross`` link's regularisation; ``tile_nu``: Student-t degrees of freedom of the tile level.
+    """
+
+    name: str = "lgd"
+    couplings: tuple[Coupling, ...] = ()
+    y0_prior: tuple[float, float, float, float] = (0.20, 0.05, 0.0, 0.5)
+    eps0_prior: tuple[float, float] = (5.0, 0.5)
+    k_cross: float = 0.25
+    tile_nu: float = 4.0
+    draws: int = 1000
+    tune: int = 1000
+    chains: int = 2
+    description: str = ""
+
+    def __post_init__(self):
+        if not self.couplings:
+            raise ValueError("concentration spec: list at least one coupling.")
+        labels = [c.label for c in self.couplings]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"concentration spec: couplings repeat: {labels}.")
+        mu, sd, lo, hi = self.y0_prior
+        if not (0 <= lo < hi <= 1 and sd > 0):
+            raise ValueError("concentration spec: y0_prior = (mean, sd > 0, lower, upper) within [0, 1].")
+        if self.eps0_prior[0] <= 0 or self.eps0_prior[1] <= 0 or self.k_cross <= 0 or self.tile_nu <= 0:
+            raise ValueError("concentration spec: eps0_prior, k_cross and tile_nu must be positive.")
+
+    def with_links(self, **links: str) -> "ConcentrationSpec":
+        """A copy with some couplings' links changed: ``spec.with_links(**{"a<-Px": "universal"})``."""
+        known = {c.label for c in self.couplings}
+        unknown = set(links) - known
+        if unknown:
+            raise ValueError(f"couplings {sorted(unknown)} are not in spec {self.name!r}; it has {sorted(known)}.")
+        new = tuple(replace(c, link=links.get(c.label, c.link)) for c in self.couplings)
+        return replace(self, couplings=new)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def available_specs() -> list[str]:
+    """Names of the concentration specifications in ``models/concentration/``."""
+    return sorted(p.stem for p in SPECS_DIR.glob("*.toml")) if SPECS_DIR.is_dir() else []
+
+
+def load_spec(name_or_path: str | Path = "lgd") -> ConcentrationSpec:
+    """Load a concentration specification by name (``models/concentration/<name>.toml``) or path."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = SPECS_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ValueError(f"concentration specification {str(name_or_path)!r} not found (looked for {path}); "
+                         f"available: {available_specs()} or give a path to a .toml file.")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML ({err}).") from None
+    try:
+        couplings = tuple(Coupling(**c) for c in raw.pop("coupling", []))
+        shared = raw.pop("shared", {})
+        sampler = raw.pop("sampler", {})
+        return ConcentrationSpec(name=raw.pop("name", path.stem), description=raw.pop("description", ""),
+                                 couplings=couplings, **{k: tuple(v) if isinstance(v, list) else v
+                                                         for k, v in shared.items()}, **sampler, **raw)
+    except TypeError as err:
+        raise ValueError(f"{path}: {err} (check the key names against models/concentration/lgd.toml).") from None
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def reference_amplitude(c: Coupling, p: lgd.LGDParams | None = None) -> float | None:
+    """The LGD amplitude ``A`` of a ``ps`` or ``cross`` coupling from reference numbers (raw units).
+
+    ``ps`` couplings: the coefficient at ``u = 1`` (``y = y0``) and full polarisation, oriented
+    (see :func:`causalcrystal.lgd.strain_couplings`); ``cross``: ``-gamma12 / (4 alpha1)`` times
+    the regularised shape's normalisation. ``None`` where LGD gives no number.
+    """
+    p = p or lgd.LGDParams()
+    k = lgd.offset_to_polarization(p)
+    a0, b0 = p.a_ref, p.b_ref
+    if c.link == "ps":
+        table = {"a<-Px": a0 * 2 * p.Q11 * p.P0 * k, "b<-Px": b0 * 2 * p.Q12 * p.P0 * k,
+                 "alpha<-Py": -(180 / np.pi) * 2 * p.Q44 * p.P0 * k,
+                 "Vol<-Px": b0 * a0 * 2 * (p.Q11 + p.Q12) * p.P0 * k}
+        return table.get(c.label)
+    if c.link == "cross" and c.label == "Px<-Py":
+        # -g12 a11 / (a11^2 + kappa^2), a11 = -4 alpha1 u  =>  (-g12 / (-4 alpha1)) u / (u^2 + k^2)
+        return float(p.gamma12 / (4 * p.alpha1))
+    return None
+
+
+def link_curve(link: str, y, A, y0, eps0, k_cross: float, quad=(0.0, 0.0), ybar: float = 0.0, xp=np):
+    """``f(y)`` of a link (numpy, or pytensor with ``xp=pytensor.tensor``)."""
+    u = 1.0 - eps0 * (y - y0)
+    if link == "universal":
+        return A + 0.0 * y
+    if link == "ps":
+        return A * xp.sqrt(xp.maximum(u, 0.0))
+    if link == "cross":
+        return A * u / (u**2 + k_cross**2)
+    d = y - ybar
+    return A + quad[0] * d + quad[1] * d**2
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1: per-tile summaries from a run
+
+
+def _open_run(run_dir: Path):
+    import arviz as az
+
+    path = Path(run_dir) / "posterior.nc"
+    if not path.is_file():
+        raise ConcentrationError(f"{run_dir}: no posterior.nc; finish the run first (`causalcrystal run ... "
+                                 f"--out {run_dir}` resumes a partial one).")
+    idata = az.from_netcdf(path)
+    if "constant_data" not in idata.groups() or "sm_fraction" not in idata.posterior.coords:
+        raise ConcentrationError(f"{path}: written by an older causalcrystal without per-tile Sm fraction and "
+                                 "scales; re-run `causalcrystal run` (finished tiles are reused) to rewrite it.")
+    return idata
+
+
+def tile_summaries(run_dir: str | Path, spec: ConcentrationSpec) -> xr.Dataset:
+    """Stage 1: each tile's posterior of each coupling as mean and s.d. in raw units.
+
+    Returns (tile, coupling): ``mean``, ``sd``, ``used`` (the edge is allowed in the tile and the
+    tile is finite), with tile coords ``image``, ``sm_fraction`` and per-image ``image_y``.
+    """
+    idata = _open_run(Path(run_dir))
+    post, const = idata.posterior, idata.constant_data
+    B = post["B"]
+    scale = const["scale"].values  # (tile, variable)
+    sign = np.sign(const["tile_mean"].sel(variable="Px").values)
+    sign[sign == 0] = 1.0
+    labels = [c.label for c in spec.couplings]
+    T = post.sizes["tile"]
+    mean = np.full((T, len(labels)), np.nan)
+    sd = np.full((T, len(labels)), np.nan)
+    need_total = any(c.effect_kind == "total" for c in spec.couplings)
+    for t in range(T):
+        Bt = B.isel(tile=t).values.astype(np.float64)  # (chain, draw, effect, cause)
+        Bt = Bt.reshape(-1, *Bt.shape[-2:])
+        raw = Bt * scale[t][None, :, None] / scale[t][None, None, :]
+        total = None
+        if need_total:
+            n = raw.shape[-1]
+            total = np.linalg.inv(np.eye(n)[None] - raw) - np.eye(n)[None]
+        for q, c in enumerate(spec.couplings):
+            i, j = DESCRIPTORS.index(c.effect), DESCRIPTORS.index(c.cause)
+            draws = (total if c.effect_kind == "total" else raw)[:, i, j]
+            if np.all(draws == 0):  # the tile's causal order does not allow this edge
+                continue
+            if c.orient:
+                draws = draws * sign[t]
+            mean[t, q], sd[t, q] = draws.mean(), draws.std(ddof=1)
+    images = post["image"].values.astype(str)
+    y = post["sm_fraction"].values.astype(float)
+    out = xr.Dataset({"mean": (("tile", "coupling"), mean), "sd": (("tile", "coupling"), sd)},
+                     coords={"tile": post["tile"].values, "coupling": labels, "image": ("tile", images),
+                             "sm_fraction": ("tile", y)})
+    out["used"] = np.isfinite(out["mean"]) & (out["sd"] > 0)
+    out.attrs.update(run_dir=str(run_dir), standardize=post.attrs.get("standardize", ""),
+                     units="raw (effect units per cause unit)")
+    return out
+
+
+def check_series(summ: xr.Dataset) -> None:
+    """Refuse series the concentration model cannot use (one composition; fractions outside [0, 1])."""
+    y = summ["sm_fraction"].values
+    bad = np.unique(y[~((y >= 0) & (y <= 1))])
+    if bad.size:
+        raise ConcentrationError(f"Sm fractions {bad.tolist()} are outside [0, 1]; fractions are written 0.07 for 7 % "
+                                 "(check the file names Sm_<percent>_<k> or the sm_fraction coordinate).")
+    comps = np.unique(y)
+    if comps.size < 2:
+        raise ConcentrationError(f"the series has one composition only (y = {comps.tolist()}); a concentration "
+                                 "dependence needs images at two or more Sm fractions (three or more to tell "
+                                 "a curve from a line).")
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 2: the hierarchical model
+
+
+@dataclass
+class _Data:
+    """Flattened observations and per-coupling prior scales for the PyMC model."""
+
+    m: np.ndarray
+    s: np.ndarray
+    obs_c: np.ndarray
+    obs_g: np.ndarray
+    image_y: np.ndarray
+    images: list
+    scale: np.ndarray
+    ybar: float
+    yspan: float
+    codes: np.ndarray
+    ref: np.ndarray
+    known: np.ndarray
+    rel_sd: np.ndarray
+    labels: list = field(default_factory=list)
+
+
+def _prepare(summ: xr.Dataset, spec: ConcentrationSpec, params: lgd.LGDParams | None) -> _Data:
+    check_series(summ)
+    labels = [c.label for c in spec.couplings]
+    if list(summ["coupling"].values) != labels:
+        summ = summ.sel(coupling=labels)
+    images = list(dict.fromkeys(summ["image"].values.tolist()))
+    g_of_tile = np.array([images.index(v) for v in summ["image"].values])
+    image_y = np.array([summ["sm_fraction"].values[g_of_tile == g][0] for g in range(len(images))])
+    used = summ["used"].values
+    tt, cc = np.nonzero(used)
+    m, s = summ["mean"].values[tt, cc], summ["sd"].values[tt, cc]
+    empty = [labels[q] for q in range(len(labels)) if not used[:, q].any()]
+    if empty:
+        raise ConcentrationError(f"coupling(s) {empty} are not allowed by the causal order of any tile; drop them "
+                                 "from the specification or check the run's discovery.")
+    scale = np.array([max(np.abs(m[cc == q]).max(), np.median(s[cc == q]), 1e-12) for q in range(len(labels))])
+    ref, known = np.zeros(len(labels)), np.zeros(len(labels), dtype=bool)
+    for q, c in enumerate(spec.couplings):
+        a = c.amplitude
+        if a == "lgd":
+            a = reference_amplitude(c, params)
+            if a is None:
+                raise ConcentrationError(f"coupling {c.label}: no LGD reference amplitude for link {c.link!r}; give "
+                                         "a number or leave amplitude out (a wide prior).")
+        if a is not None:
+            ref[q], known[q] = float(a), True
+    return _Data(m=m, s=s, obs_c=cc, obs_g=g_of_tile[tt], image_y=image_y, images=images, scale=scale,
+                 ybar=float(image_y.mean()), yspan=float(max(np.ptp(image_y), 1e-3)),
+                 codes=np.array([_LINK_CODE[c.link] for c in spec.couplings]), ref=ref, known=known,
+                 rel_sd=np.array([c.amplitude_rel_sd for c in spec.couplings]), labels=labels)
+
+
+def _link_data(d: _Data) -> dict:
+    """Everything data-dependent, swapped into one compiled model: link choices and amplitude
+    priors (which change between link variants) and the observations (which change between series
+    of the same shape)."""
+    return {"onehot": np.eye(len(LINKS))[d.codes], "known": d.known.astype(np.float64), "ref": d.ref,
+            "rel_sd": d.rel_sd, "scale": d.scale, "image_y": d.image_y, "m_obs": d.m, "s_obs": d.s,
+            "obs_c": d.obs_c.astype(np.int64), "obs_g": d.obs_g.astype(np.int64),
+            "shape_terms": np.array([d.ybar, d.yspan])}
+
+
+def build_model(d: _Data, spec: ConcentrationSpec):
+    """The PyMC model of stage 2 (see the module docstring).
+
+    Every coupling carries the parameters of every link; ``onehot`` (coupling x link, ``pm.Data``)
+    selects which curve it follows, so one compiled model serves all link variants of a
+    comparison. Unused link parameters just follow their priors.
+    """
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    mu, sd, lo, hi = spec.y0_prior
+    with pm.Model(coords={"coupling": d.labels, "image": d.images, "term": ["linear", "quadratic"]}) as model:
+        data = {k: pm.Data(k, v) for k, v in _link_data(d).items()}
+        y0 = pm.TruncatedNormal("y0", mu=mu, sigma=sd, lower=lo, upper=hi)
+        eps0 = pm.LogNormal("eps0", mu=np.log(spec.eps0_prior[0]), sigma=spec.eps0_prior[1])
+        pm.Deterministic("y_star", y0 + 1.0 / eps0)
+        z_amp = pm.Normal("z_amp", 0.0, 1.0, dims="coupling")
+        # known amplitude: lognormal around the reference (sign kept); unknown: Normal(0, 2 scale)
+        scale = data["scale"]
+        ybar, yspan = data["shape_terms"][0], data["shape_terms"][1]
+        amp = pm.Deterministic("amplitude", data["known"] * data["ref"] * pt.exp(data["rel_sd"] * z_amp)
+                               + (1.0 - data["known"]) * 2.0 * scale * z_amp, dims="coupling")
+        z_quad = pm.Normal("z_quad", 0.0, 1.0, dims=("coupling", "term"))
+        quad = pm.Deterministic("quad", z_quad * pt.stack([2.0 * scale / yspan, 4.0 * scale / yspan**2], axis=1),
+                                dims=("coupling", "term"))
+        y = data["image_y"][None, :]
+        u = 1.0 - eps0 * (y - y0)
+        A = amp[:, None]
+        dy = y - ybar
+        curves = pt.stack([A + 0.0 * y, A * pt.sqrt(pt.maximum(u, 0.0)), A * u / (u**2 + spec.k_cross**2),
+                           A + quad[:, 0:1] * dy + quad[:, 1:2] * dy**2], axis=-1)  # (coupling, image, link)
+        f = pm.Deterministic("f", (curves * data["onehot"][:, None, :]).sum(-1), dims=("coupling", "image"))
+        # scales are in units of each coupling's data scale (non-centred, so one compiled model fits any series)
+        tau = pm.Deterministic("tau", scale * pm.HalfNormal("tau_rel", sigma=1.0, dims="coupling"), dims="coupling")
+        omega = pm.Deterministic("omega", scale * pm.HalfNormal("omega_rel", sigma=0.5, dims="coupling"),
+                                 dims="coupling")
+        eta = pm.Normal("eta", 0.0, 1.0, dims=("coupling", "image"))
+        theta = pm.Deterministic("theta", f + omega[:, None] * eta, dims=("coupling", "image"))
+        oc, og = data["obs_c"], data["obs_g"]
+        pm.Potential("m", pm.logp(pm.StudentT.dist(nu=spec.tile_nu, mu=theta[oc, og],
+                                                   sigma=pt.sqrt(data["s_obs"] ** 2 + tau[oc] ** 2)),
+                                  data["m_obs"]).sum())
+    return model
+
+
+_GH_X, _GH_W = np.polynomial.hermite.hermgauss(20)
+
+
+def image_loglik(d: _Data, spec: ConcentrationSpec, f, tau, omega, chunk: int = 100) -> np.ndarray:
+    """Per draw, coupling and image: ``log p(tiles of image g | f, tau, omega)`` with ``theta`` integrated.
+
+    ``f`` (S, C, G), ``tau``, ``omega`` (S, C). The integral over ``theta`` uses 20-point
+    Gauss-Hermite quadrature on a normal centred at the Gaussian approximation of the integrand
+    (widened 1.5x for the Student-t tails), i.e. importance sampling with deterministic nodes;
+    a test checks it against brute-force numerical integration.
+    Returns (S, C, G); 0 where an image has no tile for a coupling.
+    """
+    S, C, G = f.shape
+    nu = spec.tile_nu
+    cg_all = d.obs_c * G + d.obs_g
+    order = np.argsort(cg_all, kind="stable")  # group observations by (coupling, image) for reduceat
+    cg, m, s = cg_all[order], d.m[order], d.s[order]
+    obs_c = d.obs_c[order]
+    groups, starts = np.unique(cg, return_index=True)
+    lnorm = special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
+    lw = np.log(_GH_W / np.sqrt(np.pi)) + _GH_X**2  # log weight minus the proposal's exponent
+    out = np.zeros((S, C * G))
+    for a in range(0, S, chunk):
+        fb = f[a:a + chunk].reshape(-1, C * G)[:, groups]  # (s, g)
+        om = np.repeat(omega[a:a + chunk], G, axis=1)[:, groups]
+        sig2 = s[None, :] ** 2 + tau[a:a + chunk][:, obs_c] ** 2  # (s, n)
+        P = np.add.reduceat(1.0 / sig2, starts, axis=1) + 1.0 / om**2
+        mq = (np.add.reduceat(m[None, :] / sig2, starts, axis=1) + fb / om**2) / P
+        sq = 1.5 / np.sqrt(P)
+        nodes = mq[..., None] + np.sqrt(2.0) * sq[..., None] * _GH_X  # (s, g, K)
+        idx = np.searchsorted(groups, cg)
+        z2 = (m[None, :, None] - nodes[:, idx, :]) ** 2 / sig2[..., None]
+        lt = -0.5 * np.log(sig2)[..., None] - (nu + 1) / 2 * np.log1p(z2 / nu)
+        lsum = np.add.reduceat(lt, starts, axis=1) + lnorm * np.diff(np.append(starts, cg.size))[None, :, None]
+        lprior = -np.log(om)[..., None] - 0.5 * ((nodes - fb[..., None]) / om[..., None]) ** 2
+        # sum_k (w_k / sqrt(pi)) h(x_k) / q(x_k) with q = N(mq, sq^2): the 2 pi terms cancel
+        out[a:a + chunk, groups] = special.logsumexp(lsum + lprior + np.log(sq)[..., None] + lw, axis=-1)
+    return out.reshape(S, C, G)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(d: _Data, spec: ConcentrationSpec):
+    """The compiled stage-2 model for this number of couplings and images and these shared priors
+    (built once per process; the data are swapped in with ``with_data``)."""
+    import nutpie
+
+    key = (tuple(d.labels), len(d.images), spec.y0_prior, spec.eps0_prior, spec.k_cross, spec.tile_nu)
+    if key not in _COMPILED:
+        _COMPILED[key] = nutpie.compile_pymc_model(build_model(d, spec))
+    return _COMPILED[key]
+
+
+def _sample(d: _Data, spec: ConcentrationSpec, seed: int, compiled=None):
+    """NUTS (nutpie) on stage 2; returns (InferenceData, compiled model for re-use with other links)."""
+    import nutpie
+
+    if compiled is None:
+        compiled = _compiled(d, spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idata = nutpie.sample(compiled.with_data(**_link_data(d)), draws=spec.draws, tune=spec.tune,
+                              chains=spec.chains, cores=spec.chains, seed=int(seed), progress_bar=False,
+                              target_accept=0.9)
+    post = idata.posterior
+    ll = image_loglik(d, spec, _flat(post["f"]), _flat(post["tau"]), _flat(post["omega"]))
+    S = post.sizes["chain"], post.sizes["draw"]
+    idata.add_groups(log_likelihood=xr.Dataset(
+        {"m": (("chain", "draw", "coupling", "image"), ll.reshape(*S, *ll.shape[1:]))},
+        coords={"chain": post["chain"].values, "draw": post["draw"].values, "coupling": d.labels,
+                "image": d.images}))
+    return idata, compiled
+
+
+def _flat(da: xr.DataArray) -> np.ndarray:
+    v = da.values
+    return v.reshape(-1, *v.shape[2:])
+
+
+def _variant(d: _Data, spec: ConcentrationSpec, links: dict) -> tuple[_Data, ConcentrationSpec]:
+    """The same data with some couplings' links changed (amplitude priors follow the new link)."""
+    new = spec.with_links(**links)
+    codes = np.array([_LINK_CODE[c.link] for c in new.couplings])
+    known = d.known.copy()
+    for q, c in enumerate(new.couplings):
+        if c.link != spec.couplings[q].link and c.link in ("universal", "quadratic"):
+            known[q] = False  # a reference amplitude belongs to the physics link, not to the alternatives
+    return replace(d, codes=codes, known=known), new
+
+
+def fit(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: int = 0,
+        params: lgd.LGDParams | None = None):
+    """Stage 2 on tile summaries (:func:`tile_summaries`): the hierarchical posterior as InferenceData.
+
+    Posterior: ``y0``, ``eps0``, ``y_star`` (= y0 + 1/eps0), ``amplitude`` and ``quad`` per coupling,
+    ``tau`` (tile scatter), ``omega`` (image scatter), ``theta`` (image values), ``f`` (the link at
+    each image's ``y``). ``log_likelihood['m']`` (chain, draw, coupling, image): each image's
+    tiles with ``theta`` integrated out, for leave-one-image-out LOO. ``params``: the LGD numbers
+    behind ``amplitude = "lgd"`` (default: the reference).
+    """
+    spec = load_spec(spec) if isinstance(spec, str) else spec
+    d = _prepare(summ, spec, params)
+    idata, _ = _sample(d, spec, seed)
+    _annotate(idata, d, spec)
+    return idata
+
+
+def _annotate(idata, d: _Data, spec: ConcentrationSpec) -> None:
+    idata.posterior.attrs.update(spec=json.dumps(spec.to_dict()), links=json.dumps({c.label: c.link for c in
+                                                                                      spec.couplings}),
+                                 ybar=d.ybar, k_cross=spec.k_cross)
+    idata.add_groups(constant_data=xr.Dataset({"image_y": ("image", d.image_y)}, coords={"image": d.images}))
+
+
+def contraction(idata, spec: ConcentrationSpec, n_prior: int = 4000, seed: int = 0) -> dict:
+    """Prior-to-posterior contraction ``1 - sd_post / sd_prior`` of ``y0``, ``eps0`` and ``y_star``,
+    with both s.d.s and the 90 % intervals (priors drawn from the specification's distributions)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    mu, sd, lo, hi = spec.y0_prior
+    a, b = (lo - mu) / sd, (hi - mu) / sd
+    y0 = stats.truncnorm.rvs(a, b, loc=mu, scale=sd, size=n_prior, random_state=rng)
+    eps0 = np.exp(np.log(spec.eps0_prior[0]) + spec.eps0_prior[1] * rng.standard_normal(n_prior))
+    prior = {"y0": y0, "eps0": eps0, "y_star": y0 + 1 / eps0}
+    out = {}
+    for name, pr in prior.items():
+        post = idata.posterior[name].values.ravel()
+        out[name] = {"prior_sd": float(pr.std()), "posterior_sd": float(post.std()),
+                     "contraction": float(1 - post.std() / pr.std()),
+                     "prior_90": np.quantile(pr, [0.05, 0.95]).tolist(),
+                     "posterior_90": np.quantile(post, [0.05, 0.95]).tolist(),
+                     "posterior_mean": float(post.mean())}
+    return out
+
+
+def curves(idata, spec: ConcentrationSpec, y=None) -> xr.Dataset:
+    """Each coupling's predicted link curve against ``y`` with 50 % and 90 % bands (quantiles of
+    the posterior draws of ``f(y)``; the image scatter ``omega`` is not included)."""
+    post = idata.posterior
+    if y is None:
+        yi = idata.constant_data["image_y"].values
+        y = np.linspace(max(0.0, yi.min() - 0.02), min(1.0, yi.max() + 0.02), 61)
+    y = np.asarray(y, dtype=float)
+    y0, eps0 = _flat(post["y0"])[:, None], _flat(post["eps0"])[:, None]
+    amp, quad = _flat(post["amplitude"]), _flat(post["quad"])
+    ybar = float(post.attrs.get("ybar", 0.0))
+    qs = (0.05, 0.25, 0.5, 0.75, 0.95)
+    bands = np.empty((len(spec.couplings), y.size, len(qs)))
+    for q, c in enumerate(spec.couplings):
+        fy = link_curve(c.link, y[None, :], amp[:, q:q + 1], y0, eps0, spec.k_cross,
+                        quad=(quad[:, q, 0:1], quad[:, q, 1:2]), ybar=ybar)
+        bands[q] = np.quantile(fy, qs, axis=0).T
+    names = ["q05", "q25", "median", "q75", "q95"]
+    return xr.Dataset({n: (("coupling", "y"), bands[..., k]) for k, n in enumerate(names)},
+                      coords={"coupling": [c.label for c in spec.couplings], "y": y,
+                              "link": ("coupling", [c.link for c in spec.couplings])})
+
+
+def _coupling_idata(idata, label: str):
+    import arviz as az
+
+    ll = idata.log_likelihood["m"].sel(coupling=label, drop=True)
+    keep = (ll != 0).any(("chain", "draw")).values  # images with tiles for this coupling
+    return az.InferenceData(posterior=idata.posterior[["y0"]],
+                            log_likelihood=xr.Dataset({"m": ll.isel(image=np.flatnonzero(keep))}))
+
+
+def universality(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: int = 0,
+                 params: lgd.LGDParams | None = None, idata=None, progress=None) -> tuple:
+    """Per coupling, evidence for "universal" against "concentration-dependent".
+
+    The specification's fit is compared with one fit per coupling in which only that coupling's
+    link is switched: to ``universal`` if its link is concentration-dependent, else to
+    ``quadratic`` (does any smooth dependence help?). Each comparison uses that coupling's
+    leave-one-image-out LOO (``arviz.compare``, stacking weights). Returns ``(table, fits)``:
+    a pandas DataFrame with one row per coupling (``elpd_dependent``, ``elpd_universal``,
+    ``elpd_diff`` = dependent - universal, ``dse``, ``weight_dependent``, ``favours``,
+    ``pareto_k_max``) and the fitted InferenceData per variant (key ``"spec"`` and the labels).
+    """
+    import arviz as az
+    import pandas as pd
+
+    spec = load_spec(spec) if isinstance(spec, str) else spec
+    d = _prepare(summ, spec, params)
+    compiled = None
+    if idata is None:
+        idata, compiled = _sample(d, spec, seed)
+        _annotate(idata, d, spec)
+    fits = {"spec": idata}
+    rows = []
+    for q, c in enumerate(spec.couplings):
+        alt = "quadratic" if c.link == "universal" else "universal"
+        dv, sv = _variant(d, spec, {c.label: alt})
+        other, compiled = _sample(dv, sv, seed + 1 + q, compiled)
+        _annotate(other, dv, sv)
+        fits[c.label] = other
+        dep, uni = (idata, other) if alt == "universal" else (other, idata)
+        dep_link = c.link if alt == "universal" else "quadratic"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cmp = az.compare({"dependent": _coupling_idata(dep, c.label), "universal": _coupling_idata(uni, c.label)},
+                             method="stacking", seed=seed)
+            ks = [az.loo(_coupling_idata(x, c.label), pointwise=True).pareto_k.values.max() for x in (dep, uni)]
+        e_dep, e_uni = float(cmp.loc["dependent", "elpd_loo"]), float(cmp.loc["universal", "elpd_loo"])
+        diff = e_dep - e_uni
+        dse = float(cmp["dse"].max())
+        rows.append({"coupling": c.label, "spec_link": c.link, "dependent_link": dep_link,
+                     "elpd_dependent": e_dep, "elpd_universal": e_uni, "elpd_diff": diff, "dse": dse,
+                     "weight_dependent": float(cmp.loc["dependent", "weight"]),
+                     "favours": ("dependent" if diff > 2 * dse else "universal" if diff < -2 * dse else "unclear")
+                     if dse > 0 else ("dependent" if diff > 0 else "universal"),
+                     "pareto_k_max": float(max(ks))})
+        if progress:
+            progress(c.label)
+    return pd.DataFrame(rows), fits
+
+
+def simulate_summaries(spec: ConcentrationSpec | str, compositions, *, images_per_composition: int = 2,
+                       tiles_per_image: int = 16, y0: float = 0.18, eps0: float = 5.0, amplitudes=None,
+                       tile_sd: float = 0.15, tau: float = 0.1, omega: float = 0.05, seed: int = 0,
+                       params: lgd.LGDParams | None = None) -> xr.Dataset:
+    """Stage-1 summaries drawn from the stage-2 model with known truth (for tests and design checks).
+
+    Every coupling follows its link in ``spec`` with amplitude ``amplitudes[label]`` (default: the
+    reference amplitude, or 1); ``tile_sd``, ``tau`` and ``omega`` are relative to each coupling's
+    amplitude: tile posterior s.d., tile scatter and image scatter. The truth is in the attrs.
+    """
+    spec = load_spec(spec) if isinstance(spec, str) else spec
+    rng = np.random.default_rng(seed)
+    images, ys = [], []
+    for y in compositions:
+        for k in range(images_per_composition):
+            images.append(f"Sm_{round(100 * y)}_{k}")
+            ys.append(float(y))
+    ys = np.asarray(ys)
+    amps = {}
+    for c in spec.couplings:
+        ref = reference_amplitude(c, params) if c.link in ("ps", "cross") else None
+        amps[c.label] = float((amplitudes or {}).get(c.label, ref if ref is not None else 1.0))
+    T = len(images) * tiles_per_image
+    mean = np.empty((T, len(spec.couplings)))
+    sd = np.empty_like(mean)
+    for q, c in enumerate(spec.couplings):
+        A = amps[c.label]
+        link = c.link if c.link != "quadratic" else "universal"
+        f = link_curve(link, ys, A, y0, eps0, spec.k_cross)
+        theta = f + abs(A) * omega * rng.standard_normal(ys.size)
+        s = abs(A) * tile_sd * rng.uniform(0.5, 1.5, size=T)
+        tile_theta = np.repeat(theta, tiles_per_image) + abs(A) * tau * rng.standard_normal(T)
+        mean[:, q] = tile_theta + s * rng.standard_normal(T)
+        sd[:, q] = s
+    out = xr.Dataset({"mean": (("tile", "coupling"), mean), "sd": (("tile", "coupling"), sd)},
+                     coords={"tile": np.arange(T), "coupling": [c.label for c in spec.couplings],
+                             "image": ("tile", np.repeat(images, tiles_per_image)),
+                             "sm_fraction": ("tile", np.repeat(ys, tiles_per_image))})
+    out["used"] = xr.ones_like(out["mean"], dtype=bool)
+    out.attrs.update(truth=json.dumps({"y0": y0, "eps0": eps0, "amplitudes": amps, "y_star": y0 + 1 / eps0}))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the `causalcrystal concentration` job
+
+OUTPUTS = ("tile_summaries.nc", "concentration.nc", "couplings.csv", "curves.csv", "contraction.json",
+           "manifest.json")
+
+
+def coupling_table(idata, spec: ConcentrationSpec, summ: xr.Dataset, evidence=None):
+    """One row per coupling: link, amplitude (mean, sd, 90 % interval), quadratic terms, how many
+    tiles and images inform it, and (if given) the universality evidence."""
+    import pandas as pd
+
+    post = idata.posterior
+    amp = _flat(post["amplitude"])
+    quad = _flat(post["quad"])
+    used = summ["used"].sel(coupling=[c.label for c in spec.couplings]).values
+    rows = []
+    for q, c in enumerate(spec.couplings):
+        lo, hi = np.quantile(amp[:, q], [0.05, 0.95])
+        imgs = summ["image"].values[used[:, q]]
+        row = {"coupling": c.label, "link": c.link, "effect_kind": c.effect_kind, "oriented": c.orient,
+               "amplitude_mean": amp[:, q].mean(), "amplitude_sd": amp[:, q].std(), "amplitude_5%": lo,
+               "amplitude_95%": hi, "amplitude_prior": "none" if c.amplitude is None else
+               f"{c.amplitude} x exp(N(0, {c.amplitude_rel_sd}^2))",
+               "tau_mean": float(_flat(post["tau"])[:, q].mean()), "omega_mean": float(_flat(post["omega"])[:, q].mean()),
+               "n_tiles": int(used[:, q].sum()), "n_images": int(len(set(imgs.tolist())))}
+        if c.link == "quadratic":
+            row.update(linear_mean=quad[:, q, 0].mean(), quadratic_mean=quad[:, q, 1].mean())
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if evidence is not None:
+        table = table.merge(evidence.drop(columns=["spec_link"]), on="coupling", how="left")
+    return table
+
+
+def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: ConcentrationSpec | str = "lgd", *,
+                      seed: int = 0, universality_check: bool = True, overwrite: bool = False,
+                      params: lgd.LGDParams | None = None, log=None) -> dict:
+    """Stage 1 + stage 2 (+ the universality comparisons) for a finished ``run`` folder.
+
+    Writes into ``out_dir``: ``tile_summaries.nc`` (stage 1, reused when the job is re-run with the
+    same settings), ``concentration.nc`` (InferenceData: ``y0``, ``eps0``, ``y_star``,
+    ``amplitude``, ...), ``couplings.csv`` (per coupling: link, amplitude, universality evidence),
+    ``curves.csv`` (each coupling's curve against ``y`` with 50 % / 90 % bands),
+    ``contraction.json`` (prior-to-posterior contraction of the shared parameters) and
+    ``manifest.json``. Nothing is replaced without ``overwrite``.
+    """
+    import sys
+
+    from causalcrystal import __version__
+    from causalcrystal.engine import _prepare_out
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    spec = load_spec(spec) if isinstance(spec, str) else spec
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.resolve() == run_dir.resolve():
+        raise ConcentrationError(f"--out {out_dir} is the run folder itself; choose a separate folder (e.g. "
+                                 f"{run_dir}/concentration).")
+    settings = {"run_dir": str(run_dir.resolve()), "spec": spec.to_dict(), "seed": seed,
+                "universality": universality_check}
+    _prepare_out(out_dir, {"settings": settings, "causalcrystal": __version__}, overwrite, outputs=OUTPUTS,
+                 final="concentration.nc", subdir=None)
+    spath = out_dir / "tile_summaries.nc"
+    if spath.exists():
+        summ = xr.load_dataset(spath, engine="h5netcdf")
+        summ["used"] = summ["used"].astype(bool)
+        log(f"stage 1: reusing {spath}")
+    else:
+        log(f"stage 1: tile posteriors of {len(spec.couplings)} couplings from {run_dir}/posterior.nc")
+        summ = tile_summaries(run_dir, spec)
+        summ.to_netcdf(spath.with_name(spath.name + ".tmp"), engine="h5netcdf")
+        Path(str(spath) + ".tmp").replace(spath)
+    check_series(summ)
+    log(f"stage 2: hierarchical LGD model over {len(set(summ['image'].values.tolist()))} images, "
+        f"{summ.sizes['tile']} tiles (spec {spec.name!r})")
+    d = _prepare(summ, spec, params)
+    idata, compiled = _sample(d, spec, seed)
+    _annotate(idata, d, spec)
+    evidence = None
+    if universality_check:
+        n = len(spec.couplings)
+        done = iter(range(1, n + 1))
+        evidence, _ = universality(summ, spec, seed=seed, params=params, idata=idata,
+                                   progress=lambda lab: log(f"universality {next(done)}/{n}: {lab}"))
+    table = coupling_table(idata, spec, summ, evidence)
+    cur = curves(idata, spec).to_dataframe().reset_index()
+    cont = contraction(idata, spec, seed=seed)
+    tmp = out_dir / "concentration.nc.tmp"
+    idata.to_netcdf(str(tmp), engine="h5netcdf")
+    table.to_csv(out_dir / "couplings.csv", index=False)
+    cur.to_csv(out_dir / "curves.csv", index=False)
+    (out_dir / "contraction.json").write_text(json.dumps(cont, indent=1))
+    tmp.replace(out_dir / "concentration.nc")  # last: its presence marks a finished job
+    y0 = cont["y0"]
+    log(f"y0 = {y0['posterior_mean']:.3f} (90 % {y0['posterior_90'][0]:.3f}-{y0['posterior_90'][1]:.3f}; "
+        f"contraction {y0['contraction']:.2f}), y_star = {cont['y_star']['posterior_mean']:.3f} "
+        f"(contraction {cont['y_star']['contraction']:.2f}); wrote {out_dir}")
+    return {"out_dir": str(out_dir), "contraction": cont, "couplings": table,
+            "divergences": int(idata.sample_stats["diverging"].sum())}

@@ -1,0 +1,186 @@
+"""The LGD concentration model: links against the physics, the integrated likelihood, recovery of
+y0 / y_star where the identifiability analysis says they are identified, universality evidence,
+bad series, and the `concentration` command on a real (small) run."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import xarray as xr
+from scipy import integrate, stats
+
+from causalcrystal import concentration as cn
+from causalcrystal import lgd
+from causalcrystal.cli import main
+
+P = lgd.LGDParams()
+K_EXACT = P.kappa / (4 * abs(P.alpha1))
+SERIES = (0.0, 0.07, 0.10, 0.13, 0.20)  # the public series' compositions
+#: one set of couplings for the fitting tests, so the stage-2 model compiles once (~45 s)
+LABELS = ["a<-Px", "b<-Px", "alpha<-Py", "Px<-Py", "a<-I14", "Vol<-a"]
+
+
+def _spec(rel_sd: float, labels=None, **shared) -> cn.ConcentrationSpec:
+    spec = cn.load_spec("lgd")
+    cs = tuple(replace(c, amplitude_rel_sd=rel_sd) if c.amplitude is not None else c for c in spec.couplings
+               if labels is None or c.label in labels)
+    return replace(spec, couplings=cs, k_cross=K_EXACT, **shared)
+
+
+def test_links_reproduce_the_lgd_physics():
+    """The ps and cross links with the reference amplitudes are the simulator's couplings far from walls."""
+    spec = _spec(0.5)
+    y = np.array([0.0, 0.1, 0.18, 0.3])
+    strain = lgd.strain_couplings(y, 1.0, P)
+    for c in spec.couplings:
+        A = cn.reference_amplitude(c, P)
+        if A is None:  # universal couplings have no LGD amplitude
+            continue
+        f = cn.link_curve(c.link, y, A, P.y0, P.eps0, spec.k_cross)
+        if c.label in strain:
+            # the link drops the Vegard change of a0(y), b0(y): off by at most |da_dy| y / a0(y)
+            rtol = abs(P.da_dy) * y.max() / (P.a_ref + P.da_dy * y.max())
+            np.testing.assert_allclose(f, strain[c.label], rtol=rtol * 1.0001)
+        elif c.label == "Px<-Py":
+            np.testing.assert_allclose(f, lgd.cross_coupling(y, 1.0, P), rtol=1e-12)
+    ps = cn.link_curve("ps", np.array([P.y0, P.y0 + 1 / P.eps0]), 2.0, P.y0, P.eps0, 0.25)
+    np.testing.assert_allclose(ps, [2.0, 0.0])  # A at the MPB, zero at y_star
+
+
+def test_image_loglik_equals_numerical_integration():
+    spec = _spec(0.5)
+    summ = cn.simulate_summaries(spec, (0.0, 0.1, 0.2), images_per_composition=1, tiles_per_image=5, seed=1)
+    d = cn._prepare(summ, spec, None)
+    rng = np.random.default_rng(0)
+    S, C, G = 3, len(d.labels), len(d.images)
+    f = rng.normal(0, 1, (S, C, G)) * d.scale[None, :, None]
+    tau = np.abs(rng.normal(0, 1, (S, C))) * d.scale
+    om = np.abs(rng.normal(0, 1, (S, C))) * d.scale * 0.5
+    ll = cn.image_loglik(d, spec, f, tau, om)
+    for s in range(S):
+        for c in range(3):
+            for g in range(G):
+                sel = (d.obs_c == c) & (d.obs_g == g)
+                sd = np.sqrt(d.s[sel] ** 2 + tau[s, c] ** 2)
+
+                def h(th):
+                    return np.exp(stats.t.logpdf(d.m[sel], spec.tile_nu, th, sd).sum()
+                                  + stats.norm.logpdf(th, f[s, c, g], om[s, c]))
+
+                lo, hi = f[s, c, g] - 12 * om[s, c], f[s, c, g] + 12 * om[s, c]
+                val = integrate.quad(h, lo, hi, points=[d.m[sel].mean()], limit=500, epsabs=0)[0]
+                assert ll[s, c, g] == pytest.approx(np.log(val), abs=1e-4)
+
+
+def _interval(idata, name):
+    return np.quantile(idata.posterior[name].values.ravel(), [0.05, 0.95])
+
+
+@pytest.mark.parametrize("y0,seed", [(0.16, 1), (0.22, 2)])
+def test_y0_recovered_when_amplitudes_are_known(y0, seed):
+    """Amplitudes known to 3 % (log-sd): the analysis says y0 is identified to about +-0.012."""
+    spec = _spec(0.03, labels=LABELS)
+    summ = cn.simulate_summaries(spec, SERIES, images_per_composition=3, y0=y0, seed=seed)
+    idata = cn.fit(summ, spec, seed=seed)
+    lo, hi = _interval(idata, "y0")
+    assert lo < y0 < hi
+    cont = cn.contraction(idata, spec)
+    prior_width = np.diff(cont["y0"]["prior_90"])[0]
+    assert hi - lo < 0.5 * prior_width  # "clearly narrower than the prior"
+    assert int(idata.sample_stats["diverging"].sum()) == 0
+
+
+def test_wide_amplitude_priors_identify_y_star_only():
+    """Amplitudes known to 50 %: y_star = y0 + 1/eps0 is pinned by the curves, y0 much less."""
+    spec = _spec(0.5, labels=LABELS)
+    y0 = 0.2
+    summ = cn.simulate_summaries(spec, SERIES, images_per_composition=3, y0=y0, seed=3)
+    idata = cn.fit(summ, spec, seed=3)
+    lo, hi = _interval(idata, "y_star")
+    assert lo < y0 + 1 / P.eps0 < hi
+    cont = cn.contraction(idata, spec)
+    assert cont["y_star"]["contraction"] > 0.8
+    assert cont["y0"]["contraction"] < cont["y_star"]["contraction"] - 0.2
+    lo, hi = _interval(idata, "y0")
+    assert lo < y0 < hi
+
+
+def test_universal_couplings_come_out_universal_and_dependent_ones_dependent():
+    spec = _spec(0.5, labels=LABELS)
+    summ = cn.simulate_summaries(spec, SERIES, images_per_composition=3, y0=0.18, seed=4)
+    table, fits = cn.universality(summ, spec, seed=4)
+    row = table.set_index("coupling")
+    for lab in ("a<-Px", "alpha<-Py"):  # simulated as P_S(y)-dependent
+        assert row.loc[lab, "elpd_diff"] > 2 * row.loc[lab, "dse"], row.loc[lab].to_dict()
+        assert row.loc[lab, "favours"] == "dependent"
+    for lab in ("a<-I14", "Vol<-a"):  # simulated as universal, compared with a free quadratic
+        assert row.loc[lab, "elpd_diff"] < 2 * row.loc[lab, "dse"], row.loc[lab].to_dict()
+        assert row.loc[lab, "favours"] != "dependent"
+    assert set(fits) == {"spec", *LABELS}
+
+
+def test_bad_series_are_refused():
+    spec = _spec(0.5, labels=["a<-Px", "a<-I14"])
+    one = cn.simulate_summaries(spec, (0.1,), images_per_composition=2)
+    with pytest.raises(cn.ConcentrationError, match="one composition"):
+        cn.fit(one, spec)
+    bad = cn.simulate_summaries(spec, (0.0, 0.1)).assign_coords(sm_fraction=lambda s: s["sm_fraction"] * 100)
+    with pytest.raises(cn.ConcentrationError, match="outside \\[0, 1\\]"):
+        cn.fit(bad, spec)
+    with pytest.raises(ValueError, match="link 'linear' unknown"):
+        cn.Coupling("a", "Px", link="linear")
+    with pytest.raises(ValueError, match="not in spec"):
+        spec.with_links(**{"Vol<-b": "universal"})
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    from causalcrystal.engine import run_pipeline
+    from causalcrystal.sem import load_spec
+    from causalcrystal.simulator import simulate
+
+    cells = simulate((0.0, 0.1, 0.2), shape=(24, 24), seed=5, n_walls=0, interface_fraction=0.0)
+    out = tmp_path_factory.mktemp("conc") / "run"
+    run_pipeline(cells, out, tile_size=12, n_bootstrap=5, image_bootstrap=10, seed=5, workers=1, progress=False,
+                 spec=load_spec("laplace").with_(draws=200, tune=200), log=lambda m: None)
+    return out
+
+
+def test_concentration_command_on_a_run(small_run, tmp_path):
+    out = tmp_path / "conc"
+    spec = tmp_path / "small.toml"
+    spec.write_text((cn.SPECS_DIR / "lgd.toml").read_text().split("[[coupling]]")[0] + """
+[[coupling]]
+effect = "a"
+cause = "Px"
+link = "ps"
+amplitude = "lgd"
+orient = true
+
+[[coupling]]
+effect = "Vol"
+cause = "a"
+link = "universal"
+""")
+    assert main(["concentration", str(small_run), "--out", str(out), "--spec", str(spec), "--quiet"]) == 0
+    for name in cn.OUTPUTS:
+        assert (out / name).exists(), name
+    idata = __import__("arviz").from_netcdf(out / "concentration.nc")
+    assert {"y0", "eps0", "y_star", "amplitude"} <= set(idata.posterior.data_vars)
+    assert idata.log_likelihood["m"].dims == ("chain", "draw", "coupling", "image")
+    summ = xr.load_dataset(out / "tile_summaries.nc")
+    # stage 1 in raw units, oriented by the tile's Px: a <- Px = 2 a0 Q11 P_S k < 0 (Q11 < 0) in the film
+    a_px = summ["mean"].sel(coupling="a<-Px").values[summ["used"].sel(coupling="a<-Px").values.astype(bool)]
+    assert np.median(a_px) < 0
+    # Vol <- a ~ b_S ~ 4 angstrom in raw units (it is ~1 standardised)
+    vol_a = summ["mean"].sel(coupling="Vol<-a").values
+    assert 3.0 < np.nanmedian(vol_a) < 5.0
+    table = __import__("pandas").read_csv(out / "couplings.csv")
+    assert list(table["coupling"]) == ["a<-Px", "Vol<-a"] and "elpd_diff" in table
+    # nothing is replaced silently; a user's file survives --overwrite
+    (out / "notes.txt").write_text("mine")
+    assert main(["concentration", str(small_run), "--out", str(out), "--spec", str(spec), "--quiet"]) == 2
+    assert main(["concentration", str(small_run), "--out", str(small_run), "--quiet"]) == 2
+    assert main(["concentration", str(small_run), "--out", str(out), "--spec", str(spec), "--quiet",
+                 "--no-universality", "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
