@@ -96,25 +96,39 @@ class ModelSpec:
         return asdict(self)
 
 
+def specs_in(directory: Path) -> list[str]:
+    """Names of the specification files (``*.toml``) in ``directory``."""
+    return sorted(p.stem for p in directory.glob("*.toml")) if directory.is_dir() else []
+
+
+def read_spec_toml(name_or_path: str | Path, directory: Path, kind: str) -> tuple[Path, dict]:
+    """Find a specification by name (``<directory>/<name>.toml``) or path and parse it.
+
+    Shared by the SEM specifications (``models/``) and the concentration ones
+    (``models/concentration/``); errors name the file and what to do.
+    """
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = directory / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ValueError(
+            f"{kind} specification {str(name_or_path)!r} not found (looked for {path}); "
+            f"available: {specs_in(directory)} or give a path to a .toml file."
+        )
+    try:
+        return path, tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML ({err}).") from None
+
+
 def available_specs() -> list[str]:
     """Names of the model specifications in ``models/``."""
-    return sorted(p.stem for p in MODELS_DIR.glob("*.toml")) if MODELS_DIR.is_dir() else []
+    return specs_in(MODELS_DIR)
 
 
 def load_spec(name_or_path: str | Path = "laplace") -> ModelSpec:
     """Load a model specification by name (``models/<name>.toml``) or from a TOML file path."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = MODELS_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        raise ValueError(
-            f"model specification {str(name_or_path)!r} not found (looked for {path}); "
-            f"available: {available_specs()} or give a path to a .toml file."
-        )
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML ({err}).") from None
+    path, raw = read_spec_toml(name_or_path, MODELS_DIR, "model")
     known = {"name", "description", "noise", "prior", "sampler"}
     unknown = set(raw) - known
     if unknown:
