@@ -73,7 +73,6 @@ with ``arviz.compare`` (ELPD difference, its standard error, stacking weights).
 from __future__ import annotations
 
 import json
-import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -181,21 +180,16 @@ class ConcentrationSpec:
 
 def available_specs() -> list[str]:
     """Names of the concentration specifications in ``models/concentration/``."""
-    return sorted(p.stem for p in SPECS_DIR.glob("*.toml")) if SPECS_DIR.is_dir() else []
+    from causalcrystal.sem import specs_in
+
+    return specs_in(SPECS_DIR)
 
 
 def load_spec(name_or_path: str | Path = "lgd") -> ConcentrationSpec:
     """Load a concentration specification by name (``models/concentration/<name>.toml``) or path."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = SPECS_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        raise ValueError(f"concentration specification {str(name_or_path)!r} not found (looked for {path}); "
-                         f"available: {available_specs()} or give a path to a .toml file.")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML ({err}).") from None
+    from causalcrystal.sem import read_spec_toml
+
+    path, raw = read_spec_toml(name_or_path, SPECS_DIR, "concentration")
     try:
         couplings = tuple(Coupling(**c) for c in raw.pop("coupling", []))
         shared = raw.pop("shared", {})
@@ -449,6 +443,7 @@ def image_loglik(d: _Data, spec: ConcentrationSpec, f, tau, omega, chunk: int = 
     cg, m, s = cg_all[order], d.m[order], d.s[order]
     obs_c = d.obs_c[order]
     groups, starts = np.unique(cg, return_index=True)
+    idx = np.searchsorted(groups, cg)  # each observation's (coupling, image) group
     lnorm = special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
     lw = np.log(_GH_W / np.sqrt(np.pi)) + _GH_X**2  # log weight minus the proposal's exponent
     out = np.zeros((S, C * G))
@@ -460,7 +455,6 @@ def image_loglik(d: _Data, spec: ConcentrationSpec, f, tau, omega, chunk: int = 
         mq = (np.add.reduceat(m[None, :] / sig2, starts, axis=1) + fb / om**2) / P
         sq = 1.5 / np.sqrt(P)
         nodes = mq[..., None] + np.sqrt(2.0) * sq[..., None] * _GH_X  # (s, g, K)
-        idx = np.searchsorted(groups, cg)
         z2 = (m[None, :, None] - nodes[:, idx, :]) ** 2 / sig2[..., None]
         lt = -0.5 * np.log(sig2)[..., None] - (nu + 1) / 2 * np.log1p(z2 / nu)
         lsum = np.add.reduceat(lt, starts, axis=1) + lnorm * np.diff(np.append(starts, cg.size))[None, :, None]

@@ -253,7 +253,7 @@ def run_pipeline(
     clock = time.perf_counter()
     tmp = out_dir / "posterior.nc.tmp"
     summary = write_posterior(tmp, tiles, disc, priors, done, tile_dir, spec, standardize, progress,
-                              constants=tile_constants(cells, tiles, done, standardize))
+                              constants=tile_constants(cells, std_cells, tiles, done))
     os.replace(tmp, out_dir / "posterior.nc")
     summary.to_csv(out_dir / "summary.csv", index=False)
     flagged = summary.loc[summary["flagged"], "tile"].unique()
@@ -301,19 +301,18 @@ def _load_tile(tile_dir: Path, k: int) -> dict:
     return dict(np.load(tile_dir / f"tile_{k:05d}.npz", allow_pickle=False))
 
 
-def tile_constants(cells: xr.Dataset, tiles: xr.Dataset, done, standardize: str) -> xr.Dataset:
+def tile_constants(cells: xr.Dataset, std_cells: xr.Dataset, tiles: xr.Dataset, done) -> xr.Dataset:
     """Per tile: the Sm fraction, the raw descriptor means and the scales that ``B`` is in.
 
     ``B_raw[i, j] = B[i, j] * scale_i / scale_j`` converts a tile's coefficients to raw units;
     ``tile_mean`` (raw) gives, e.g., the sign of the tile's spontaneous polarisation, which the
     concentration model needs to orient strain <- polarisation couplings across 180-degree walls.
+    ``std_cells`` is the standardised table the run sampled (its attrs record the mode and scales).
     """
     X = np.column_stack([cells[v].values.astype(np.float64) for v in DESCRIPTORS])
     y = cells["sm_fraction"].values
-    if standardize == "image":
-        from causalcrystal.discovery import standardize as _std
-
-        sds = json.loads(_std(cells, "image").attrs["standardize_sd"])
+    standardize = std_cells.attrs.get("standardize", "none")
+    sds = json.loads(std_cells.attrs.get("standardize_sd", "{}"))
     mean, scale, frac = [], [], []
     for k in done:
         mem = tile_members(tiles, k)
