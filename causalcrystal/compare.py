@@ -1,0 +1,598 @@
+"""Model comparison over a finished run: candidate DAGs x noise families, model averaging, directions.
+
+``compare_run(run_dir, out_dir, cells=...)`` takes a ``causalcrystal run`` folder and, for each
+selected tile, fits the tile's Bayesian SEM (:func:`causalcrystal.sem.sample_tile`) under
+
+* the top ``candidates`` distinct causal orders among LiNGAM's bootstrap candidate DAGs of that
+  tile (``discovery.nc``: ``candidate_order`` with ``candidate_frequency > 0``; candidates that
+  share an order are one model, because the SEM's prior depends on the order and the tile's edge
+  weights only), and
+* each noise family in ``families`` (specifications ``models/<name>.toml``, with the run's sampler
+  settings so every model has the same number of draws),
+
+compares the models by PSIS-LOO over the tile's cells (:func:`arviz.loo` on the pointwise
+log-likelihood, :func:`arviz.compare` with stacking weights) and averages the coefficients ``B``
+over the models with those weights. With ``directions=True`` it also estimates, per tile and per
+whole image, the probability of each direction of the pairs in ``pairs``
+(:func:`causalcrystal.direction.direction_probability`: the two orientations of the pair in the
+tile's top candidate order, or the image-level LiNGAM order for an image, compared by LOO;
+``p_forward`` is their pseudo-BMA+ weight, with the run's model specification; an image's edge
+weights are its own bootstrap probabilities).
+
+Inputs
+------
+
+The run folder does not store the cells, so compare needs the same cell table the run was made
+from (``cells=``; on the command line the same input files as ``run``, or ``--demo`` for a
+``causalcrystal demo`` folder). The tiles and the standardisation are re-created exactly as the
+run did (:func:`~causalcrystal.tiling.make_tiles` with the manifest's settings,
+:func:`causalcrystal.discovery.standardize` and :func:`~causalcrystal.discovery.tile_matrix`) and
+checked against the run: the number of cells, every tile's image/position/cell count and (for
+per-image standardisation) the per-image means and standard deviations in ``discovery.nc`` must
+match, otherwise :class:`CompareError` says what differs.
+
+Model averaging
+---------------
+
+Every model of a tile is fitted to the same standardised cell matrix, so ``B[effect, cause]`` has
+the same meaning (standard deviations of the effect per standard deviation of the cause) under
+every causal order and every noise family; the noise family changes only the residual density.
+That is why mixing the models' draws of ``B`` is meaningful. The averaged posterior is the mixture
+``sum_m w_m p_m(B | data)`` with the stacking weights ``w_m``; its summaries are computed exactly
+from the pooled draws, each draw of model ``m`` weighted ``w_m / S_m`` (the limit of resampling
+draws in proportion to the weights, without its Monte Carlo noise). Where a model's causal order
+does not allow an edge its draws are exactly 0, so ``p_allowed`` (the stacking weight of the models
+allowing the edge) is part of the answer, and a mean near 0 can mean "absent" as well as "small".
+
+Outputs (in ``out_dir``)
+------------------------
+
+``models.csv``
+    one row per tile x model: ``tile, image, row0, col0, model`` (``cand<k>/<family>``),
+    ``candidate, family, order`` (descriptor names, causes first), ``candidate_frequency,
+    elpd_loo, se, p_loo, elpd_diff, dse`` (to the tile's best model), ``weight`` (stacking),
+    ``rank, pareto_k_max, warning`` (a Pareto k above ArviZ's threshold), ``divergences,
+    r_hat_max, ess_bulk_min, seconds``.
+``averaged.csv``
+    one row per tile x edge allowed by at least one model: ``tile, image, row0, col0, effect,
+    cause, mean, sd, q05, q50, q95, p_positive, p_negative, p_sign`` (the larger of the two),
+    ``p_allowed, inclusion_prob`` (stacking-weighted posterior inclusion probability),
+    ``top_model, mean_top`` (the highest-weight model and its mean).
+``directions.csv``
+    one row per (tile or image) x pair: ``level`` (``tile`` | ``image``), ``tile`` (-1 for
+    images), ``image, pair`` (``a->b``), ``a, b, n_cells, p_forward`` (P(a -> b)), ``elpd_diff``
+    (forward - backward), ``dse, coef_forward, coef_backward, lingam_forward, lingam_backward``
+    (bootstrap fractions of each direction in ``discovery.nc``), ``found_both_ways`` (LiNGAM found
+    both directions in this tile's / image's bootstrap), ``order, seconds``.
+``manifest.json``
+    the settings.
+``parts/``
+    each tile's and image's results (JSON, written as soon as it is finished, with the models'
+    posterior means of ``B`` under ``model_means``): an interrupted compare re-run with the same
+    settings keeps them and computes only the rest.
+
+Cost: per tile ``(distinct candidate orders <= candidates) x len(families)`` SEM fits, plus 2 fits
+per pair with ``directions``, plus 2 fits per pair and whole image. Measured on 2 cores (the demo's
+256-cell tiles, default sampler settings, 2 workers of one thread each): ~3 s per ``laplace`` fit,
+~6 s per ``studentt`` fit (it needs the ESS re-run more often), after a compile of 10-30 s per noise
+family and worker; with the defaults that is ~35 s of worker time per tile, ~30 min for 100 tiles.
+``gennorm`` is far slower (~70 s per fit) and not a default family.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from causalcrystal.cells import DESCRIPTORS
+from causalcrystal.priors import DagPrior, PriorSpec, forbidden_into, inclusion_weights
+from causalcrystal.sem import ModelSpec, SamplerSpec, load_spec
+
+OUTPUTS = ("models.csv", "averaged.csv", "directions.csv", "manifest.json", "parts")
+#: Written last: its presence marks a finished comparison.
+FINAL = "models.csv"
+QUANTILES = (0.05, 0.5, 0.95)
+
+
+class CompareError(ValueError):
+    """The run, the cells or the settings cannot support a comparison (the message says why)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the run and its cells
+
+
+def spec_from_dict(d: dict) -> ModelSpec:
+    """The :class:`ModelSpec` recorded in a run's manifest (``settings['spec']``)."""
+    return ModelSpec(name=d.get("name", "laplace"), noise=d.get("noise", "laplace"),
+                     prior=PriorSpec(**d.get("prior", {})), sampler=SamplerSpec(**d.get("sampler", {})),
+                     description=d.get("description", ""))
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """A run folder's settings (``manifest.json``), model spec and discovery (tiles and images)."""
+    run_dir = Path(run_dir)
+    mpath, dpath = run_dir / "manifest.json", run_dir / "discovery.nc"
+    if not mpath.is_file() or not dpath.is_file():
+        raise CompareError(f"{run_dir} is not a causalcrystal run folder (needs manifest.json and discovery.nc); "
+                           "run `causalcrystal run INPUTS --out DIR` first.")
+    settings = json.loads(mpath.read_text())["settings"]
+    disc = xr.load_dataset(dpath, engine="h5netcdf")
+    disc_images = xr.load_dataset(dpath, engine="h5netcdf", group="images")
+    return {"dir": run_dir, "settings": settings, "spec": spec_from_dict(settings["spec"]), "disc": disc,
+            "disc_images": disc_images}
+
+
+def run_cells(cells: xr.Dataset, run: dict) -> tuple[xr.Dataset, xr.Dataset, xr.Dataset]:
+    """Re-create the run's tiles, image tiles and standardised cell table from ``cells``; check that
+    they are the run's (cell count, every tile's image, position and size, per-image scales).
+
+    Returns ``(tiles, image_tiles, std_cells)``; raises :class:`CompareError` naming the mismatch.
+    """
+    from causalcrystal import discovery
+    from causalcrystal.tiling import SmallTileWarning, image_tiles, make_tiles
+
+    s, disc, disc_images = run["settings"], run["disc"], run["disc_images"]
+    where = f"the run in {run['dir']} (source {s.get('source', '')!r})"
+    fix = "pass the same inputs (and reader options) as `causalcrystal run`, or --demo for a demo folder"
+    n = int(cells.sizes["cell"])
+    if n != int(s["n_cells"]):
+        raise CompareError(f"the cells given have {n} cells but {where} was made from {s['n_cells']}; {fix}.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallTileWarning)  # the run reported those already
+        tiles = make_tiles(cells, s["tile_size"], s["stride"], s["min_cells"])
+    images = image_tiles(cells)
+    for name, ours, theirs in (("tiles", tiles, disc), ("images", images, disc_images)):
+        if ours.sizes["tile"] != theirs.sizes["tile"]:
+            raise CompareError(f"the cells give {ours.sizes['tile']} {name} but {where} has {theirs.sizes['tile']}; "
+                               f"{fix}.")
+        for c in ("image", "row0", "col0", "n_cells"):
+            a, b = np.asarray(ours[c].values), np.asarray(theirs[c].values)
+            if a.astype(str).tolist() != b.astype(str).tolist():
+                k = int(np.flatnonzero(a.astype(str) != b.astype(str))[0])
+                raise CompareError(f"{name[:-1]} {k}: {c} = {a[k]} from the cells given but {b[k]} in {where}; {fix}.")
+    std = discovery.standardize(cells, s["standardize"])
+    if s["standardize"] == "image":
+        for key in ("standardize_mean", "standardize_sd"):
+            ours, theirs = json.loads(std.attrs[key]), json.loads(disc.attrs[key])
+            for img, per in theirs.items():
+                a = np.array([ours.get(img, {}).get(v, np.nan) for v in DESCRIPTORS])
+                b = np.array([per[v] for v in DESCRIPTORS])
+                if not np.allclose(a, b, rtol=1e-9, atol=0.0):
+                    raise CompareError(f"image {img}: the descriptors' per-image {key.split('_')[1]} differ from "
+                                       f"{where} (other data with the same layout?); {fix}.")
+    return tiles, images, std
+
+
+def select_tiles(disc: xr.Dataset, tiles=None, max_tiles: int | None = None) -> list[int]:
+    """The tiles to compare: ``tiles`` (indices), or ``max_tiles`` spread evenly over the run's
+    fitted tiles (so every image is represented), or all fitted tiles."""
+    ok = [k for k in range(disc.sizes["tile"]) if str(disc["status"].values[k]) == "ok"]
+    if tiles is not None and max_tiles is not None:
+        raise CompareError("give either tiles or max_tiles, not both.")
+    if tiles is not None:
+        tiles = sorted({int(k) for k in tiles})
+        bad = [k for k in tiles if k not in set(ok)]
+        if bad:
+            raise CompareError(f"tile(s) {bad} are not fitted tiles of the run (it has {len(ok)} fitted tiles: "
+                               f"{ok[:5]}{' ...' if len(ok) > 5 else ''}).")
+        return tiles
+    if max_tiles is not None:
+        if max_tiles < 1:
+            raise CompareError(f"max_tiles {max_tiles} must be >= 1.")
+        if max_tiles < len(ok):
+            pick = np.unique(np.round(np.linspace(0, len(ok) - 1, int(max_tiles))).astype(int))
+            return [ok[i] for i in pick]
+    return ok
+
+
+def _parse_pairs(pairs) -> list[tuple[str, str]]:
+    out = []
+    for p in pairs:
+        ab = p.split(":") if isinstance(p, str) else list(p)
+        if len(ab) != 2:
+            raise CompareError(f"pair {p!r}: give two descriptors, e.g. 'Px:Py' or ('Px', 'Py').")
+        a, b = str(ab[0]).strip(), str(ab[1]).strip()
+        for v in (a, b):
+            if v not in DESCRIPTORS:
+                raise CompareError(f"pair {a}:{b}: {v!r} is not a descriptor; use names from {list(DESCRIPTORS)}.")
+        if a == b:
+            raise CompareError(f"pair {a}:{b} needs two different descriptors.")
+        if (a, b) not in out and (b, a) not in out:
+            out.append((a, b))
+    return out
+
+
+def _image_seed(seed: int, index: int) -> int:
+    """The sampler seed of image ``index`` (a stream separate from the tiles' ``tile_seed``)."""
+    return int(np.random.SeedSequence([int(seed), int(index), 1]).generate_state(1)[0])
+
+
+def _order_text(order) -> str:
+    return " ".join(DESCRIPTORS[int(j)] for j in order)
+
+
+# ---------------------------------------------------------------------------------------------
+# one tile: fit the models, LOO, stacking, averaging
+
+
+@dataclass
+class Model:
+    """One model of a tile: a causal order (from candidate DAG ``candidate``) and a noise family."""
+
+    label: str
+    candidate: int
+    family: str
+    prior: DagPrior
+    spec: ModelSpec
+    candidate_frequency: float = float("nan")
+
+
+def compare_models(X: np.ndarray, models: list[Model], seed: int, threads: int | None = None) -> tuple[list, dict]:
+    """Fit every model to the cell matrix ``X``, compare them by PSIS-LOO with stacking weights.
+
+    Returns ``(rows, fits)``: one dict per model (``model, elpd_loo, se, p_loo, elpd_diff, dse,
+    weight, rank, pareto_k_max, warning``, sampler diagnostics, seconds) and, per model label, the
+    draws needed for averaging (``B``, ``edge_inclusion``: (draw, effect, cause)). Stacking weights
+    are clipped at 0 and renormalised (the optimiser returns them to ~1e-8).
+    """
+    import arviz as az
+
+    from causalcrystal.sem import sample_tile
+
+    elpds, fits, rows = {}, {}, {}
+    for m in models:
+        clock = time.perf_counter()
+        out = sample_tile(X, m.prior, m.spec, seed, threads=threads)
+        seconds = time.perf_counter() - clock
+        idata = az.from_dict(posterior={"sigma": out["sigma"]},
+                             log_likelihood={"z": out["loglik"].astype(np.float64)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a high Pareto k is recorded in the 'warning' column
+            elpds[m.label] = az.loo(idata, pointwise=True)
+        allowed = m.prior.allowed
+        rh, ess = out["r_hat"][allowed], out["ess_bulk"][allowed]
+        rows[m.label] = {"model": m.label, "candidate": m.candidate, "family": m.family,
+                         "order": _order_text(m.prior.order), "candidate_frequency": m.candidate_frequency,
+                         "pareto_k_max": float(np.max(elpds[m.label]["pareto_k"])),
+                         "divergences": int(out["diverging"].sum()),
+                         "r_hat_max": float(np.nanmax(rh)) if rh.size else float("nan"),
+                         "ess_bulk_min": float(np.nanmin(ess)) if ess.size else float("nan"),
+                         "seconds": seconds}
+        S = out["B"].shape[0] * out["B"].shape[1]
+        fits[m.label] = {"B": out["B"].reshape(S, *out["B"].shape[2:]).astype(np.float64),
+                         "edge_inclusion": out["edge_inclusion"].reshape(S, *out["B"].shape[2:]), "allowed": allowed}
+    if len(models) == 1:
+        only = models[0].label
+        e = elpds[only]
+        rows[only].update(elpd_loo=float(e["elpd_loo"]), se=float(e["se"]), p_loo=float(e["p_loo"]),
+                          elpd_diff=0.0, dse=0.0, weight=1.0, rank=0, warning=bool(e["warning"]))
+        return [rows[only]], fits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cmp = az.compare(elpds, method="stacking")
+    w = np.clip(cmp["weight"].to_numpy(dtype=float), 0.0, None)
+    w = w / w.sum()
+    for (label, r), wk in zip(cmp.iterrows(), w):
+        rows[label].update(elpd_loo=float(r["elpd_loo"]), se=float(r["se"]), p_loo=float(r["p_loo"]),
+                           elpd_diff=float(r["elpd_diff"]), dse=float(r["dse"]), weight=float(wk),
+                           rank=int(r["rank"]), warning=bool(r["warning"]))
+    return [rows[m.label] for m in models], fits
+
+
+def average_coefficients(draws: list[np.ndarray], weights, inclusion: list[np.ndarray] | None = None,
+                         quantiles=QUANTILES) -> dict:
+    """Summaries of the mixture ``sum_m weights[m] p_m`` of several models' draws of ``B``.
+
+    ``draws[m]``: (draws_m, effect, cause); ``weights``: model weights (normalised here). Exact for
+    the pooled draws with draw weights ``w_m / S_m`` (no resampling noise). Returns arrays
+    (effect, cause): ``mean``, ``sd``, one per quantile (``q05``, ``q50``, ``q95``), ``p_positive``,
+    ``p_negative``, ``p_allowed`` (weight of models whose draws are not all exactly 0) and, with
+    ``inclusion`` (per-model draws of the inclusion probability), ``inclusion_prob``.
+    """
+    w = np.asarray(weights, dtype=float)
+    w = w / w.sum()
+    means = [d.mean(0) for d in draws]
+    mean = sum(wk * m for wk, m in zip(w, means))
+    # law of total variance (not E[B^2] - E[B]^2, which cancels badly for edges near 0)
+    var = sum(wk * (d.var(0) + (m - mean) ** 2) for wk, d, m in zip(w, draws, means))
+    out = {"mean": mean, "sd": np.sqrt(var),
+           "p_positive": sum(wk * (d > 0).mean(0) for wk, d in zip(w, draws)),
+           "p_negative": sum(wk * (d < 0).mean(0) for wk, d in zip(w, draws)),
+           "p_allowed": sum(wk * (d != 0).any(0) for wk, d in zip(w, draws))}
+    if inclusion is not None:
+        out["inclusion_prob"] = sum(wk * d.mean(0) for wk, d in zip(w, inclusion))
+    pooled = np.concatenate(draws, axis=0)
+    dw = np.concatenate([np.full(d.shape[0], wk / d.shape[0]) for wk, d in zip(w, draws)])
+    idx = np.argsort(pooled, axis=0, kind="stable")
+    cum = np.cumsum(dw[idx], axis=0)  # the mixture's CDF at each sorted draw, per edge
+    srt = np.take_along_axis(pooled, idx, axis=0)
+    for q in quantiles:
+        # inverted CDF: the smallest draw whose cumulative weight reaches q
+        first = np.argmax(cum >= q - 1e-12, axis=0)
+        out[f"q{round(q * 100):02d}"] = np.take_along_axis(srt, first[None], axis=0)[0]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-tile / per-image task (runs in a worker: picklable, returns JSON-able rows)
+
+
+@dataclass
+class CompareTask:
+    """One tile's (or image's) work: model comparison (tiles only) and direction probabilities."""
+
+    kind: str                       # "tile" or "image"
+    index: int
+    where: dict                     # tile, image, row0, col0 for the rows
+    X: np.ndarray
+    seed: int
+    models: list = field(default_factory=list)
+    pairs: list = field(default_factory=list)   # (a, b, lingam_forward, lingam_backward)
+    order: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    forbidden: np.ndarray | None = None
+    direction_spec: ModelSpec | None = None
+    threads: int | None = None
+
+
+def _run_task(task: CompareTask) -> tuple[str, int, dict]:
+    from causalcrystal.direction import direction_probability
+
+    result = {"models": [], "averaged": [], "directions": [], "model_means": {}}
+    if task.models:
+        rows, fits = compare_models(task.X, task.models, task.seed, task.threads)
+        result["models"] = [{**task.where, **r} for r in rows]
+        labels = [r["model"] for r in rows]
+        weights = [r["weight"] for r in rows]
+        avg = average_coefficients([fits[m]["B"] for m in labels], weights,
+                                   [fits[m]["edge_inclusion"] for m in labels])
+        top = labels[int(np.argmax(weights))]
+        top_mean = fits[top]["B"].mean(0)
+        any_allowed = np.any([fits[m]["allowed"] for m in labels], axis=0)
+        for i, j in zip(*np.nonzero(any_allowed)):
+            row = {**task.where, "effect": DESCRIPTORS[i], "cause": DESCRIPTORS[j]}
+            row.update({k: float(v[i, j]) for k, v in avg.items() if k not in ("p_positive", "p_negative",
+                                                                                "p_allowed", "inclusion_prob")})
+            pp, pn = float(avg["p_positive"][i, j]), float(avg["p_negative"][i, j])
+            row.update(p_positive=pp, p_negative=pn, p_sign=max(pp, pn), p_allowed=float(avg["p_allowed"][i, j]),
+                       inclusion_prob=float(avg["inclusion_prob"][i, j]), top_model=top,
+                       mean_top=float(top_mean[i, j]))
+            result["averaged"].append(row)
+        # per-model posterior means of B, kept in the part file (for checks and re-analysis)
+        result["model_means"] = {m: fits[m]["B"].mean(0).tolist() for m in labels}
+    for a, b, fwd, bwd in task.pairs:
+        clock = time.perf_counter()
+        r = direction_probability(task.X, task.order, task.weights, a, b, forbidden=task.forbidden,
+                                  spec=task.direction_spec, seed=task.seed)
+        result["directions"].append({
+            "level": task.kind, "tile": task.where["tile"], "image": task.where["image"], "pair": r["pair"],
+            "a": a, "b": b, "n_cells": int(task.X.shape[0]), "p_forward": r["p_forward"],
+            "elpd_diff": r["elpd_diff"], "dse": r["dse"], "coef_forward": r["coef_forward"],
+            "coef_backward": r["coef_backward"], "lingam_forward": fwd, "lingam_backward": bwd,
+            "found_both_ways": bool(fwd > 0 and bwd > 0), "order": _order_text(task.order),
+            "seconds": time.perf_counter() - clock})
+    return task.kind, task.index, result
+
+
+def _part_path(parts: Path, kind: str, index: int) -> Path:
+    return parts / f"{kind}_{index:05d}.json"
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, default=float))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the `causalcrystal compare` job
+
+
+def compare_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    cells: xr.Dataset,
+    *,
+    candidates: int = 3,
+    families=("laplace", "studentt"),
+    pairs=(("a", "b"), ("Px", "Py")),
+    tiles=None,
+    max_tiles: int | None = None,
+    directions: bool = True,
+    seed: int = 0,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    log=None,
+) -> dict:
+    """Compare candidate DAGs x noise families per tile of a finished run; average; directions.
+
+    ``cells``: the cell table the run was made from (checked against the run, see the module
+    docstring). ``candidates``: how many of each tile's LiNGAM candidate DAGs (most frequent first)
+    to try; ``families``: noise-family specification names or ``.toml`` paths (fitted with the run's
+    sampler settings); ``pairs``: descriptor pairs (``("a", "b")`` or ``"a:b"``) whose direction to
+    estimate per tile and per image (with the run's model spec) when ``directions``; ``tiles`` /
+    ``max_tiles``: which tiles (default all fitted ones; ``max_tiles`` spreads them evenly).
+    ``workers`` / ``scheduler`` as in :func:`causalcrystal.engine.run_pipeline` (``workers=1``: in
+    this process). ``stop_after``: finish at most that many tiles/images and return (resumable).
+
+    Writes ``models.csv``, ``averaged.csv``, ``directions.csv`` and ``manifest.json`` into
+    ``out_dir`` (see the module docstring); never replaces a finished comparison without
+    ``overwrite``. Returns the output paths, the three tables (pandas) and counts.
+    """
+    import pandas as pd
+
+    from causalcrystal import __version__, discovery
+    from causalcrystal.engine import _prepare_out, tile_priors, tile_seed
+    from causalcrystal.executor import Progress, get_executor
+    from causalcrystal.tiling import tile_members
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.resolve() == run_dir.resolve():
+        raise CompareError(f"--out {out_dir} is the run folder itself; choose a separate folder (e.g. "
+                           f"{run_dir}/compare).")
+    candidates = int(candidates)
+    if candidates < 1:
+        raise CompareError(f"candidates {candidates} must be >= 1.")
+    run = load_run(run_dir)
+    s, disc, disc_images, run_spec = run["settings"], run["disc"], run["disc_images"], run["spec"]
+    families = list(dict.fromkeys(str(f) for f in families))
+    if not families:
+        raise CompareError("give at least one noise family.")
+    specs = {}
+    for f in families:
+        spec = load_spec(f)
+        # the run's sampler settings: every model keeps the same number of draws
+        specs[spec.name] = replace(spec, sampler=run_spec.sampler)
+    pairs = _parse_pairs(pairs)  # checked even when unused, so a typo is caught before hours of fits
+    exo = list(s.get("exogenous") or [])
+    forbidden = forbidden_into([DESCRIPTORS.index(v) for v in exo], len(DESCRIPTORS))
+    for a, b in pairs:
+        if a in exo or b in exo:
+            raise CompareError(f"pair {a}:{b}: {a if a in exo else b} is exogenous in the run (nothing points into "
+                               "it), so the pair has no direction to compare; choose other pairs.")
+    pairs = pairs if directions else []
+    selected = select_tiles(disc, tiles, max_tiles)
+    tiling, images, std = run_cells(cells, run)
+    mode = s["standardize"]
+
+    settings = {"run_dir": str(run_dir.resolve()), "run_settings": s, "candidates": candidates,
+                "families": {name: sp.to_dict() for name, sp in specs.items()}, "pairs": [list(p) for p in pairs],
+                "tiles": selected, "directions": bool(directions), "seed": int(seed)}
+    _prepare_out(out_dir, {"settings": settings, "causalcrystal": __version__}, overwrite, outputs=OUTPUTS,
+                 final=FINAL, subdir="parts")
+    parts = out_dir / "parts"
+
+    # Models per tile: candidate orders (deduplicated) x families.
+    n_cand = min(candidates, disc.sizes.get("candidate", 1))
+    priors = [tile_priors(disc, disc_images, run_spec, candidate=c, exogenous=exo) for c in range(n_cand)]
+    freq = disc["candidate_frequency"].values if "candidate_frequency" in disc else None
+    image_prob = {str(lab): disc_images["probability"].values[i] for i, lab in enumerate(disc_images["image"].values)}
+    n_boot = max(int(disc.attrs.get("n_bootstrap", 0)), 1)
+    counts = {p: (discovery.direction_counts(disc, *p), discovery.direction_counts(disc_images, *p)) for p in pairs}
+
+    def tile_task(k: int, threads) -> CompareTask:
+        X = discovery.tile_matrix(std, tile_members(tiling, k), mode)
+        models, seen = [], set()
+        for c in range(n_cand):
+            f = float(freq[k, c]) if freq is not None else float("nan")
+            if c > 0 and not f > 0:
+                continue
+            prior = priors[c][k]
+            key = tuple(prior.order.tolist())
+            if key in seen:
+                continue
+            seen.add(key)
+            models += [Model(f"cand{c}/{name}", c, sp.noise, prior, sp, f) for name, sp in specs.items()]
+        W = inclusion_weights(disc["probability"].values[k], image_prob.get(str(disc["image"].values[k])), n_boot,
+                              run_spec.prior)
+        pr = [(a, b, float(counts[(a, b)][0][f"{a}->{b}"].values[k]), float(counts[(a, b)][0][f"{b}->{a}"].values[k]))
+              for a, b in pairs]
+        where = {"tile": int(k), "image": str(disc["image"].values[k]), "row0": int(disc["row0"].values[k]),
+                 "col0": int(disc["col0"].values[k])}
+        return CompareTask("tile", k, where, X, tile_seed(seed, k), models, pr, priors[0][k].order, W, forbidden,
+                           run_spec, threads)
+
+    def image_task(i: int, threads) -> CompareTask:
+        X = discovery.tile_matrix(std, tile_members(images, i), mode)
+        order = disc_images["order"].values[i]
+        if "candidate_order" in disc_images and disc_images["candidate_frequency"].values[i, 0] > 0:
+            order = disc_images["candidate_order"].values[i, 0]
+        W = inclusion_weights(disc_images["probability"].values[i], None, n_boot, run_spec.prior)
+        pr = [(a, b, float(counts[(a, b)][1][f"{a}->{b}"].values[i]), float(counts[(a, b)][1][f"{b}->{a}"].values[i]))
+              for a, b in pairs]
+        where = {"tile": -1, "image": str(disc_images["image"].values[i]), "row0": int(disc_images["row0"].values[i]),
+                 "col0": int(disc_images["col0"].values[i])}
+        return CompareTask("image", i, where, X, _image_seed(seed, i), [], pr, np.asarray(order), W, forbidden,
+                           run_spec, threads)
+
+    # Whole images first: they are the largest tasks, so they do not trail at the end.
+    jobs = []
+    if pairs:
+        jobs += [("image", i) for i in range(disc_images.sizes["tile"]) if str(disc_images["status"].values[i]) == "ok"]
+    jobs += [("tile", k) for k in selected]
+    todo = [j for j in jobs if not _part_path(parts, *j).exists()]
+    reused = len(jobs) - len(todo)
+    if stop_after is not None:
+        todo = todo[: max(0, int(stop_after))]
+    models_per_tile = n_cand * len(specs)
+    log(f"compare: {len(selected)} tile(s) x up to {models_per_tile} model(s) "
+        f"({n_cand} candidate order(s) x {', '.join(specs)}), {len(pairs)} pair(s) per tile"
+        + (f" and per image ({len(jobs) - len(selected)} images)" if pairs else "")
+        + (f"; resuming: {reused} finished part(s) kept" if reused else ""))
+
+    clock = time.perf_counter()
+    if todo:
+        executor = get_executor(scheduler, workers)
+        threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // executor.workers)  # as in run_pipeline
+        bar = Progress(len(todo), "compare", enabled=progress)
+
+        def tasks():
+            for kind, idx in todo:
+                yield tile_task(idx, threads) if kind == "tile" else image_task(idx, threads)
+
+        try:
+            for _, (kind, idx, result) in executor.imap(_run_task, tasks()):
+                _write_json(_part_path(parts, kind, idx), result)
+                bar.update(note=f"({kind} {idx})")
+        finally:
+            executor.close()
+    seconds = time.perf_counter() - clock
+    done = [j for j in jobs if _part_path(parts, *j).exists()]
+    result = {"out_dir": str(out_dir), "computed": len(todo), "reused": reused, "finished": len(done) == len(jobs),
+              "seconds": seconds}
+    if len(done) < len(jobs):
+        log(f"stopped with {len(done)}/{len(jobs)} parts done; run the same command again to resume")
+        return result
+
+    tables = {"models": [], "averaged": [], "directions": []}
+    for j in jobs:
+        part = json.loads(_part_path(parts, *j).read_text())
+        for name in tables:
+            tables[name] += part[name]
+    frames = {name: pd.DataFrame(rows) for name, rows in tables.items()}
+    frames["directions"] = _direction_frame(frames["directions"])
+    frames["averaged"].to_csv(out_dir / "averaged.csv", index=False)
+    frames["directions"].to_csv(out_dir / "directions.csv", index=False)
+    tmp = out_dir / (FINAL + ".tmp")
+    frames["models"].to_csv(tmp, index=False)
+    os.replace(tmp, out_dir / FINAL)  # last: its presence marks a finished comparison
+    d = frames["directions"]
+    never = [pair for pair, both in d.groupby("pair")["found_both_ways"].any().items() if not both]
+    if never:
+        log(f"note: LiNGAM never found both directions of {', '.join(never)} in the tiles and images compared; "
+            "their rows are reported with found_both_ways = False")
+    flagged = frames["models"].query("warning or divergences > 0") if len(frames["models"]) else frames["models"]
+    if len(flagged):
+        log(f"WARNING: {len(flagged)} model fit(s) with a high Pareto k or divergences (tiles "
+            f"{sorted(set(flagged['tile']))[:10]}); see the 'warning' and 'divergences' columns of models.csv")
+    log(f"wrote {out_dir}/models.csv, averaged.csv, directions.csv ({len(selected)} tiles, {seconds:.0f} s)")
+    result.update({name: frames[name] for name in frames})
+    result.update(models_csv=str(out_dir / "models.csv"), averaged_csv=str(out_dir / "averaged.csv"),
+                  directions_csv=str(out_dir / "directions.csv"))
+    return result
+
+
+_DIRECTION_COLUMNS = ("level", "tile", "image", "pair", "a", "b", "n_cells", "p_forward", "elpd_diff", "dse",
+                      "coef_forward", "coef_backward", "lingam_forward", "lingam_backward", "found_both_ways",
+                      "order", "seconds")
+
+
+def _direction_frame(frame):
+    import pandas as pd
+
+    if not len(frame):
+        return pd.DataFrame(columns=list(_DIRECTION_COLUMNS))
+    return frame[list(_DIRECTION_COLUMNS)]
