@@ -389,39 +389,50 @@ def build_model(d: _Data, spec: ConcentrationSpec):
     import pymc as pm
     import pytensor.tensor as pt
 
-    mu, sd, lo, hi = spec.y0_prior
     with pm.Model(coords={"coupling": d.labels, "image": d.images, "term": ["linear", "quadratic"]}) as model:
         data = {k: pm.Data(k, v) for k, v in _link_data(d).items()}
-        y0 = pm.TruncatedNormal("y0", mu=mu, sigma=sd, lower=lo, upper=hi)
-        eps0 = pm.LogNormal("eps0", mu=np.log(spec.eps0_prior[0]), sigma=spec.eps0_prior[1])
-        pm.Deterministic("y_star", y0 + 1.0 / eps0)
-        z_amp = pm.Normal("z_amp", 0.0, 1.0, dims="coupling")
-        # known amplitude: lognormal around the reference (sign kept); unknown: Normal(0, 2 scale)
-        scale = data["scale"]
-        ybar, yspan = data["shape_terms"][0], data["shape_terms"][1]
-        amp = pm.Deterministic("amplitude", data["known"] * data["ref"] * pt.exp(data["rel_sd"] * z_amp)
-                               + (1.0 - data["known"]) * 2.0 * scale * z_amp, dims="coupling")
-        z_quad = pm.Normal("z_quad", 0.0, 1.0, dims=("coupling", "term"))
-        quad = pm.Deterministic("quad", z_quad * pt.stack([2.0 * scale / yspan, 4.0 * scale / yspan**2], axis=1),
-                                dims=("coupling", "term"))
-        y = data["image_y"][None, :]
-        u = 1.0 - eps0 * (y - y0)
-        A = amp[:, None]
-        dy = y - ybar
-        curves = pt.stack([A + 0.0 * y, A * pt.sqrt(pt.maximum(u, 0.0)), A * u / (u**2 + spec.k_cross**2),
-                           A + quad[:, 0:1] * dy + quad[:, 1:2] * dy**2], axis=-1)  # (coupling, image, link)
-        f = pm.Deterministic("f", (curves * data["onehot"][:, None, :]).sum(-1), dims=("coupling", "image"))
-        # scales are in units of each coupling's data scale (non-centred, so one compiled model fits any series)
-        tau = pm.Deterministic("tau", scale * pm.HalfNormal("tau_rel", sigma=1.0, dims="coupling"), dims="coupling")
-        omega = pm.Deterministic("omega", scale * pm.HalfNormal("omega_rel", sigma=0.5, dims="coupling"),
-                                 dims="coupling")
-        eta = pm.Normal("eta", 0.0, 1.0, dims=("coupling", "image"))
-        theta = pm.Deterministic("theta", f + omega[:, None] * eta, dims=("coupling", "image"))
+        theta, tau = link_hierarchy(data, spec)
         oc, og = data["obs_c"], data["obs_g"]
         pm.Potential("m", pm.logp(pm.StudentT.dist(nu=spec.tile_nu, mu=theta[oc, og],
                                                    sigma=pt.sqrt(data["s_obs"] ** 2 + tau[oc] ** 2)),
                                   data["m_obs"]).sum())
     return model
+
+
+def link_hierarchy(data: dict, spec: ConcentrationSpec):
+    """The shared part of the two-stage and the one-stage model, inside a ``pm.Model`` context:
+    ``y0``, ``eps0``, amplitudes, each coupling's link ``f`` at each image's ``y``, the image values
+    ``theta`` (coupling, image) around it and the tile scatter ``tau``. Returns ``(theta, tau)``."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    mu, sd, lo, hi = spec.y0_prior
+    y0 = pm.TruncatedNormal("y0", mu=mu, sigma=sd, lower=lo, upper=hi)
+    eps0 = pm.LogNormal("eps0", mu=np.log(spec.eps0_prior[0]), sigma=spec.eps0_prior[1])
+    pm.Deterministic("y_star", y0 + 1.0 / eps0)
+    z_amp = pm.Normal("z_amp", 0.0, 1.0, dims="coupling")
+    # known amplitude: lognormal around the reference (sign kept); unknown: Normal(0, 2 scale)
+    scale = data["scale"]
+    ybar, yspan = data["shape_terms"][0], data["shape_terms"][1]
+    amp = pm.Deterministic("amplitude", data["known"] * data["ref"] * pt.exp(data["rel_sd"] * z_amp)
+                           + (1.0 - data["known"]) * 2.0 * scale * z_amp, dims="coupling")
+    z_quad = pm.Normal("z_quad", 0.0, 1.0, dims=("coupling", "term"))
+    quad = pm.Deterministic("quad", z_quad * pt.stack([2.0 * scale / yspan, 4.0 * scale / yspan**2], axis=1),
+                            dims=("coupling", "term"))
+    y = data["image_y"][None, :]
+    u = 1.0 - eps0 * (y - y0)
+    A = amp[:, None]
+    dy = y - ybar
+    curves = pt.stack([A + 0.0 * y, A * pt.sqrt(pt.maximum(u, 0.0)), A * u / (u**2 + spec.k_cross**2),
+                       A + quad[:, 0:1] * dy + quad[:, 1:2] * dy**2], axis=-1)  # (coupling, image, link)
+    f = pm.Deterministic("f", (curves * data["onehot"][:, None, :]).sum(-1), dims=("coupling", "image"))
+    # scales are in units of each coupling's data scale (non-centred, so one compiled model fits any series)
+    tau = pm.Deterministic("tau", scale * pm.HalfNormal("tau_rel", sigma=1.0, dims="coupling"), dims="coupling")
+    omega = pm.Deterministic("omega", scale * pm.HalfNormal("omega_rel", sigma=0.5, dims="coupling"),
+                             dims="coupling")
+    eta = pm.Normal("eta", 0.0, 1.0, dims=("coupling", "image"))
+    theta = pm.Deterministic("theta", f + omega[:, None] * eta, dims=("coupling", "image"))
+    return theta, tau
 
 
 _GH_X, _GH_W = np.polynomial.hermite.hermgauss(20)
