@@ -164,6 +164,7 @@ def _cmd_concentration(args) -> int:
     from causalcrystal.concentration import run_concentration
 
     run_concentration(args.run_dir, args.out, args.spec, seed=args.seed, overwrite=args.overwrite,
+                      against=[a for a in (args.against or "").split(",") if a],
                       universality_check=not args.no_universality,
                       log=(lambda m: None) if args.quiet else None)
     return 0
@@ -271,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default="lgd", help="concentration specification: a name in models/concentration/ "
                                                  "or a .toml path (default lgd)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same numbers)")
+    p.add_argument("--against", default="",
+                   help="compare the whole specification with alternatives by leave-one-image-out LOO, comma-"
+                        "separated: a link name (universal, quadratic, ps, cross: every coupling of --spec on that "
+                        "link) or a specification name/path with the same couplings; writes links.csv (one stage-2 "
+                        "fit each, seconds after the first compile)")
     p.add_argument("--no-universality", action="store_true",
                    help="skip the per-coupling universal vs dependent comparison (one fit instead of 1 + couplings)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing result in --out")

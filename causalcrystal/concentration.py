@@ -654,6 +654,66 @@ def universality(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: 
     return pd.DataFrame(rows), fits
 
 
+def all_links(spec: ConcentrationSpec, link: str) -> ConcentrationSpec:
+    """``spec`` with every coupling on ``link`` (named after the link), for link comparisons.
+
+    A reference amplitude belongs to the physics link, so couplings moved to ``universal`` or
+    ``quadratic`` get the wide amplitude prior."""
+    if link not in LINKS:
+        raise ValueError(f"link {link!r} unknown; use one of {LINKS}.")
+    drop = link in ("universal", "quadratic")
+    return replace(spec, name=link, description=f"{spec.name} with every coupling {link}",
+                   couplings=tuple(replace(c, link=link, amplitude=None if drop and c.link != link else c.amplitude)
+                                   for c in spec.couplings))
+
+
+def compare_links(summ: xr.Dataset, specs, seed: int = 0, params: lgd.LGDParams | None = None,
+                  fits: dict | None = None, progress=None):
+    """Compare whole link specifications (e.g. ``lgd`` against ``universal`` and ``quadratic``) on
+    the same tiles: leave-one-image-out LOO of all couplings together (each image's log-likelihood
+    summed over couplings), ``arviz.compare`` with stacking weights.
+
+    ``specs``: names, paths or :class:`ConcentrationSpec`; all must list the same couplings.
+    ``fits``: already fitted InferenceData by spec name (re-used, e.g. the main fit). Returns
+    ``(table, fits)``: the comparison table (one row per spec: ``elpd_loo``, ``se``, ``elpd_diff``,
+    ``dse``, ``weight``, ``pareto_k_max``, ``links``) and the fits.
+    """
+    import arviz as az
+
+    specs = [load_spec(s) if isinstance(s, (str, Path)) else s for s in specs]
+    labels = [c.label for c in specs[0].couplings]
+    for sp in specs[1:]:
+        if [c.label for c in sp.couplings] != labels:
+            raise ConcentrationError(f"spec {sp.name!r} lists couplings {[c.label for c in sp.couplings]}, spec "
+                                     f"{specs[0].name!r} {labels}; link comparisons need the same couplings.")
+    if len({sp.name for sp in specs}) != len(specs):
+        raise ConcentrationError(f"spec names repeat: {[sp.name for sp in specs]}.")
+    fits = dict(fits or {})
+    compiled = None
+    for k, sp in enumerate(specs):
+        if sp.name not in fits:
+            d = _prepare(summ, sp, params)
+            fits[sp.name], compiled = _sample(d, sp, seed + 100 + k, compiled)
+            _annotate(fits[sp.name], d, sp)
+        if progress:
+            progress(sp.name)
+    per_image = {}
+    for sp in specs:
+        ll = fits[sp.name].log_likelihood["m"].sum("coupling")
+        per_image[sp.name] = az.InferenceData(posterior=fits[sp.name].posterior[["y0"]],
+                                              log_likelihood=xr.Dataset({"m": ll}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = az.compare(per_image, method="stacking", seed=seed)
+        ks = {n: float(az.loo(x, pointwise=True).pareto_k.values.max()) for n, x in per_image.items()}
+    table = table.reset_index(names="spec")
+    table["pareto_k_max"] = table["spec"].map(ks)
+    table["links"] = table["spec"].map({sp.name: json.dumps({c.label: c.link for c in sp.couplings})
+                                        for sp in specs})
+    return table[["spec", "rank", "elpd_loo", "se", "p_loo", "elpd_diff", "dse", "weight", "pareto_k_max",
+                  "warning", "links"]], fits
+
+
 def simulate_summaries(spec: ConcentrationSpec | str, compositions, *, images_per_composition: int = 2,
                        tiles_per_image: int = 16, y0: float = 0.18, eps0: float = 5.0, amplitudes=None,
                        tile_sd: float = 0.15, tau: float = 0.1, omega: float = 0.05, seed: int = 0,
@@ -701,7 +761,7 @@ def simulate_summaries(spec: ConcentrationSpec | str, compositions, *, images_pe
 # the `causalcrystal concentration` job
 
 OUTPUTS = ("tile_summaries.nc", "concentration.nc", "couplings.csv", "curves.csv", "contraction.json",
-           "manifest.json")
+           "links.csv", "manifest.json")
 
 
 def coupling_table(idata, spec: ConcentrationSpec, summ: xr.Dataset, evidence=None):
@@ -733,7 +793,7 @@ def coupling_table(idata, spec: ConcentrationSpec, summ: xr.Dataset, evidence=No
 
 
 def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: ConcentrationSpec | str = "lgd", *,
-                      seed: int = 0, universality_check: bool = True, overwrite: bool = False,
+                      seed: int = 0, universality_check: bool = True, against=(), overwrite: bool = False,
                       params: lgd.LGDParams | None = None, log=None) -> dict:
     """Stage 1 + stage 2 (+ the universality comparisons) for a finished ``run`` folder.
 
@@ -741,7 +801,9 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     same settings), ``concentration.nc`` (InferenceData: ``y0``, ``eps0``, ``y_star``,
     ``amplitude``, ...), ``couplings.csv`` (per coupling: link, amplitude, universality evidence),
     ``curves.csv`` (each coupling's curve against ``y`` with 50 % / 90 % bands),
-    ``contraction.json`` (prior-to-posterior contraction of the shared parameters) and
+    ``contraction.json`` (prior-to-posterior contraction of the shared parameters),
+    ``links.csv`` when ``against`` names alternative specifications (:func:`compare_links`: the
+    whole specification against each alternative, e.g. ``("universal", "quadratic")``) and
     ``manifest.json``. Nothing is replaced without ``overwrite``.
     """
     import sys
@@ -755,8 +817,10 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     if out_dir.resolve() == run_dir.resolve():
         raise ConcentrationError(f"--out {out_dir} is the run folder itself; choose a separate folder (e.g. "
                                  f"{run_dir}/concentration).")
+    alternatives = [all_links(spec, a) if a in LINKS else load_spec(a) if isinstance(a, (str, Path)) else a
+                    for a in against]
     settings = {"run_dir": str(run_dir.resolve()), "spec": spec.to_dict(), "seed": seed,
-                "universality": universality_check}
+                "universality": universality_check, "against": [a.name for a in alternatives]}
     _prepare_out(out_dir, {"settings": settings, "causalcrystal": __version__}, overwrite, outputs=OUTPUTS,
                  final="concentration.nc", subdir=None)
     spath = out_dir / "tile_summaries.nc"
@@ -781,6 +845,10 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
         done = iter(range(1, n + 1))
         evidence, _ = universality(summ, spec, seed=seed, params=params, idata=idata,
                                    progress=lambda lab: log(f"universality {next(done)}/{n}: {lab}"))
+    links = None
+    if alternatives:
+        links, _ = compare_links(summ, [spec, *alternatives], seed=seed, params=params, fits={spec.name: idata},
+                                 progress=lambda name: log(f"link comparison: {name}"))
     table = coupling_table(idata, spec, summ, evidence)
     cur = curves(idata, spec).to_dataframe().reset_index()
     cont = contraction(idata, spec, seed=seed)
@@ -789,10 +857,12 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     table.to_csv(out_dir / "couplings.csv", index=False)
     cur.to_csv(out_dir / "curves.csv", index=False)
     (out_dir / "contraction.json").write_text(json.dumps(cont, indent=1))
+    if links is not None:
+        links.to_csv(out_dir / "links.csv", index=False)
     tmp.replace(out_dir / "concentration.nc")  # last: its presence marks a finished job
     y0 = cont["y0"]
     log(f"y0 = {y0['posterior_mean']:.3f} (90 % {y0['posterior_90'][0]:.3f}-{y0['posterior_90'][1]:.3f}; "
         f"contraction {y0['contraction']:.2f}), y_star = {cont['y_star']['posterior_mean']:.3f} "
         f"(contraction {cont['y_star']['contraction']:.2f}); wrote {out_dir}")
-    return {"out_dir": str(out_dir), "contraction": cont, "couplings": table,
+    return {"out_dir": str(out_dir), "contraction": cont, "couplings": table, "links": links,
             "divergences": int(idata.sample_stats["diverging"].sum())}

@@ -117,6 +117,15 @@ def test_universal_couplings_come_out_universal_and_dependent_ones_dependent():
         assert row.loc[lab, "elpd_diff"] < 2 * row.loc[lab, "dse"], row.loc[lab].to_dict()
         assert row.loc[lab, "favours"] != "dependent"
     assert set(fits) == {"spec", *LABELS}
+    # the whole specification against every coupling universal, re-using the fit of the spec:
+    # the series is simulated from the LGD links, so the spec wins by more than 2 dse
+    links, lfits = cn.compare_links(summ, [spec, cn.all_links(spec, "universal")], seed=4,
+                                    fits={spec.name: fits["spec"]})
+    row = links.set_index("spec")
+    assert row.loc[spec.name, "rank"] == 0 and row.loc["universal", "elpd_diff"] > 2 * row.loc["universal", "dse"]
+    assert abs(links["weight"].sum() - 1) < 1e-9 and lfits[spec.name] is fits["spec"]
+    with pytest.raises(cn.ConcentrationError, match="same couplings"):
+        cn.compare_links(summ, [spec, _spec(0.5, labels=LABELS[:2])])
 
 
 def test_bad_series_are_refused():
@@ -170,7 +179,7 @@ link = "universal"
 """)
     assert main(["concentration", str(small_run), "--out", str(out), "--spec", str(spec), "--quiet"]) == 0
     for name in cn.OUTPUTS:
-        assert (out / name).exists(), name
+        assert (out / name).exists() == (name != "links.csv"), name  # links.csv only with --against
     idata = __import__("arviz").from_netcdf(out / "concentration.nc")
     assert {"y0", "eps0", "y_star", "amplitude"} <= set(idata.posterior.data_vars)
     assert idata.log_likelihood["m"].dims == ("chain", "draw", "coupling", "image")
@@ -188,7 +197,9 @@ link = "universal"
     assert main(["concentration", str(small_run), "--out", str(out), "--spec", str(spec), "--quiet"]) == 2
     assert main(["concentration", str(small_run), "--out", str(small_run), "--quiet"]) == 2
     assert main(["concentration", str(small_run), "--out", str(out), "--spec", str(spec), "--quiet",
-                 "--no-universality", "--overwrite"]) == 0
+                 "--no-universality", "--overwrite", "--against", "universal"]) == 0
+    links = __import__("pandas").read_csv(out / "links.csv")
+    assert sorted(links["spec"]) == ["lgd", "universal"] and abs(links["weight"].sum() - 1) < 1e-9
     assert (out / "notes.txt").read_text() == "mine"
 
 
