@@ -143,11 +143,20 @@ def _cmd_demo(args) -> int:
     print(f"demo: simulated {len(args.compositions)} images of {args.shape[0]}x{args.shape[1]} cells "
           f"(LGD model, seed {args.seed})", file=sys.stderr)
     rc = _run(cells, args)
-    if rc == 0:
-        from causalcrystal.report import write_report
+    if rc != 0:
+        return rc
+    from causalcrystal.report import write_report
 
-        write_report(args.out, Path(args.out) / "report.html", overwrite=args.overwrite,
-                     log=(lambda m: None) if args.quiet else None)
+    log = (lambda m: None) if args.quiet else None
+    if not args.no_concentration:
+        from causalcrystal.concentration import ConcentrationError, run_concentration
+
+        try:
+            run_concentration(args.out, Path(args.out) / "concentration", "lgd", seed=args.seed,
+                              overwrite=args.overwrite, against=["universal"], log=log)
+        except ConcentrationError as err:  # e.g. a coupling no tile's causal order allows
+            print(f"demo: concentration model skipped: {err}", file=sys.stderr)
+    write_report(args.out, Path(args.out) / "report.html", overwrite=args.overwrite, log=log)
     return rc
 
 
@@ -245,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(results and report.html in --out).")
     _run_options(p)
     p.add_argument("--compositions", type=_floats, default=[0.0, 0.1, 0.2], help="Sm fractions (default 0,0.1,0.2)")
+    p.add_argument("--no-concentration", action="store_true",
+                   help="skip the LGD concentration model (OUT/concentration; about a minute)")
     p.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), default=[24, 24],
                    help="unit cells per image (default 24 24)")
     p.set_defaults(func=_cmd_demo)

@@ -45,7 +45,7 @@ from causalcrystal.priors import DagPrior, dag_prior, forbidden_into, inclusion_
 from causalcrystal.sem import RHAT_MAX, ModelSpec, load_spec
 from causalcrystal.tiling import image_tiles, make_tiles, tile_members
 
-OUTPUTS = ("discovery.nc", "posterior.nc", "summary.csv", "manifest.json", "tiles")
+OUTPUTS = ("discovery.nc", "posterior.nc", "summary.csv", "manifest.json", "tiles", "report.html")
 
 
 class RunExistsError(FileExistsError):

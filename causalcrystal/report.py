@@ -662,6 +662,10 @@ def section_concentration(ctx: Context) -> str:
     if (d / "couplings.csv").is_file():
         out += _table(pd.read_csv(d / "couplings.csv"), "Couplings (couplings.csv): link, amplitude and, when "
                       "computed, universal-versus-dependent evidence (ELPD difference, its SE, stacking weight).")
+    if (d / "links.csv").is_file():
+        out += _table(pd.read_csv(d / "links.csv"), "Whole link specifications compared (links.csv): "
+                      "leave-one-image-out ELPD of all couplings, difference to the best with its SE, stacking "
+                      "weight.")
     return out
 
 

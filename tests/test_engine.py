@@ -131,8 +131,10 @@ def test_cli_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--compositions", "0,0.2", "--shape", "16", "16", "--tile-size", "12",
                "--bootstrap", "5", "--image-bootstrap", "10", "--draws", "200", "--tune", "200", "--workers", "1",
-               "--quiet"])
+               "--quiet", "--no-concentration"])  # the concentration job has its own CLI test
     assert rc == 0
-    assert {"discovery.nc", "posterior.nc", "summary.csv", "manifest.json"} <= {p.name for p in out.iterdir()}
+    assert {"discovery.nc", "posterior.nc", "summary.csv", "manifest.json", "report.html"} <= {p.name for p in
+                                                                                                out.iterdir()}
+    assert not (out / "concentration").exists()
     assert main(["demo", "--out", str(out), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
