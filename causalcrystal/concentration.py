@@ -171,7 +171,12 @@ class ConcentrationSpec:
         unknown = set(links) - known
         if unknown:
             raise ValueError(f"couplings {sorted(unknown)} are not in spec {self.name!r}; it has {sorted(known)}.")
-        new = tuple(replace(c, link=links.get(c.label, c.link)) for c in self.couplings)
+        # a reference amplitude belongs to the physics link: moved to universal or quadratic, the
+        # coupling gets the wide amplitude prior (an "lgd" amplitude has no value for those links)
+        new = tuple(c if links.get(c.label, c.link) == c.link else
+                    replace(c, link=links[c.label],
+                            amplitude=None if links[c.label] in ("universal", "quadratic") else c.amplitude)
+                    for c in self.couplings)
         return replace(self, couplings=new)
 
     def to_dict(self) -> dict:
@@ -661,10 +666,8 @@ def all_links(spec: ConcentrationSpec, link: str) -> ConcentrationSpec:
     ``quadratic`` get the wide amplitude prior."""
     if link not in LINKS:
         raise ValueError(f"link {link!r} unknown; use one of {LINKS}.")
-    drop = link in ("universal", "quadratic")
-    return replace(spec, name=link, description=f"{spec.name} with every coupling {link}",
-                   couplings=tuple(replace(c, link=link, amplitude=None if drop and c.link != link else c.amplitude)
-                                   for c in spec.couplings))
+    return replace(spec.with_links(**{c.label: link for c in spec.couplings}), name=link,
+                   description=f"{spec.name} with every coupling {link}")
 
 
 def compare_links(summ: xr.Dataset, specs, seed: int = 0, params: lgd.LGDParams | None = None,

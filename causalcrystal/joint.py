@@ -267,6 +267,11 @@ def agreement(first, second, names=("y0", "eps0", "y_star", "amplitude", "theta"
     for name in names:
         a, b = first.posterior[name], second.posterior[name]
         dims = [dim for dim in a.dims if dim not in ("chain", "draw")]
+        missing = {dim: sorted(set(a[dim].values.tolist()) - set(b[dim].values.tolist())) for dim in dims}
+        if any(missing.values()):
+            raise ValueError(f"{name}: the second posterior lacks {missing}; compare fits of the same couplings "
+                             "and images (e.g. the two-stage fit of fit_joint's own summaries).")
+        b = b.sel({dim: a[dim].values for dim in dims})  # align by label, not by position
         stats = []
         for x in (a, b):
             q = x.quantile([0.05, 0.95], dim=("chain", "draw")).values
