@@ -12,6 +12,7 @@ from scipy import integrate, stats
 from causalcrystal import concentration as cn
 from causalcrystal import lgd
 from causalcrystal.cli import main
+from conftest import lgd_spec_file
 
 P = lgd.LGDParams()
 K_EXACT = P.kappa / (4 * abs(P.alpha1))
@@ -164,19 +165,7 @@ def small_run(tmp_path_factory, small_cells):
 def test_concentration_command_on_a_run(small_run, tmp_path):
     out = tmp_path / "conc"
     spec = tmp_path / "small.toml"
-    spec.write_text((cn.SPECS_DIR / "lgd.toml").read_text().split("[[coupling]]")[0] + """
-[[coupling]]
-effect = "a"
-cause = "Px"
-link = "ps"
-amplitude = "lgd"
-orient = true
-
-[[coupling]]
-effect = "Vol"
-cause = "a"
-link = "universal"
-""")
+    lgd_spec_file(spec, ["a<-Px", "Vol<-a"])
     assert main(["concentration", str(small_run), "--out", str(out), "--spec", str(spec), "--quiet"]) == 0
     for name in cn.OUTPUTS:
         assert (out / name).exists() == (name != "links.csv"), name  # links.csv only with --against
@@ -203,19 +192,6 @@ link = "universal"
     assert (out / "notes.txt").read_text() == "mine"
 
 
-SMALL_SPEC = """
-[[coupling]]
-effect = "a"
-cause = "Px"
-link = "ps"
-amplitude = "lgd"
-orient = true
-
-[[coupling]]
-effect = "a"
-cause = "I14"
-link = "universal"
-"""
 
 
 def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
@@ -230,7 +206,7 @@ def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
     from causalcrystal.tiling import make_tiles
 
     spec_path = tmp_path / "small.toml"
-    spec_path.write_text((cn.SPECS_DIR / "lgd.toml").read_text().split("[[coupling]]")[0] + SMALL_SPEC)
+    lgd_spec_file(spec_path, ["a<-Px", "a<-I14"])
     spec = replace(cn.load_spec(spec_path), draws=500, tune=1000)
 
     tiles = make_tiles(small_cells, 12)  # the run's overlapping tiles (stride 6): 9 per image

@@ -16,23 +16,11 @@ import pytest
 
 from causalcrystal import concentration as cn
 from causalcrystal.cli import main
+from conftest import lgd_spec_file
 from causalcrystal.report import SECTIONS, write_report
 
 SECTION_IDS = [sid for sid, _, _ in SECTIONS]
 RUN_FILES = ("manifest.json", "summary.csv", "posterior.nc", "discovery.nc")
-SMALL_SPEC = """
-[[coupling]]
-effect = "a"
-cause = "Px"
-link = "ps"
-amplitude = "lgd"
-orient = true
-
-[[coupling]]
-effect = "Vol"
-cause = "a"
-link = "universal"
-"""
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +47,7 @@ def _concentration_output(run_dir: Path, spec_path: Path) -> None:
     stand-in posterior (fitting the stage-2 model costs ~30 s; tests/test_concentration.py does)."""
     import arviz as az
 
-    spec_path.write_text((cn.SPECS_DIR / "lgd.toml").read_text().split("[[coupling]]")[0] + SMALL_SPEC)
+    lgd_spec_file(spec_path, ["a<-Px", "Vol<-a"])
     spec = cn.load_spec(spec_path)
     summ = cn.tile_summaries(run_dir, spec)
     rng = np.random.default_rng(0)
