@@ -7,12 +7,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import lgd_spec_file
 from scipy import integrate, stats
 
 from causalcrystal import concentration as cn
 from causalcrystal import lgd
 from causalcrystal.cli import main
-from conftest import lgd_spec_file
 
 P = lgd.LGDParams()
 K_EXACT = P.kappa / (4 * abs(P.alpha1))

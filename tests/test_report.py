@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import lgd_spec_file
 
 from causalcrystal import concentration as cn
 from causalcrystal.cli import main
-from conftest import lgd_spec_file
 from causalcrystal.report import SECTIONS, write_report
 
 SECTION_IDS = [sid for sid, _, _ in SECTIONS]
