@@ -837,6 +837,18 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
         summ.to_netcdf(spath.with_name(spath.name + ".tmp"), engine="h5netcdf")
         Path(str(spath) + ".tmp").replace(spath)
     check_series(summ)
+    # A coupling that no tile's causal order allows has no data; drop it (loudly) rather than
+    # fail the whole job, which on real data would leave the other couplings unfitted.
+    empty = [lab for lab in summ["coupling"].values.tolist() if not summ["used"].sel(coupling=lab).any()]
+    if empty:
+        keep = [c.label for c in spec.couplings if c.label not in empty]
+        if not keep:
+            raise ConcentrationError(f"no coupling of spec {spec.name!r} is allowed by the causal order of any tile "
+                                     f"({empty}); check the run's discovery.")
+        log(f"WARNING: coupling(s) {empty} are not allowed by the causal order of any tile; left out of the fit")
+        spec = replace(spec, couplings=tuple(c for c in spec.couplings if c.label in keep))
+        alternatives = [replace(a, couplings=tuple(c for c in a.couplings if c.label in keep)) for a in alternatives]
+        summ = summ.sel(coupling=keep)
     log(f"stage 2: hierarchical LGD model over {len(set(summ['image'].values.tolist()))} images, "
         f"{summ.sizes['tile']} tiles (spec {spec.name!r})")
     d = _prepare(summ, spec, params)

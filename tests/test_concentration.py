@@ -194,6 +194,18 @@ def test_concentration_command_on_a_run(small_run, tmp_path):
 
 
 
+def test_a_coupling_no_tile_allows_is_left_out_with_a_warning(small_run, tmp_path):
+    spec = cn.load_spec(lgd_spec_file(tmp_path / "s.toml", ["a<-Px", "Vol<-a"]))
+    spec = replace(spec, couplings=spec.couplings + (cn.Coupling("I14", "a"),))  # into an exogenous variable
+    msgs = []
+    res = cn.run_concentration(small_run, tmp_path / "out", spec, universality_check=False, log=msgs.append)
+    assert any("WARNING" in m and "I14<-a" in m for m in msgs)
+    assert list(res["couplings"]["coupling"]) == ["a<-Px", "Vol<-a"]
+    only_empty = replace(spec, couplings=(cn.Coupling("I14", "a"),))
+    with pytest.raises(cn.ConcentrationError, match="no coupling"):
+        cn.run_concentration(small_run, tmp_path / "out2", only_empty, universality_check=False, log=msgs.append)
+
+
 def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
     """The joint model over a partition of the run's tiles and the two-stage fit of the same tiles
     are two approximations of one posterior (the two-stage one replaces each tile's likelihood by a
