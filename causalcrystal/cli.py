@@ -205,7 +205,8 @@ def _cmd_compare(args) -> int:
     res = compare_run(args.run_dir, args.out, cells, candidates=args.candidates,
                       families=[f.strip() for f in args.families.split(",") if f.strip()],
                       pairs=[p.strip() for p in args.pairs.split(",") if p.strip()], tiles=tiles,
-                      max_tiles=args.max_tiles, directions=not args.no_directions, seed=args.seed,
+                      max_tiles=args.max_tiles, directions=not args.no_directions,
+                      image_directions=not args.no_image_directions, seed=args.seed,
                       scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
                       progress=not args.quiet, log=(lambda m: None) if args.quiet else None)
     return 0 if res["finished"] else 3
@@ -327,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--max-tiles", type=int, default=None, help="compare at most N tiles, spread over the run")
     which.add_argument("--tiles", default=None, help="comma-separated tile indices to compare (default: all)")
     p.add_argument("--no-directions", action="store_true", help="skip the direction probabilities (fewer fits)")
+    p.add_argument("--no-image-directions", action="store_true",
+                   help="direction probabilities per tile only, not per whole image (a whole image mixes film, "
+                        "substrate and domains, so its linear SEM is misspecified; 2 large fits per pair and image)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same numbers)")
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: all cores; 1 = run in this process)")

@@ -408,6 +408,7 @@ def compare_run(
     tiles=None,
     max_tiles: int | None = None,
     directions: bool = True,
+    image_directions: bool = True,
     seed: int = 0,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -422,7 +423,8 @@ def compare_run(
     docstring). ``candidates``: how many of each tile's LiNGAM candidate DAGs (most frequent first)
     to try; ``families``: noise-family specification names or ``.toml`` paths (fitted with the run's
     sampler settings); ``pairs``: descriptor pairs (``("a", "b")`` or ``"a:b"``) whose direction to
-    estimate per tile and per image (with the run's model spec) when ``directions``; ``tiles`` /
+    estimate per tile and (with ``image_directions``) per whole image, with the run's model spec,
+    when ``directions``; ``tiles`` /
     ``max_tiles``: which tiles (default all fitted ones; ``max_tiles`` spreads them evenly).
     ``workers`` / ``scheduler`` as in :func:`causalcrystal.engine.run_pipeline` (``workers=1``: in
     this process). ``stop_after``: finish at most that many tiles/images and return (resumable).
@@ -470,7 +472,8 @@ def compare_run(
 
     settings = {"run_dir": str(run_dir.resolve()), "run_settings": s, "candidates": candidates,
                 "families": {name: sp.to_dict() for name, sp in specs.items()}, "pairs": [list(p) for p in pairs],
-                "tiles": selected, "directions": bool(directions), "seed": int(seed)}
+                "tiles": selected, "directions": bool(directions), "image_directions": bool(image_directions),
+                "seed": int(seed)}
     _prepare_out(out_dir, {"settings": settings, "causalcrystal": __version__}, overwrite, outputs=OUTPUTS,
                  final=FINAL, subdir="parts")
     parts = out_dir / "parts"
@@ -520,7 +523,7 @@ def compare_run(
 
     # Whole images first: they are the largest tasks, so they do not trail at the end.
     jobs = []
-    if pairs:
+    if pairs and image_directions:  # whole-image directions: see the caveat in the module docstring
         jobs += [("image", i) for i in range(disc_images.sizes["tile"]) if str(disc_images["status"].values[i]) == "ok"]
     jobs += [("tile", k) for k in selected]
     todo = [j for j in jobs if not _part_path(parts, *j).exists()]
@@ -530,7 +533,7 @@ def compare_run(
     models_per_tile = n_cand * len(specs)
     log(f"compare: {len(selected)} tile(s) x up to {models_per_tile} model(s) "
         f"({n_cand} candidate order(s) x {', '.join(specs)}), {len(pairs)} pair(s) per tile"
-        + (f" and per image ({len(jobs) - len(selected)} images)" if pairs else "")
+        + (f" and per image ({len(jobs) - len(selected)} images)" if pairs and image_directions else "")
         + (f"; resuming: {reused} finished part(s) kept" if reused else ""))
 
     clock = time.perf_counter()

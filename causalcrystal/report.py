@@ -643,6 +643,23 @@ def section_concentration(ctx: Context) -> str:
             lo, hi = theta["lo"].sel(coupling=c).values, theta["hi"].sel(coupling=c).values
             ax.errorbar(yi, m.values, yerr=[m.values - lo, hi - m.values], fmt="D", ms=4, color="k", capsize=2,
                         lw=1, label="images (90 %)")
+        # Keep the y-range on the fit and the images: one wall or interface tile far out would
+        # otherwise squash the curve into a line; such tiles are marked at the edge.
+        core = np.concatenate([cu["q05"].values, cu["q95"].values]
+                              + ([lo, hi] if theta is not None and c in theta["mean"]["coupling"].values else []))
+        core = core[np.isfinite(core)]
+        if core.size:
+            pad = 0.15 * (float(np.ptp(core)) or abs(float(core.mean())) or 1.0)
+            ymin, ymax = float(core.min()) - pad, float(core.max()) + pad
+            if summ is not None and c in summ["coupling"].values:
+                tm = summ["mean"].sel(coupling=c).values[used]
+                out_lo, out_hi = tm < ymin - 2 * pad, tm > ymax + 2 * pad
+                ymin, ymax = min(ymin, tm[~out_lo].min(initial=ymin)), max(ymax, tm[~out_hi].max(initial=ymax))
+                for mask, edge, mk in ((out_lo, ymin, "v"), (out_hi, ymax, "^")):
+                    if mask.any():
+                        ax.plot(jit[mask], np.full(mask.sum(), edge), mk, ms=4, color="#b2182b",
+                                label="tile off scale")
+            ax.set_ylim(ymin, ymax)
         link = cu["link"].iloc[0] if "link" in cu else ""
         ax.set_title(f"{c}  [{link}]", fontsize=9)
         ax.set_xlabel("Sm fraction y", fontsize=8)
@@ -651,7 +668,8 @@ def section_concentration(ctx: Context) -> str:
     out += _img(fig, "couplings against Sm fraction", "Each coupling (raw units; strain &larr; polarisation "
                 "couplings oriented by the sign of the tile's mean Px) against the Sm fraction: the LGD link's "
                 "median with 50 % and 90 % bands (curves.csv), the tiles' posterior means &plusmn; sd "
-                "(tile_summaries.nc, jittered) and the images' values with 90 % intervals (concentration.nc).")
+                "(tile_summaries.nc, jittered; red triangles: tiles off the scale, e.g. on a wall) and the images' "
+                "values with 90 % intervals (concentration.nc).")
     if (d / "contraction.json").is_file():
         cont = json.loads((d / "contraction.json").read_text())
         rows = [{"parameter": k, **{kk: (", ".join(f"{x:.3g}" for x in vv) if isinstance(vv, list) else vv)

@@ -221,6 +221,11 @@ def test_cli_compare(run, cells, tmp_path, capsys):
     m = pd.read_csv(out / "models.csv")
     assert list(m["model"]) == ["cand0/laplace"] and m["weight"].tolist() == [1.0] and set(m["tile"]) == {7}
     assert len(pd.read_csv(out / "directions.csv")) == 0
+    tiles_only = args[:-6] + ["--pairs", "Px:Py", "--no-image-directions", "--workers", "1", "--quiet"]
+    tiles_only[tiles_only.index(str(out))] = str(tmp_path / "tiles_only")
+    assert main(tiles_only) == 0
+    d = pd.read_csv(tmp_path / "tiles_only" / "directions.csv")
+    assert d["level"].tolist() == ["tile"] and d["tile"].tolist() == [7] and 0 <= d["p_forward"].iloc[0] <= 1
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
     # a demo folder's cells are simulated again with the run's seed (3 here, not the 8 of these cells)
