@@ -436,7 +436,7 @@ def compare_run(
     import pandas as pd
 
     from causalcrystal import __version__, discovery
-    from causalcrystal.engine import _prepare_out, tile_priors, tile_seed
+    from causalcrystal.engine import _prepare_out, run_fingerprint, tile_priors, tile_seed
     from causalcrystal.executor import Progress, get_executor
     from causalcrystal.tiling import tile_members
 
@@ -470,7 +470,8 @@ def compare_run(
     tiling, images, std = run_cells(cells, run)
     mode = s["standardize"]
 
-    settings = {"run_dir": str(run_dir.resolve()), "run_settings": s, "candidates": candidates,
+    settings = {"run_dir": str(run_dir.resolve()), "run_fingerprint": run_fingerprint(run_dir, "discovery.nc"),
+                "run_settings": s, "candidates": candidates,
                 "families": {name: sp.to_dict() for name, sp in specs.items()}, "pairs": [list(p) for p in pairs],
                 "tiles": selected, "directions": bool(directions), "image_directions": bool(image_directions),
                 "seed": int(seed)}

@@ -812,7 +812,7 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     import sys
 
     from causalcrystal import __version__
-    from causalcrystal.engine import _prepare_out
+    from causalcrystal.engine import _prepare_out, run_fingerprint
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     spec = load_spec(spec) if isinstance(spec, str) else spec
@@ -822,8 +822,10 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
                                  f"{run_dir}/concentration).")
     alternatives = [all_links(spec, a) if a in LINKS else load_spec(a) if isinstance(a, (str, Path)) else a
                     for a in against]
-    settings = {"run_dir": str(run_dir.resolve()), "spec": spec.to_dict(), "seed": seed,
-                "universality": universality_check, "against": [a.name for a in alternatives]}
+    # the run's identity is a setting: a partial job is not resumed (stale stage 1) after a re-run
+    settings = {"run_dir": str(run_dir.resolve()), "run_fingerprint": run_fingerprint(run_dir),
+                "spec": spec.to_dict(), "seed": seed, "universality": universality_check,
+                "against": [a.name for a in alternatives]}
     _prepare_out(out_dir, {"settings": settings, "causalcrystal": __version__}, overwrite, outputs=OUTPUTS,
                  final="concentration.nc", subdir=None)
     spath = out_dir / "tile_summaries.nc"

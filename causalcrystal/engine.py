@@ -115,6 +115,17 @@ def _prepare_out(out_dir: Path, manifest: dict, overwrite: bool, outputs=OUTPUTS
     mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
+def run_fingerprint(run_dir: str | Path, name: str = "posterior.nc") -> str | None:
+    """Identity of a run's output file (size and modification time, not a hash: posterior files
+    are GBs). Jobs built on a run record it, so a re-run of the run (``--overwrite``) is noticed
+    instead of silently mixing old derived results with new posteriors."""
+    p = Path(run_dir) / name
+    if not p.is_file():
+        return None
+    st = p.stat()
+    return f"{name}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def tile_priors(disc: xr.Dataset, disc_images: xr.Dataset, spec: ModelSpec, candidate: int = 0,
                 exogenous=None) -> list:
     """The DAG prior of every tile: the order of candidate DAG ``candidate`` (most frequent first;

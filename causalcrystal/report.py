@@ -611,6 +611,7 @@ def section_concentration(ctx: Context) -> str:
         src = json.loads(man.read_text()).get("settings", {}).get("run_dir")
         if src and Path(src).resolve() != ctx.run_dir.resolve():
             out += _note(f"This concentration output was fitted to <code>{_esc(src)}</code>, not to this run.", "warn")
+        out += _stale_note(ctx, man, "posterior.nc", "concentration")
     curves = pd.read_csv(d / "curves.csv")
     summ = None
     if (d / "tile_summaries.nc").is_file():
@@ -727,6 +728,21 @@ def _weights_figure(models):
     return fig
 
 
+def _stale_note(ctx: Context, manifest: Path, name: str, job: str) -> str:
+    """A warning when a derived output was made from an earlier version of this run (the run was
+    re-run with --overwrite afterwards), judged by the run fingerprint its manifest recorded."""
+    from causalcrystal.engine import run_fingerprint
+
+    if not manifest.is_file():
+        return ""
+    recorded = json.loads(manifest.read_text()).get("settings", {}).get("run_fingerprint")
+    if recorded is None or recorded == run_fingerprint(ctx.run_dir, name):
+        return ""
+    return _note(f"This {job} output was made from an earlier version of this run (its {name} has changed since); "
+                 f"its numbers may not match the posteriors above. Re-run <code>causalcrystal {job}</code> with "
+                 "<code>--overwrite</code>.", "warn")
+
+
 def section_compare(ctx: Context) -> str:
     import pandas as pd
 
@@ -741,7 +757,7 @@ def section_compare(ctx: Context) -> str:
                                                    .get(p.name, 3), p.name))
     if not files:
         return _note(f"<code>{_esc(d)}</code> holds no CSV tables (an unfinished compare job?). Run:", "warn") + hint
-    out = ""
+    out = _stale_note(ctx, d / "manifest.json", "discovery.nc", "compare")
     tables = {p.name: pd.read_csv(p) for p in files}
     dirs = tables.get("directions.csv")
     if dirs is not None and {"level", "pair", "p_forward"} <= set(dirs.columns):

@@ -190,6 +190,21 @@ def test_concentration_command_on_a_run(small_run, tmp_path):
     links = __import__("pandas").read_csv(out / "links.csv")
     assert sorted(links["spec"]) == ["lgd", "universal"] and abs(links["weight"].sum() - 1) < 1e-9
     assert (out / "notes.txt").read_text() == "mine"
+    # the report notices when the run changed after the concentration job (run --overwrite)
+    import os
+
+    from causalcrystal.report import write_report
+
+    post = small_run / "posterior.nc"
+    st = post.stat()
+    assert "earlier version" not in write_report(small_run, tmp_path / "r1.html", concentration=out,
+                                                 log=lambda m: None).read_text()
+    os.utime(post, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        html = write_report(small_run, tmp_path / "r2.html", concentration=out, log=lambda m: None).read_text()
+    finally:
+        os.utime(post, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert "earlier version of this run" in html
 
 
 
