@@ -171,16 +171,21 @@ class ConcentrationSpec:
         unknown = set(links) - known
         if unknown:
             raise ValueError(f"couplings {sorted(unknown)} are not in spec {self.name!r}; it has {sorted(known)}.")
-        # a reference amplitude belongs to the physics link: moved to universal or quadratic, the
-        # coupling gets the wide amplitude prior (an "lgd" amplitude has no value for those links)
-        new = tuple(c if links.get(c.label, c.link) == c.link else
-                    replace(c, link=links[c.label],
-                            amplitude=None if links[c.label] in ("universal", "quadratic") else c.amplitude)
-                    for c in self.couplings)
-        return replace(self, couplings=new)
+        return replace(self, couplings=tuple(c if links.get(c.label, c.link) == c.link else _relinked(c, links[c.label])
+                                             for c in self.couplings))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _relinked(c: Coupling, link: str) -> Coupling:
+    """``c`` on another link. A reference amplitude belongs to the physics link: moved to universal
+    or quadratic the coupling gets the wide amplitude prior, and an ``"lgd"`` amplitude is kept only
+    where LGD has a number for the new link (e.g. ``a<-Px`` on ``ps``, not on ``cross``)."""
+    new = replace(c, link=link)
+    if link in ("universal", "quadratic") or (c.amplitude == "lgd" and reference_amplitude(new) is None):
+        new = replace(new, amplitude=None)
+    return new
 
 
 def available_specs() -> list[str]:
@@ -692,11 +697,13 @@ def compare_links(summ: xr.Dataset, specs, seed: int = 0, params: lgd.LGDParams 
     if len({sp.name for sp in specs}) != len(specs):
         raise ConcentrationError(f"spec names repeat: {[sp.name for sp in specs]}.")
     fits = dict(fits or {})
-    compiled = None
+    ds = {sp.name: _prepare(summ, sp, params) for sp in specs if sp.name not in fits}  # all errors before any fit
     for k, sp in enumerate(specs):
         if sp.name not in fits:
-            d = _prepare(summ, sp, params)
-            fits[sp.name], compiled = _sample(d, sp, seed + 100 + k, compiled)
+            d = ds[sp.name]
+            # no compiled model handed on: specs may differ in shared priors, which are compiled in
+            # (_compiled caches per priors, so equal ones still compile once)
+            fits[sp.name], _ = _sample(d, sp, seed + 100 + k)
             _annotate(fits[sp.name], d, sp)
         if progress:
             progress(sp.name)
@@ -822,6 +829,14 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
                                  f"{run_dir}/concentration).")
     alternatives = [all_links(spec, a) if a in LINKS else load_spec(a) if isinstance(a, (str, Path)) else a
                     for a in against]
+    names = [spec.name] + [a.name for a in alternatives]
+    if len(set(names)) != len(names):
+        raise ConcentrationError(f"--against repeats a specification name ({names}); compare distinct ones.")
+    for a in alternatives:
+        if [c.label for c in a.couplings] != [c.label for c in spec.couplings]:
+            raise ConcentrationError(f"--against {a.name}: its couplings {[c.label for c in a.couplings]} differ from "
+                                     f"{spec.name!r}'s; give a link name (e.g. universal) or a spec with the same "
+                                     "couplings.")
     # the run's identity is a setting: a partial job is not resumed (stale stage 1) after a re-run
     settings = {"run_dir": str(run_dir.resolve()), "run_fingerprint": run_fingerprint(run_dir),
                 "spec": spec.to_dict(), "seed": seed, "universality": universality_check,

@@ -31,7 +31,6 @@ posterior s.d.s.
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -83,32 +82,21 @@ class JointData:
 
 
 def _run_context(run_dir: Path, cells: xr.Dataset):
-    """Re-create what the run sampled: tiles, standardised cells, tile priors, scales and noise."""
-    from causalcrystal import discovery
+    """Re-create what the run sampled from its inputs (checked against the run exactly as
+    ``compare`` does: cell count, every tile's position and size, per-image scales): tiles,
+    standardised cells, tile priors, scales and the SEM specification."""
+    from causalcrystal.compare import CompareError, load_run, run_cells
     from causalcrystal.engine import tile_priors
-    from causalcrystal.sem import ModelSpec, PriorSpec, SamplerSpec
-    from causalcrystal.tiling import make_tiles
 
-    mpath = run_dir / "manifest.json"
-    if not mpath.is_file():
-        raise cn.ConcentrationError(f"{run_dir}: no manifest.json; is this a `causalcrystal run` folder?")
-    st = json.loads(mpath.read_text())["settings"]
-    if int(cells.sizes["cell"]) != int(st["n_cells"]):
-        raise cn.ConcentrationError(
-            f"the cell table has {cells.sizes['cell']} cells but the run in {run_dir} was made from "
-            f"{st['n_cells']} ({st.get('source') or 'its inputs'}); pass the same input files as to `run`.")
-    sd = dict(st["spec"])
-    spec = ModelSpec(name=sd["name"], noise=sd["noise"], prior=PriorSpec(**sd["prior"]),
-                     sampler=SamplerSpec(**sd["sampler"]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the run already warned about dropped small tiles
-        tiles = make_tiles(cells, st["tile_size"], st["stride"], st["min_cells"])
-    disc = xr.load_dataset(run_dir / "discovery.nc", engine="h5netcdf")
-    disc_images = xr.load_dataset(run_dir / "discovery.nc", engine="h5netcdf", group="images")
-    priors = tile_priors(disc, disc_images, spec, exogenous=st["exogenous"])
-    std_cells = discovery.standardize(cells, st["standardize"])
+    try:
+        run = load_run(run_dir)
+        tiles, _, std_cells = run_cells(cells, run)
+    except CompareError as err:
+        raise cn.ConcentrationError(str(err)) from None
+    st = run["settings"]
+    priors = tile_priors(run["disc"], run["disc_images"], run["spec"], exogenous=st["exogenous"])
     const = xr.load_dataset(run_dir / "posterior.nc", engine="h5netcdf", group="constant_data")
-    return tiles, std_cells, st["standardize"], priors, const, spec
+    return tiles, std_cells, st["standardize"], priors, const, run["spec"]
 
 
 def prepare(cells: xr.Dataset, run_dir: str | Path, spec: cn.ConcentrationSpec | str = "lgd",
@@ -138,6 +126,12 @@ def prepare(cells: xr.Dataset, run_dir: str | Path, spec: cn.ConcentrationSpec |
         raise cn.ConcentrationError(f"{run_dir}: no sampled tile in the partition.")
 
     summ = cn.tile_summaries(run_dir, spec).sel(tile=chosen)
+    empty = [lab for lab in summ["coupling"].values.tolist() if not summ["used"].sel(coupling=lab).any()]
+    if empty and len(empty) < summ.sizes["coupling"]:  # (all empty: _prepare says so)
+        warnings.warn(f"one-stage model: coupling(s) {empty} are allowed by no tile of the partition; left out.",
+                      stacklevel=2)
+        spec = replace(spec, couplings=tuple(c for c in spec.couplings if c.label not in empty))
+        summ = summ.sel(coupling=[c.label for c in spec.couplings])
     d = cn._prepare(summ, spec, params)
     tt_pos, cc = np.nonzero(summ["used"].values)  # the same observation order as _prepare
     scale = const["scale"].sel(tile=chosen).values

@@ -710,10 +710,13 @@ def _weights_figure(models):
     fig = _fig(4.2 * len(by) + 1.5, 3.2)
     axes = np.atleast_1d(fig.subplots(1, len(by), squeeze=False).ravel())
     for ax, col in zip(axes, by):
-        keys = ["tile", col] if "tile" in models else [col]
-        per_tile = models.groupby(keys + ([group] if group else []))["weight"].sum().reset_index()
-        w = per_tile.groupby([group, col] if group else [col])["weight"].mean()
-        w = w.unstack(col) if group else w.to_frame().T
+        if "tile" in models and group:
+            # a tile without some candidate (a duplicate order is fitted once) gives it weight 0
+            w = models.pivot_table(index=[group, "tile"], columns=col, values="weight", aggfunc="sum",
+                                   fill_value=0.0).groupby(level=group).mean()
+        else:
+            w = models.groupby([group, col] if group else [col])["weight"].mean()
+            w = w.unstack(col) if group else w.to_frame().T
         bottom = np.zeros(len(w))
         for m in w.columns:
             vals = w[m].fillna(0).to_numpy(float)

@@ -127,6 +127,9 @@ def test_universal_couplings_come_out_universal_and_dependent_ones_dependent():
     assert abs(links["weight"].sum() - 1) < 1e-9 and lfits[spec.name] is fits["spec"]
     with pytest.raises(cn.ConcentrationError, match="same couplings"):
         cn.compare_links(summ, [spec, _spec(0.5, labels=LABELS[:2])])
+    # any link is a valid alternative: an "lgd" amplitude stays only where LGD has a number
+    cross = cn.all_links(spec, "cross")
+    assert not cn._prepare(summ, cross, None).known.any()  # LGD gives no cross amplitude for these labels
 
 
 def test_bad_series_are_refused():
@@ -216,6 +219,9 @@ def test_a_coupling_no_tile_allows_is_left_out_with_a_warning(small_run, tmp_pat
     res = cn.run_concentration(small_run, tmp_path / "out", spec, universality_check=False, log=msgs.append)
     assert any("WARNING" in m and "I14<-a" in m for m in msgs)
     assert list(res["couplings"]["coupling"]) == ["a<-Px", "Vol<-a"]
+    with pytest.raises(cn.ConcentrationError, match="repeats a specification name"):
+        cn.run_concentration(small_run, tmp_path / "out3", spec, against=["lgd"], log=msgs.append)
+    assert not (tmp_path / "out3").exists()  # refused before anything was written
     only_empty = replace(spec, couplings=(cn.Coupling("I14", "a"),))
     with pytest.raises(cn.ConcentrationError, match="no coupling"):
         cn.run_concentration(small_run, tmp_path / "out2", only_empty, universality_check=False, log=msgs.append)
