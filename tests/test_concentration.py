@@ -48,6 +48,38 @@ def test_links_reproduce_the_lgd_physics():
     np.testing.assert_allclose(ps, [2.0, 0.0])  # A at the MPB, zero at y_star
 
 
+def test_stage1_total_effects_skip_tiles_without_a_path(tmp_path):
+    """A total coupling is 'not allowed' in a tile exactly when no directed path joins the pair: the
+    stage-1 summary must then be missing, not a near-exact 0 (a matrix inverse leaves ~1e-16)."""
+    import arviz as az
+
+    rng = np.random.default_rng(0)
+    n, S = len(cn.DESCRIPTORS), 50
+    px, vol, a = (cn.DESCRIPTORS.index(v) for v in ("Px", "Vol", "a"))
+    B = np.zeros((2, S, 2, n, n))  # (chain, draw, tile, effect, cause)
+    # tile 0: a dense DAG in an order with Vol before Px, so no path Px -> Vol
+    order = [v for v in range(n) if v != px]
+    order.insert(order.index(vol) + 1, px)
+    for e in range(n):
+        for c in range(e):
+            B[:, :, 0, order[e], order[c]] = rng.normal(0.0, 1.0, (2, S))
+    B[:, :, 1, a, px] = rng.normal(-0.5, 0.05, (2, S))  # tile 1: Px -> a -> Vol only
+    B[:, :, 1, vol, a] = rng.normal(1.0, 0.1, (2, S))
+    coords = {"tile": [0, 1], "variable": list(cn.DESCRIPTORS)}
+    post = xr.Dataset({"B": (("chain", "draw", "tile", "effect", "cause"), B)},
+                      coords={"chain": [0, 1], "draw": np.arange(S), "tile": [0, 1], "effect": list(cn.DESCRIPTORS),
+                              "cause": list(cn.DESCRIPTORS), "image": ("tile", ["x", "y"]),
+                              "sm_fraction": ("tile", [0.0, 0.1])})
+    const = xr.Dataset({"scale": (("tile", "variable"), np.ones((2, n))),
+                        "tile_mean": (("tile", "variable"), np.ones((2, n)))}, coords=coords)
+    idata = az.InferenceData(posterior=post, constant_data=const)
+    idata.to_netcdf(str(tmp_path / "posterior.nc"))
+    spec = replace(cn.load_spec("lgd"), couplings=(cn.Coupling("Vol", "Px", effect_kind="total"),))
+    summ = cn.tile_summaries(tmp_path, spec)
+    assert summ["used"].values[:, 0].tolist() == [False, True]
+    np.testing.assert_allclose(summ["mean"].values[1, 0], (B[:, :, 1, a, px] * B[:, :, 1, vol, a]).mean())
+
+
 def test_image_loglik_equals_numerical_integration():
     spec = _spec(0.5)
     summ = cn.simulate_summaries(spec, (0.0, 0.1, 0.2), images_per_composition=1, tiles_per_image=5, seed=1)
