@@ -93,8 +93,8 @@ import numpy as np
 import xarray as xr
 
 from causalcrystal.cells import DESCRIPTORS
-from causalcrystal.priors import DagPrior, PriorSpec, forbidden_into, inclusion_weights
-from causalcrystal.sem import ModelSpec, SamplerSpec, load_spec
+from causalcrystal.priors import DagPrior, forbidden_into, inclusion_weights
+from causalcrystal.sem import ModelSpec, load_spec
 
 OUTPUTS = ("models.csv", "averaged.csv", "directions.csv", "manifest.json", "parts")
 #: Written last: its presence marks a finished comparison.
@@ -110,13 +110,6 @@ class CompareError(ValueError):
 # the run and its cells
 
 
-def spec_from_dict(d: dict) -> ModelSpec:
-    """The :class:`ModelSpec` recorded in a run's manifest (``settings['spec']``)."""
-    return ModelSpec(name=d.get("name", "laplace"), noise=d.get("noise", "laplace"),
-                     prior=PriorSpec(**d.get("prior", {})), sampler=SamplerSpec(**d.get("sampler", {})),
-                     description=d.get("description", ""))
-
-
 def load_run(run_dir: str | Path) -> dict:
     """A run folder's settings (``manifest.json``), model spec and discovery (tiles and images)."""
     run_dir = Path(run_dir)
@@ -127,7 +120,7 @@ def load_run(run_dir: str | Path) -> dict:
     settings = json.loads(mpath.read_text())["settings"]
     disc = xr.load_dataset(dpath, engine="h5netcdf")
     disc_images = xr.load_dataset(dpath, engine="h5netcdf", group="images")
-    return {"dir": run_dir, "settings": settings, "spec": spec_from_dict(settings["spec"]), "disc": disc,
+    return {"dir": run_dir, "settings": settings, "spec": ModelSpec.from_dict(settings["spec"]), "disc": disc,
             "disc_images": disc_images}
 
 

@@ -95,6 +95,13 @@ class ModelSpec:
 
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        """The inverse of :meth:`to_dict` (e.g. the spec recorded in a run's manifest)."""
+        return cls(name=d.get("name", "laplace"), noise=d.get("noise", "laplace"),
+                   prior=PriorSpec(**d.get("prior", {})), sampler=SamplerSpec(**d.get("sampler", {})),
+                   description=d.get("description", ""))
+
 
 def specs_in(directory: Path) -> list[str]:
     """Names of the specification files (``*.toml``) in ``directory``."""

@@ -167,3 +167,14 @@ def test_prior_predictive_is_standardised_scale():
     assert np.all(np.triu(pp["B"]) == 0)
     sd = pp["z"].std(axis=1)
     assert np.median(sd) < 10  # plausible for standardised data: not wildly dispersed
+
+
+def test_model_spec_round_trips_through_a_manifest():
+    """Jobs built on a run (compare, joint) rebuild the run's spec from its manifest's dict."""
+    import json
+
+    from causalcrystal.sem import ModelSpec, load_spec
+
+    for name in ("laplace", "gennorm", "studentt"):
+        spec = load_spec(name).with_(draws=123, thin=3)
+        assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
