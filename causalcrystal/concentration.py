@@ -449,17 +449,24 @@ def link_hierarchy(data: dict, spec: ConcentrationSpec):
     return theta, tau
 
 
-_GH_X, _GH_W = np.polynomial.hermite.hermgauss(20)
+#: 40 nodes: with 20 the error reached 7e-4 nats where a few tight tiles make the integrand far from
+#: normal; 40 kept it below 1e-4 on 24 random test cases (it costs twice the evaluations).
+_GH_X, _GH_W = np.polynomial.hermite.hermgauss(40)
 
 
 def image_loglik(d: _Data, spec: ConcentrationSpec, f, tau, omega, chunk: int = 100) -> np.ndarray:
     """Per draw, coupling and image: ``log p(tiles of image g | f, tau, omega)`` with ``theta`` integrated.
 
-    ``f`` (S, C, G), ``tau``, ``omega`` (S, C). The integral over ``theta`` uses 20-point
-    Gauss-Hermite quadrature on a normal centred at the Gaussian approximation of the integrand
-    (widened 1.5x for the Student-t tails), i.e. importance sampling with deterministic nodes;
-    a test checks it against brute-force numerical integration.
-    Returns (S, C, G); 0 where an image has no tile for a coupling.
+    ``f`` (S, C, G), ``tau``, ``omega`` (S, C). The integral over ``theta`` of
+    ``h(theta) = prod_t StudentT(m_t; theta, sqrt(s_t^2 + tau^2)) N(theta; f, omega^2)`` is adaptive
+    Gauss-Hermite quadrature (as for GLMMs, e.g. lme4's nAGQ): 40 nodes on a normal centred at the
+    mode of ``log h`` (Newton steps from the better of the Gaussian approximation and the prior
+    mean) with the s.d. from the curvature there, widened 1.5x for the Student-t tails. Centring on
+    the Gaussian approximation alone failed when an image's tiles disagree with the link (the held-out
+    images LOO is about): Student-t tiles then barely move ``theta`` from ``f``, and the result was off
+    by up to 4.4 nats (found by running the tests under other seeds). A test checks the result
+    against adaptive numerical integration. Returns (S, C, G); 0 where an image has no tile for a
+    coupling.
     """
     S, C, G = f.shape
     nu = spec.tile_nu
@@ -469,6 +476,7 @@ def image_loglik(d: _Data, spec: ConcentrationSpec, f, tau, omega, chunk: int = 
     obs_c = d.obs_c[order]
     groups, starts = np.unique(cg, return_index=True)
     idx = np.searchsorted(groups, cg)  # each observation's (coupling, image) group
+    counts = np.diff(np.append(starts, cg.size))
     lnorm = special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
     lw = np.log(_GH_W / np.sqrt(np.pi)) + _GH_X**2  # log weight minus the proposal's exponent
     out = np.zeros((S, C * G))
@@ -476,15 +484,35 @@ def image_loglik(d: _Data, spec: ConcentrationSpec, f, tau, omega, chunk: int = 
         fb = f[a:a + chunk].reshape(-1, C * G)[:, groups]  # (s, g)
         om = np.repeat(omega[a:a + chunk], G, axis=1)[:, groups]
         sig2 = s[None, :] ** 2 + tau[a:a + chunk][:, obs_c] ** 2  # (s, n)
-        P = np.add.reduceat(1.0 / sig2, starts, axis=1) + 1.0 / om**2
-        mq = (np.add.reduceat(m[None, :] / sig2, starts, axis=1) + fb / om**2) / P
-        sq = 1.5 / np.sqrt(P)
-        nodes = mq[..., None] + np.sqrt(2.0) * sq[..., None] * _GH_X  # (s, g, K)
+
+        def log_h(th):  # (s, g, ...) -> log h up to the constants shared by every theta
+            d2 = (m[None, :, None] - th[:, idx]) ** 2 / sig2[..., None]
+            lt = np.add.reduceat(-(nu + 1) / 2 * np.log1p(d2 / nu), starts, axis=1)
+            return lt - 0.5 * ((th - fb[..., None]) / om[..., None]) ** 2
+
+        def derivs(th):  # first and second derivative of log h at th (s, g)
+            r = m[None, :] - th[:, idx]
+            q = nu * sig2 + r**2
+            g1 = np.add.reduceat((nu + 1) * r / q, starts, axis=1) - (th - fb) / om**2
+            g2 = np.add.reduceat((nu + 1) * (r**2 - nu * sig2) / q**2, starts, axis=1) - 1.0 / om**2
+            return g1, g2
+
+        info = np.add.reduceat(1.0 / sig2, starts, axis=1) + 1.0 / om**2  # normal-approximation precision
+        gauss = (np.add.reduceat(m[None, :] / sig2, starts, axis=1) + fb / om**2) / info
+        start = np.stack([gauss, fb], axis=-1)
+        th = np.take_along_axis(start, log_h(start).argmax(-1)[..., None], -1)[..., 0]
+        for _ in range(12):  # Newton where log h is concave, Fisher scoring elsewhere; steps capped
+            g1, g2 = derivs(th)
+            step = np.where(g2 < 0, -g1 / np.minimum(g2, -1e-300), g1 / info)
+            th = th + np.clip(step, -3.0 / np.sqrt(info), 3.0 / np.sqrt(info))
+        g2 = derivs(th)[1]
+        sq = 1.5 / np.sqrt(np.where(g2 < 0, -g2, info))
+        nodes = th[..., None] + np.sqrt(2.0) * sq[..., None] * _GH_X  # (s, g, K)
         z2 = (m[None, :, None] - nodes[:, idx, :]) ** 2 / sig2[..., None]
         lt = -0.5 * np.log(sig2)[..., None] - (nu + 1) / 2 * np.log1p(z2 / nu)
-        lsum = np.add.reduceat(lt, starts, axis=1) + lnorm * np.diff(np.append(starts, cg.size))[None, :, None]
+        lsum = np.add.reduceat(lt, starts, axis=1) + lnorm * counts[None, :, None]
         lprior = -np.log(om)[..., None] - 0.5 * ((nodes - fb[..., None]) / om[..., None]) ** 2
-        # sum_k (w_k / sqrt(pi)) h(x_k) / q(x_k) with q = N(mq, sq^2): the 2 pi terms cancel
+        # sum_k (w_k / sqrt(pi)) h(x_k) / q(x_k) with q = N(th, sq^2): the 2 pi terms cancel
         out[a:a + chunk, groups] = special.logsumexp(lsum + lprior + np.log(sq)[..., None] + lw, axis=-1)
     return out.reshape(S, C, G)
 

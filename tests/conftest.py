@@ -1,6 +1,42 @@
-"""Shared test data."""
+"""Shared test data and the seed offset.
+
+Every fixed seed in the tests goes through :func:`fixed_seed`, which adds an offset (default 0) taken
+from ``pytest --seed-offset N`` or the environment variable ``CAUSALCRYSTAL_TEST_SEED_OFFSET``.
+A statistical test whose tolerance is derived from the statistics passes for (nearly) every
+offset; one that passes only for the seed it was written with is found by running the suite with
+a few offsets (README, "Tests"). The offset in use is printed in the pytest header, so a failure
+can be reproduced.
+"""
+
+import os
 
 import numpy as np
+
+#: Added to every fixed seed of the tests (set by ``--seed-offset`` or the environment).
+SEED_OFFSET = int(os.environ.get("CAUSALCRYSTAL_TEST_SEED_OFFSET", "0") or 0)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--seed-offset", type=int, default=None,
+                     help="add N to every fixed seed of the tests (default: $CAUSALCRYSTAL_TEST_SEED_OFFSET or 0)")
+
+
+def pytest_configure(config):
+    global SEED_OFFSET
+    opt = config.getoption("--seed-offset")
+    if opt is not None:
+        SEED_OFFSET = int(opt)
+        # the notebooks and subprocesses started by tests read the environment
+        os.environ["CAUSALCRYSTAL_TEST_SEED_OFFSET"] = str(SEED_OFFSET)
+
+
+def pytest_report_header(config):
+    return f"causalcrystal test seed offset: {SEED_OFFSET} (--seed-offset N to change)"
+
+
+def fixed_seed(k: int) -> int:
+    """The fixed seed ``k`` of a test, shifted by the run's seed offset."""
+    return int(k) + SEED_OFFSET
 
 
 def eq1_chain(n: int, seed: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import lgd_spec_file
+from conftest import fixed_seed, lgd_spec_file
 from scipy import integrate, stats
 
 from causalcrystal import concentration as cn
@@ -53,7 +53,7 @@ def test_stage1_total_effects_skip_tiles_without_a_path(tmp_path):
     stage-1 summary must then be missing, not a near-exact 0 (a matrix inverse leaves ~1e-16)."""
     import arviz as az
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(fixed_seed(0))
     n, S = len(cn.DESCRIPTORS), 50
     px, vol, a = (cn.DESCRIPTORS.index(v) for v in ("Px", "Vol", "a"))
     B = np.zeros((2, S, 2, n, n))  # (chain, draw, tile, effect, cause)
@@ -82,13 +82,19 @@ def test_stage1_total_effects_skip_tiles_without_a_path(tmp_path):
 
 def test_image_loglik_equals_numerical_integration():
     spec = _spec(0.5)
-    summ = cn.simulate_summaries(spec, (0.0, 0.1, 0.2), images_per_composition=1, tiles_per_image=5, seed=1)
+    summ = cn.simulate_summaries(spec, (0.0, 0.1, 0.2), images_per_composition=1, tiles_per_image=5, seed=fixed_seed(1))
     d = cn._prepare(summ, spec, None)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(fixed_seed(0))
     S, C, G = 3, len(d.labels), len(d.images)
     f = rng.normal(0, 1, (S, C, G)) * d.scale[None, :, None]
     tau = np.abs(rng.normal(0, 1, (S, C))) * d.scale
     om = np.abs(rng.normal(0, 1, (S, C))) * d.scale * 0.5
+    # and one draw whose link value conflicts with every image's tiles (a held-out image far from
+    # the prediction): f 6 scales away, omega small. The integrand then sits near f, not between.
+    f = np.concatenate([f, (np.nanmean(d.m) + 6 * d.scale)[None, :, None] * np.ones((1, C, G))])
+    tau = np.concatenate([tau, 0.3 * d.scale[None]])
+    om = np.concatenate([om, 0.2 * d.scale[None]])
+    S += 1
     ll = cn.image_loglik(d, spec, f, tau, om)
     for s in range(S):
         for c in range(3):
@@ -105,18 +111,25 @@ def test_image_loglik_equals_numerical_integration():
                 assert ll[s, c, g] == pytest.approx(np.log(val), abs=1e-4)
 
 
-def _interval(idata, name):
-    return np.quantile(idata.posterior[name].values.ravel(), [0.05, 0.95])
+def _interval(idata, name, prob=0.9):
+    return np.quantile(idata.posterior[name].values.ravel(), [(1 - prob) / 2, (1 + prob) / 2])
+
+
+#: Credible level of the "interval holds the truth" checks. A calibrated 90 % interval misses the
+#: truth for 1 seed in 10 (seed offset 1 found such a case), so those checks use 99.5 % intervals:
+#: a miss rate of 1 in 200 per check; widths are still compared at 90 %.
+COVER = 0.995
 
 
 @pytest.mark.parametrize("y0,seed", [(0.16, 1), (0.22, 2)])
 def test_y0_recovered_when_amplitudes_are_known(y0, seed):
     """Amplitudes known to 3 % (log-sd): the analysis says y0 is identified to about +-0.012."""
     spec = _spec(0.03, labels=LABELS)
-    summ = cn.simulate_summaries(spec, SERIES, images_per_composition=3, y0=y0, seed=seed)
-    idata = cn.fit(summ, spec, seed=seed)
-    lo, hi = _interval(idata, "y0")
+    summ = cn.simulate_summaries(spec, SERIES, images_per_composition=3, y0=y0, seed=fixed_seed(seed))
+    idata = cn.fit(summ, spec, seed=fixed_seed(seed))
+    lo, hi = _interval(idata, "y0", COVER)
     assert lo < y0 < hi
+    lo, hi = _interval(idata, "y0")
     cont = cn.contraction(idata, spec)
     prior_width = np.diff(cont["y0"]["prior_90"])[0]
     assert hi - lo < 0.5 * prior_width  # "clearly narrower than the prior"
@@ -127,21 +140,21 @@ def test_wide_amplitude_priors_identify_y_star_only():
     """Amplitudes known to 50 %: y_star = y0 + 1/eps0 is pinned by the curves, y0 much less."""
     spec = _spec(0.5, labels=LABELS)
     y0 = 0.2
-    summ = cn.simulate_summaries(spec, SERIES, images_per_composition=3, y0=y0, seed=3)
-    idata = cn.fit(summ, spec, seed=3)
-    lo, hi = _interval(idata, "y_star")
+    summ = cn.simulate_summaries(spec, SERIES, images_per_composition=3, y0=y0, seed=fixed_seed(3))
+    idata = cn.fit(summ, spec, seed=fixed_seed(3))
+    lo, hi = _interval(idata, "y_star", COVER)
     assert lo < y0 + 1 / P.eps0 < hi
     cont = cn.contraction(idata, spec)
     assert cont["y_star"]["contraction"] > 0.8
     assert cont["y0"]["contraction"] < cont["y_star"]["contraction"] - 0.2
-    lo, hi = _interval(idata, "y0")
+    lo, hi = _interval(idata, "y0", COVER)
     assert lo < y0 < hi
 
 
 def test_universal_couplings_come_out_universal_and_dependent_ones_dependent():
     spec = _spec(0.5, labels=LABELS)
-    summ = cn.simulate_summaries(spec, SERIES, images_per_composition=3, y0=0.18, seed=4)
-    table, fits = cn.universality(summ, spec, seed=4)
+    summ = cn.simulate_summaries(spec, SERIES, images_per_composition=3, y0=0.18, seed=fixed_seed(4))
+    table, fits = cn.universality(summ, spec, seed=fixed_seed(4))
     row = table.set_index("coupling")
     for lab in ("a<-Px", "alpha<-Py"):  # simulated as P_S(y)-dependent
         assert row.loc[lab, "elpd_diff"] > 2 * row.loc[lab, "dse"], row.loc[lab].to_dict()
@@ -152,7 +165,7 @@ def test_universal_couplings_come_out_universal_and_dependent_ones_dependent():
     assert set(fits) == {"spec", *LABELS}
     # the whole specification against every coupling universal, re-using the fit of the spec:
     # the series is simulated from the LGD links, so the spec wins by more than 2 dse
-    links, lfits = cn.compare_links(summ, [spec, cn.all_links(spec, "universal")], seed=4,
+    links, lfits = cn.compare_links(summ, [spec, cn.all_links(spec, "universal")], seed=fixed_seed(4),
                                     fits={spec.name: fits["spec"]})
     row = links.set_index("spec")
     assert row.loc[spec.name, "rank"] == 0 and row.loc["universal", "elpd_diff"] > 2 * row.loc["universal", "dse"]
@@ -182,7 +195,7 @@ def test_bad_series_are_refused():
 def small_cells():
     from causalcrystal.simulator import simulate
 
-    return simulate((0.0, 0.1, 0.2), shape=(24, 24), seed=5, n_walls=0, interface_fraction=0.0)
+    return simulate((0.0, 0.1, 0.2), shape=(24, 24), seed=fixed_seed(5), n_walls=0, interface_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +205,7 @@ def small_run(tmp_path_factory, small_cells):
 
     cells = small_cells
     out = tmp_path_factory.mktemp("conc") / "run"
-    run_pipeline(cells, out, tile_size=12, n_bootstrap=5, image_bootstrap=10, seed=5, workers=1, progress=False,
+    run_pipeline(cells, out, tile_size=12, n_bootstrap=5, image_bootstrap=10, seed=fixed_seed(5), workers=1, progress=False,
                  spec=load_spec("laplace").with_(draws=200, tune=200), log=lambda m: None)
     return out
 
@@ -259,6 +272,13 @@ def test_a_coupling_no_tile_allows_is_left_out_with_a_warning(small_run, tmp_pat
         cn.run_concentration(small_run, tmp_path / "out2", only_empty, universality_check=False, log=msgs.append)
 
 
+AGREEMENT_VARS = ["y0", "amplitude", "theta"]
+
+
+def _min_over(ds) -> float:
+    return min(float(v.min()) for v in ds.data_vars.values())
+
+
 def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
     """The joint model over a partition of the run's tiles and the two-stage fit of the same tiles
     are two approximations of one posterior (the two-stage one replaces each tile's likelihood by a
@@ -266,13 +286,21 @@ def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
     agree to within one posterior s.d. (z = shift / wider sd; the Monte-Carlo error of each mean
     at ESS >= 200 is < 0.07 sd), and the widths of y0, y_star and the amplitudes to a factor 2.
     (Both couplings are in the equation of ``a``; ``Vol <- a``, whose equation has the collinear
-    parents a and b, mixes slowly in the joint model: r_hat 1.09 after 1,000 draws.)"""
+    parents a and b, mixes slowly in the joint model: r_hat 1.09 after 1,000 draws.)
+
+    Convergence is checked here only as far as the agreement needs it: the amplitude of the ``ps``
+    link trades off against the image scatter ``omega`` (3 images), so it mixes slowest. With 500
+    draws per chain that was bulk ESS 36-270 and r_hat up to 1.06 over seeds 1-6 (the bound of
+    1.05 failed on another machine); with the specification's 1,000 it was ESS 104-575 and
+    r_hat <= 1.016 over seeds 1-8. The bound asserted is ESS >= 50 (Monte-Carlo error of a mean
+    <= 0.14 sd, small beside the |z| < 1 tolerance). Full convergence (r_hat <= 1.01, ESS >= 400)
+    is the slow test below, with 4 chains x 2,000 draws."""
     from causalcrystal import joint
     from causalcrystal.tiling import make_tiles
 
     spec_path = tmp_path / "small.toml"
     lgd_spec_file(spec_path, ["a<-Px", "a<-I14"])
-    spec = replace(cn.load_spec(spec_path), draws=500, tune=1000)
+    spec = cn.load_spec(spec_path)  # 2 chains x (1,000 tune + 1,000 draws)
 
     tiles = make_tiles(small_cells, 12)  # the run's overlapping tiles (stride 6): 9 per image
     part = joint.partition_tiles(tiles)
@@ -280,9 +308,9 @@ def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
     members = members[members >= 0]
     assert part.size == 12 and members.size == np.unique(members).size == small_cells.sizes["cell"]
 
-    one, summ = joint.fit_joint(small_cells, small_run, spec, seed=1)
+    one, summ = joint.fit_joint(small_cells, small_run, spec, seed=fixed_seed(1))
     assert list(summ["tile"].values) == part.tolist()
-    two = cn.fit(summ, spec, seed=1)
+    two = cn.fit(summ, spec, seed=fixed_seed(1))
     table = joint.agreement(two, one, names=("y0", "y_star", "amplitude", "theta", "tau"))
     # the quantities the model is for: shifted by less than one posterior s.d.
     interest = table[~table["parameter"].str.startswith("tau")]
@@ -294,10 +322,9 @@ def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
     core = table[table["parameter"].str.match(r"(y0|y_star|amplitude)")]
     ratio = core["sd_2"] / core["sd_1"]
     assert ratio.between(0.5, 2.0).all(), core.to_string()
-    # the joint posterior is a real NUTS run: converged
-    import arviz as az
-    rhat = az.rhat(one, var_names=["y0", "amplitude", "theta"])
-    assert max(float(v.max()) for v in rhat.data_vars.values()) < 1.05, rhat
+    # the joint posterior is a real NUTS run, mixed well enough for the comparison above
+    ess = _min_over(__import__("arviz").ess(one, var_names=AGREEMENT_VARS, method="bulk"))
+    assert ess >= 50, ess
     # the tile coefficients it infers are the oriented raw a <- Px (< 0: Q11 < 0), as in stage 1
     b = one.posterior["b"].mean(("chain", "draw")).values
     lab = one.constant_data["obs_coupling"].values
@@ -307,3 +334,19 @@ def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
 
     with pytest.raises(cn.ConcentrationError, match="cells but the run"):
         joint.prepare(small_cells.isel(cell=slice(0, 100)), small_run, spec)
+
+
+@pytest.mark.slow
+def test_one_stage_fit_converges(small_run, small_cells, tmp_path):
+    """The joint posterior converges by the usual standard (Vehtari et al. 2021: rank-normalised
+    r_hat <= 1.01 and bulk ESS >= 400 on every parameter the comparison uses) given enough draws:
+    4 chains x 2,000 draws (measured over seeds 1-3: r_hat <= 1.004, ESS >= 881; ~60 s)."""
+    import arviz as az
+
+    from causalcrystal import joint
+
+    spec = replace(cn.load_spec(lgd_spec_file(tmp_path / "small.toml", ["a<-Px", "a<-I14"])), chains=4, draws=2000)
+    one, _ = joint.fit_joint(small_cells, small_run, spec, seed=fixed_seed(1))
+    rhat = max(float(v.max()) for v in az.rhat(one, var_names=AGREEMENT_VARS).data_vars.values())
+    ess = _min_over(az.ess(one, var_names=AGREEMENT_VARS, method="bulk"))
+    assert rhat <= 1.01 and ess >= 400, (rhat, ess)

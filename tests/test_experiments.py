@@ -19,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import fixed_seed
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 NOTEBOOKS = ("posterior_analysis.py", "model_comparison.py")
+#: each notebook's own default seed (its SEED line), shifted by the tests' seed offset
+NOTEBOOK_SEED = {"posterior_analysis.py": 0, "model_comparison.py": 1}
 
 
 def _cells(text: str) -> list[tuple[str, str]]:
@@ -60,7 +63,8 @@ def test_notebook_is_valid_jupytext_percent(name):
             # markdown cells are comments only (jupytext's "# " prefix), so they stay valid Python
             assert all(not line.strip() or line.startswith("#") for line in src.splitlines()), (name, k)
     # the size switch and the output folder come from the environment; overwrite is explained
-    assert "CAUSALCRYSTAL_NOTEBOOK_SIZE" in text and "CAUSALCRYSTAL_NOTEBOOK_OUT" in text
+    assert all(f"CAUSALCRYSTAL_NOTEBOOK_{v}" in text for v in ("SIZE", "OUT", "SEED"))
+    assert f'"CAUSALCRYSTAL_NOTEBOOK_SEED", "{NOTEBOOK_SEED[name]}"' in text  # the default the tests shift
     md = "\n".join(src for kind, src in cells if kind == "markdown")
     assert "overwrite=True" in md
 
@@ -69,6 +73,7 @@ def _run(name, tmp_path, monkeypatch) -> Path:
     out = tmp_path / name.removesuffix(".py")
     monkeypatch.setenv("CAUSALCRYSTAL_NOTEBOOK_SIZE", "small")
     monkeypatch.setenv("CAUSALCRYSTAL_NOTEBOOK_OUT", str(out))
+    monkeypatch.setenv("CAUSALCRYSTAL_NOTEBOOK_SEED", str(fixed_seed(NOTEBOOK_SEED[name])))
     monkeypatch.delenv("CAUSALCRYSTAL_NOTEBOOK_JOINT", raising=False)
     runpy.run_path(str(EXPERIMENTS / name), run_name="__main__")
     return out

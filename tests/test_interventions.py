@@ -8,7 +8,7 @@ import arviz as az
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import eq1_chain
+from conftest import eq1_chain, fixed_seed
 
 from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.interventions import (InterventionError, do, interventional_mean, linear_sem_model,
@@ -42,7 +42,7 @@ def _random_dags(rng, draws, n):
 
 def test_total_effects_of_the_eq1_chain_are_exact():
     # The SEM conftest.eq1_chain simulates: z1 = 3 z0 + e1, z2 = -6 z1 + e2 -> z2 <- z0 is 3 * -6.
-    X = eq1_chain(2000, seed=0)
+    X = eq1_chain(2000, seed=fixed_seed(0))
     assert np.polyfit(X[:, 0], X[:, 1], 1)[0] == pytest.approx(3.0, abs=0.1)  # the fixture is that chain
     T = total_effects(EQ1_B)
     np.testing.assert_array_equal(T, [[1, 0, 0], [3, 1, 0], [-18, -6, 1]])  # integer path sums: exact
@@ -76,7 +76,7 @@ def test_do_and_shift_on_the_eq1_chain():
 def test_closed_forms_agree_on_random_dags():
     """Three routes to the same numbers on stacked random DAGs in random causal orders:
     path sum vs matrix inverse, do() by solve vs E[x] + T[:, k] (v - E[x_k]), shift vs delta T[:, k]."""
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(fixed_seed(11))
     n, draws = 5, 300
     B = _random_dags(rng, draws, n)
     c = rng.normal(size=(draws, n))
@@ -114,7 +114,7 @@ def test_closed_form_matches_pymc_do():
     cases = {"observational": ({}, {}), "do(x0 = -1.5)": ({"x0": -1.5}, {}),
              "shift(x2 += 2)": ({}, {"x2": 2.0}), "do(x3 = 1) & shift(x2 += 2)": ({"x3": 1.0}, {"x2": 2.0})}
     for seed, (label, (set_, add)) in enumerate(cases.items()):
-        samples = sample_intervened(pymc_intervene(model, do=set_, shift=add), draws=n, seed=seed)
+        samples = sample_intervened(pymc_intervene(model, do=set_, shift=add), draws=n, seed=fixed_seed(seed))
         closed = interventional_mean(B, c, {names.index(k): v for k, v in set_.items()},
                                      {names.index(k): v for k, v in add.items()})
         for k, name in enumerate(names):
@@ -167,11 +167,11 @@ def run_posterior(tmp_path_factory):
     tile_dir.mkdir()
     means, scales = [], []
     for k in TILES:
-        rng = np.random.default_rng(100 + k)
+        rng = np.random.default_rng(fixed_seed(100 + k))
         raw = np.linalg.solve(np.eye(8) - B, (c + rng.laplace(0.0, b, size=(1200, 8))).T).T
         m, s = raw.mean(0), raw.std(0)  # the "image" standardisation
         tile = raw[:300]
-        res = sample_tile((tile - m) / s, prior, spec, seed=k, threads=1)
+        res = sample_tile((tile - m) / s, prior, spec, seed=fixed_seed(k), threads=1)
         np.savez(tile_dir / f"tile_{k:05d}.npz", **res)
         means.append(tile.mean(0))
         scales.append(s)

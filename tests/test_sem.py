@@ -4,7 +4,7 @@
 import arviz as az
 import numpy as np
 import pytest
-from conftest import eq1_chain
+from conftest import eq1_chain, fixed_seed
 from scipy import stats
 
 from causalcrystal.cells import DESCRIPTORS
@@ -25,13 +25,13 @@ def _interval(B, i, j, prob=0.9):
 
 def test_paper_toy_chain_eq1():
     """z1 = 3 z0 + e1, z2 = -6 z1 + e2, e ~ U(-1, 1): LiNGAM finds the chain, 90 % intervals cover 3, -6."""
-    X = eq1_chain(500, seed=0)
-    boot = bootstrap_lingam(X, 20, exogenous=None, seed=1)
+    X = eq1_chain(500, seed=fixed_seed(0))
+    boot = bootstrap_lingam(X, 20, exogenous=None, seed=fixed_seed(1))
     assert list(boot["order"]) == [0, 1, 2]
     assert boot["probability"][1, 0] >= 0.95 and boot["probability"][2, 1] >= 0.95
     # gennorm noise with a learned shape covers the uniform noise of Eq. 1
     spec = ModelSpec(noise="gennorm", prior=RAW)
-    out = sample_tile(X, dag_prior(boot["order"], boot["probability"]), spec, seed=3)
+    out = sample_tile(X, dag_prior(boot["order"], boot["probability"]), spec, seed=fixed_seed(3))
     lo, hi = _interval(out["B"], 1, 0)
     assert lo < 3 < hi and hi - lo < 0.3
     lo, hi = _interval(out["B"], 2, 1)
@@ -51,7 +51,7 @@ def _truth_std(cells, members, X):
 @pytest.fixture(scope="module")
 def recovery():
     """12 tiles of 256 cells from wall-free, interface-free films (B constant per image)."""
-    cells = simulate((0.0, 0.1, 0.2), shape=(32, 32), seed=21, n_walls=0, interface_fraction=0.0)
+    cells = simulate((0.0, 0.1, 0.2), shape=(32, 32), seed=fixed_seed(21), n_walls=0, interface_fraction=0.0)
     tiles = make_tiles(cells, 16, stride=16)
     order = [IX[v] for v in TRUE_ORDER]
     forbidden = forbidden_into([IX["I14"], IX["I5"]], 8)
@@ -62,7 +62,7 @@ def recovery():
         raw = np.stack([cells[v].values[m] for v in DESCRIPTORS], axis=1)
         X = (raw - raw.mean(0)) / raw.std(0)
         prior = dag_prior(order, np.full((8, 8), 0.5), forbidden)
-        out = sample_tile(X, prior, spec, seed=100 + k)
+        out = sample_tile(X, prior, spec, seed=fixed_seed(100 + k))
         results.append((out, _truth_std(cells, m, X), prior.allowed))
     return results
 
@@ -106,7 +106,7 @@ def test_pointwise_loglik_matches_model_logp():
     """The numpy log-likelihood (for LOO) equals the model's Potential at the same parameters."""
     spec = ModelSpec(noise="studentt")
     model = build_model(spec, n_vars=3, n_init=7)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(fixed_seed(0))
     X = rng.standard_t(5, size=(7, 3))
     model.set_data("Z", X)
     point = model.initial_point()
@@ -124,7 +124,7 @@ def test_pointwise_loglik_matches_model_logp():
 
 
 def test_true_direction_has_higher_elpd_on_laplace_data():
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(fixed_seed(5))
     n = 400
     z0 = rng.laplace(size=n)
     z1 = 0.8 * z0 + rng.laplace(size=n)
@@ -133,7 +133,7 @@ def test_true_direction_has_higher_elpd_on_laplace_data():
     X = (X - X.mean(0)) / X.std(0)
     spec = ModelSpec(noise="laplace")
     w = np.full((3, 3), 0.5)
-    fits = {name: sample_tile(X, dag_prior(order, w), spec, seed=7)
+    fits = {name: sample_tile(X, dag_prior(order, w), spec, seed=fixed_seed(7))
             for name, order in {"true": [0, 1, 2], "reversed": [2, 1, 0]}.items()}
     idatas = {name: az.from_dict(log_likelihood={"z": f["loglik"]}, posterior={"B": f["B"]})
               for name, f in fits.items()}
@@ -161,7 +161,7 @@ def test_named_specs_load():
 
 def test_prior_predictive_is_standardised_scale():
     prior = dag_prior(list(range(8)), np.full((8, 8), 0.3))
-    pp = prior_predictive(prior, load_spec("laplace"), n_cells=200, draws=50, seed=1)
+    pp = prior_predictive(prior, load_spec("laplace"), n_cells=200, draws=50, seed=fixed_seed(1))
     assert pp["z"].shape == (50, 200, 8)
     # B strictly lower-triangular in the order; the generated data obey z = B z + c + e
     assert np.all(np.triu(pp["B"]) == 0)

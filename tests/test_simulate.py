@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import fixed_seed
 from scipy import stats
 
 import causalcrystal as cc
@@ -16,7 +17,7 @@ IX = {v: k for k, v in enumerate(DESCRIPTORS)}
 
 @pytest.fixture(scope="module")
 def series():
-    return simulate((0.0, 0.1, 0.2), shape=(64, 64), seed=11)
+    return simulate((0.0, 0.1, 0.2), shape=(64, 64), seed=fixed_seed(11))
 
 
 def _z(ds):
@@ -105,7 +106,9 @@ def test_regression_on_true_parents_recovers_coefficients(series):
     checked = 0
     for y in (0.0, 0.2):
         region = (series["sm_fraction"].values == y) & (s > 0.995)
-        assert region.sum() > 300
+        # enough cells for the regression (the wall-free area depends on where the walls fell:
+        # 291-1257 cells over seeds 11-30)
+        assert region.sum() > 200
         for eff in DESCRIPTORS:
             parents = [k for k in range(8) if np.any(B[region, IX[eff], k] != 0)]
             if not parents:
@@ -126,23 +129,26 @@ def test_regression_on_true_parents_recovers_coefficients(series):
 @pytest.mark.parametrize("noise, dist", [("laplace", stats.laplace(0, 1 / np.sqrt(2))),
                                          ("uniform", stats.uniform(-np.sqrt(3), 2 * np.sqrt(3)))])
 def test_noise_family_is_the_requested_non_gaussian_one(noise, dist):
-    ds = simulate((0.1,), shape=(40, 40), seed=3, noise=noise)
+    ds = simulate((0.1,), shape=(40, 40), seed=fixed_seed(3), noise=noise)
     e = (ds["true_noise"].values / ds["true_noise_sd"].values)[:, IX["a"]]
     # KS test at level 1e-3 against the exact unit-variance family; the Normal must be rejected.
+    # (KS has little power against the uniform: at n = 1600 its p-value was 2e-6 for one seed. The
+    # D'Agostino-Pearson test sees the kurtosis directly: excess kurtosis -1.2 or +3 against a
+    # standard error sqrt(24 / n) = 0.12, p-values far below 1e-10.)
     assert stats.kstest(e, dist.cdf).pvalue > 1e-3
-    assert stats.kstest(e, stats.norm.cdf).pvalue < 1e-6
+    assert stats.normaltest(e).pvalue < 1e-6
 
 
 def test_same_seed_same_data_other_seed_other_data():
-    a = simulate((0.0, 0.2), shape=(12, 10), seed=5)
-    b = simulate((0.0, 0.2), shape=(12, 10), seed=5)
-    c = simulate((0.0, 0.2), shape=(12, 10), seed=6)
+    a = simulate((0.0, 0.2), shape=(12, 10), seed=fixed_seed(5))
+    b = simulate((0.0, 0.2), shape=(12, 10), seed=fixed_seed(5))
+    c = simulate((0.0, 0.2), shape=(12, 10), seed=fixed_seed(6))
     assert a.identical(b)
     assert not np.allclose(a["a"].values, c["a"].values)
 
 
 def test_injected_nonfinite_and_outliers_are_marked():
-    ds = simulate((0.1,), shape=(20, 20), seed=2, nonfinite_fraction=0.05, outlier_fraction=0.05)
+    ds = simulate((0.1,), shape=(20, 20), seed=fixed_seed(2), nonfinite_fraction=0.05, outlier_fraction=0.05)
     z = _z(ds)
     bad = ~np.isfinite(z)
     np.testing.assert_array_equal(bad, ds["true_nonfinite"].values)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import fixed_seed
 
 from causalcrystal.simulator import simulate
 from causalcrystal.tiling import SmallTileWarning, make_tiles, tile_cells, tile_members
@@ -11,7 +12,7 @@ from causalcrystal.tiling import SmallTileWarning, make_tiles, tile_cells, tile_
 
 @pytest.fixture(scope="module")
 def cells():
-    return simulate((0.0, 0.1), shape=(37, 50), seed=4)
+    return simulate((0.0, 0.1), shape=(37, 50), seed=fixed_seed(4))
 
 
 def _coverage(cells, tiles):
