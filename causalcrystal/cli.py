@@ -35,6 +35,7 @@ def _cmd_simulate(args) -> int:
         n_walls=args.walls,
         nonfinite_fraction=args.nonfinite_fraction,
         outlier_fraction=args.outlier_fraction,
+        geometric_vol=args.geometric_vol,
     )
     write_netcdf(ds, out, overwrite=args.overwrite)
     n_img = len(set(ds["image"].values.tolist()))
@@ -100,10 +101,20 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="comma-separated descriptors LiNGAM must treat as exogenous; 'none' for no prior knowledge")
     p.add_argument("--standardize", choices=["image", "tile", "none"], default="image",
                    help="z-score descriptors per image (default), per tile, or not at all")
-    p.add_argument("--model", default="laplace", help="model specification: a name in models/ or a .toml path")
-    p.add_argument("--noise", choices=["laplace", "studentt", "gennorm", "normal"], default=None,
+    p.add_argument("--model", default="mog",
+                   help="model specification: a name in models/ or a .toml path (default mog: mixture-of-Gaussians "
+                        "noise, Gibbs sampler)")
+    p.add_argument("--noise", choices=["mog", "laplace", "studentt", "gennorm", "normal"], default=None,
                    help="override the model's noise family ('normal' warns: directions are not identified)")
-    p.add_argument("--sampler", choices=["nutpie", "pymc"], default=None, help="NUTS implementation")
+    p.add_argument("--sampler", choices=["gibbs", "nutpie", "pymc"], default=None,
+                   help="sampler: gibbs (exact, mog only) or a NUTS implementation (any family)")
+    p.add_argument("--derived", default="auto",
+                   help="descriptors that are functions of others (Vol = a b sin(alpha)): 'auto' finds near-"
+                        "deterministic relations and leaves the derived column out of discovery and the SEM; a "
+                        "comma-separated list declares them; 'none' keeps all (and only warns) (default auto)")
+    p.add_argument("--orders", type=int, default=3,
+                   help="candidate causal orders per tile the posterior averages over, weighted by PSIS-LOO "
+                        "(pseudo-BMA+); 1 = condition on LiNGAM's best order (default 3)")
     p.add_argument("--draws", type=int, default=None, help="kept draws per chain")
     p.add_argument("--tune", type=int, default=None, help="tuning draws per chain")
     p.add_argument("--thin", type=int, default=None, help="run draws x thin per chain, keep every thin-th")
@@ -125,7 +136,9 @@ def _run(cells, args) -> int:
     exo = [] if args.exogenous.strip().lower() in ("", "none") else [v.strip() for v in args.exogenous.split(",")]
     res = run_pipeline(cells, args.out, tile_size=args.tile_size, stride=args.stride, min_cells=args.min_cells,
                        n_bootstrap=args.bootstrap, image_bootstrap=args.image_bootstrap, exogenous=exo,
-                       standardize=args.standardize, spec=spec, seed=args.seed, scheduler=args.scheduler,
+                       standardize=args.standardize, spec=spec, n_orders=args.orders, derived=args.derived,
+                       seed=args.seed,
+                       scheduler=args.scheduler,
                        workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
     return 0 if res["finished"] else 3
 
@@ -233,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--walls", type=int, default=1, help="180-degree domain walls per image (default 1)")
     p.add_argument("--nonfinite-fraction", type=float, default=0.0, help="share of cells given a NaN/inf value")
     p.add_argument("--outlier-fraction", type=float, default=0.0, help="share of cells given an outlier")
+    p.add_argument("--geometric-vol", action="store_true",
+                   help="compute Vol = a b sin(alpha) exactly per cell, as real unit-cell tables do")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_cmd_simulate)
 
@@ -319,9 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=3,
                    help="LiNGAM candidate DAGs per tile to compare, most frequent first (default 3; equal orders "
                         "count once)")
-    p.add_argument("--families", default="laplace,studentt",
-                   help="comma-separated noise families / model specs (default laplace,studentt; gennorm is ~100x "
-                        "slower per fit, normal warns that directions are unidentified)")
+    p.add_argument("--families", default="mog,laplace",
+                   help="comma-separated noise families / model specs (default mog,laplace; studentt and gennorm "
+                        "are NUTS-only and 2-100x slower per fit, normal warns that directions are unidentified)")
     p.add_argument("--pairs", default="a:b,Px:Py",
                    help="comma-separated pairs a:b whose direction to estimate (default a:b,Px:Py)")
     which = p.add_mutually_exclusive_group()

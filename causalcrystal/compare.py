@@ -133,6 +133,9 @@ def run_cells(cells: xr.Dataset, run: dict) -> tuple[xr.Dataset, xr.Dataset, xr.
     from causalcrystal import discovery
     from causalcrystal.tiling import SmallTileWarning, image_tiles, make_tiles
 
+    from causalcrystal.cells import canonical
+
+    cells = canonical(cells)  # as run_pipeline did
     s, disc, disc_images = run["settings"], run["disc"], run["disc_images"]
     where = f"the run in {run['dir']} (source {s.get('source', '')!r})"
     fix = "pass the same inputs (and reader options) as `causalcrystal run`, or --demo for a demo folder"
@@ -335,6 +338,7 @@ class CompareTask:
     forbidden: np.ndarray | None = None
     direction_spec: ModelSpec | None = None
     threads: int | None = None
+    derived: tuple = ()                         # descriptors treated as derived in this tile
 
 
 def _run_task(task: CompareTask) -> tuple[str, int, dict]:
@@ -365,15 +369,23 @@ def _run_task(task: CompareTask) -> tuple[str, int, dict]:
     for a, b, fwd, bwd in task.pairs:
         clock = time.perf_counter()
         r = direction_probability(task.X, task.order, task.weights, a, b, forbidden=task.forbidden,
-                                  spec=task.direction_spec, seed=task.seed)
+                                  spec=task.direction_spec, seed=task.seed, derived=task.derived,
+                                  active=np.array([v not in task.derived for v in DESCRIPTORS]))
         result["directions"].append({
             "level": task.kind, "tile": task.where["tile"], "image": task.where["image"], "pair": r["pair"],
             "a": a, "b": b, "n_cells": int(task.X.shape[0]), "p_forward": r["p_forward"],
             "elpd_diff": r["elpd_diff"], "dse": r["dse"], "coef_forward": r["coef_forward"],
             "coef_backward": r["coef_backward"], "lingam_forward": fwd, "lingam_backward": bwd,
             "found_both_ways": bool(fwd > 0 and bwd > 0), "order": _order_text(task.order),
+            "valid": r["valid"], "reason": r["reason"], "placements": r["placements"],
             "seconds": time.perf_counter() - clock})
     return task.kind, task.index, result
+
+
+def _derived_mask(derived) -> np.ndarray:
+    """``[effect, cause]`` mask of every edge into or out of a derived descriptor."""
+    d = np.array([v in derived for v in DESCRIPTORS])
+    return d[:, None] | d[None, :]
 
 
 def _part_path(parts: Path, kind: str, index: int) -> Path:
@@ -396,7 +408,7 @@ def compare_run(
     cells: xr.Dataset,
     *,
     candidates: int = 3,
-    families=("laplace", "studentt"),
+    families=("mog", "laplace"),
     pairs=(("a", "b"), ("Px", "Py")),
     tiles=None,
     max_tiles: int | None = None,
@@ -499,8 +511,9 @@ def compare_run(
               for a, b in pairs]
         where = {"tile": int(k), "image": str(disc["image"].values[k]), "row0": int(disc["row0"].values[k]),
                  "col0": int(disc["col0"].values[k])}
-        return CompareTask("tile", k, where, X, tile_seed(seed, k), models, pr, priors[0][k].order, W, forbidden,
-                           run_spec, threads)
+        der = tuple(v for v, d in zip(DESCRIPTORS, disc["derived"].values[k]) if d) if "derived" in disc else ()
+        return CompareTask("tile", k, where, X, tile_seed(seed, k), models, pr, priors[0][k].order, W,
+                           forbidden | _derived_mask(der), run_spec, threads, der)
 
     def image_task(i: int, threads) -> CompareTask:
         X = discovery.tile_matrix(std, tile_members(images, i), mode)
@@ -512,8 +525,10 @@ def compare_run(
               for a, b in pairs]
         where = {"tile": -1, "image": str(disc_images["image"].values[i]), "row0": int(disc_images["row0"].values[i]),
                  "col0": int(disc_images["col0"].values[i])}
-        return CompareTask("image", i, where, X, _image_seed(seed, i), [], pr, np.asarray(order), W, forbidden,
-                           run_spec, threads)
+        der = (tuple(v for v, d in zip(DESCRIPTORS, disc_images["derived"].values[i]) if d)
+               if "derived" in disc_images else ())
+        return CompareTask("image", i, where, X, _image_seed(seed, i), [], pr, np.asarray(order), W,
+                           forbidden | _derived_mask(der), run_spec, threads, der)
 
     # Whole images first: they are the largest tasks, so they do not trail at the end.
     jobs = []
@@ -584,7 +599,7 @@ def compare_run(
 
 _DIRECTION_COLUMNS = ("level", "tile", "image", "pair", "a", "b", "n_cells", "p_forward", "elpd_diff", "dse",
                       "coef_forward", "coef_backward", "lingam_forward", "lingam_backward", "found_both_ways",
-                      "order", "seconds")
+                      "valid", "reason", "placements", "order", "seconds")
 
 
 def _direction_frame(frame):

@@ -268,12 +268,18 @@ def _open_run(run_dir: Path):
 def tile_summaries(run_dir: str | Path, spec: ConcentrationSpec) -> xr.Dataset:
     """Stage 1: each tile's posterior of each coupling as mean and s.d. in raw units.
 
-    Returns (tile, coupling): ``mean``, ``sd``, ``used`` (the edge is allowed in the tile and the
-    tile is finite), with tile coords ``image``, ``sm_fraction`` and per-image ``image_y``.
+    Returns (tile, coupling): ``mean``, ``sd``, ``used``, with tile coords ``image``,
+    ``sm_fraction`` and per-image ``image_y``. A tile's posterior averages over candidate causal
+    orders; the coupling's value is summarised from the draws of the orders that allow it (the
+    others are exactly 0: "absent", not "small"), and a tile is used when those orders carry at
+    least half of its weight (``p_allowed``). Tiles whose residuals the run's noise model does not
+    describe (``summary.csv``: ``noise_misfit``) are left out of the image values (``excluded``
+    says why), so a misfitting tile (a wall, the substrate interface) does not pull its image.
     """
     from causalcrystal.interventions import total_effects
 
     idata = _open_run(Path(run_dir))
+    flagged = _flagged_tiles(Path(run_dir))
     post, const = idata.posterior, idata.constant_data
     B = post["B"]
     scale = const["scale"].values  # (tile, variable)
@@ -283,6 +289,9 @@ def tile_summaries(run_dir: str | Path, spec: ConcentrationSpec) -> xr.Dataset:
     T = post.sizes["tile"]
     mean = np.full((T, len(labels)), np.nan)
     sd = np.full((T, len(labels)), np.nan)
+    p_allowed = np.zeros((T, len(labels)))
+    excluded = np.full((T, len(labels)), "", dtype=object)
+    tile_ids = post["tile"].values
     need_total = any(c.effect_kind == "total" for c in spec.couplings)
     for t in range(T):
         Bt = B.isel(tile=t).values.astype(np.float64)  # (chain, draw, effect, cause)
@@ -297,8 +306,15 @@ def tile_summaries(run_dir: str | Path, spec: ConcentrationSpec) -> xr.Dataset:
         for q, c in enumerate(spec.couplings):
             i, j = DESCRIPTORS.index(c.effect), DESCRIPTORS.index(c.cause)
             draws = (total if c.effect_kind == "total" else raw)[:, i, j]
-            if np.all(draws == 0):  # the tile's causal order does not allow this edge
+            nonzero = draws != 0
+            p_allowed[t, q] = nonzero.mean()
+            if p_allowed[t, q] < 0.5:  # the tile's likely causal orders do not allow this edge
+                excluded[t, q] = "edge not allowed" if p_allowed[t, q] == 0 else "edge allowed by < 1/2 of the orders"
                 continue
+            if int(tile_ids[t]) in flagged:
+                excluded[t, q] = f"tile flagged ({flagged[int(tile_ids[t])]})"
+                continue
+            draws = draws[nonzero]
             if c.orient:
                 draws = draws * sign[t]
             mean[t, q], sd[t, q] = draws.mean(), draws.std(ddof=1)
@@ -308,9 +324,31 @@ def tile_summaries(run_dir: str | Path, spec: ConcentrationSpec) -> xr.Dataset:
                      coords={"tile": post["tile"].values, "coupling": labels, "image": ("tile", images),
                              "sm_fraction": ("tile", y)})
     out["used"] = np.isfinite(out["mean"]) & (out["sd"] > 0)
+    out["p_allowed"] = (("tile", "coupling"), p_allowed)
+    out["excluded"] = (("tile", "coupling"), excluded.astype(str))
     out.attrs.update(run_dir=str(run_dir), standardize=post.attrs.get("standardize", ""),
-                     units="raw (effect units per cause unit)")
+                     units="raw (effect units per cause unit)", flagged_tiles_left_out=len(flagged))
     return out
+
+
+def _flagged_tiles(run_dir: Path) -> dict[int, str]:
+    """Tiles whose residuals the run's noise model does not describe (``summary.csv``'s
+    ``noise_misfit``), with the reason. Tiles flagged for the sampler only (a bulk ESS short of
+    the target) are kept: their means and s.d.s, all stage 1 uses, are still estimated well."""
+    import pandas as pd
+
+    path = run_dir / "summary.csv"
+    if not path.is_file():
+        return {}
+    s = pd.read_csv(path)
+    if "noise_misfit" not in s:
+        return {}
+    s = s[s["noise_misfit"].astype(bool)]
+    return {int(t): "noise misfit" for t in s["tile"]}
+
+
+#: fewest images with a coupling for its universality (leave-one-image-out) to be testable
+MIN_IMAGES = 3
 
 
 def check_series(summ: xr.Dataset) -> None:
@@ -606,8 +644,11 @@ def contraction(idata, spec: ConcentrationSpec, n_prior: int = 4000, seed: int =
     out = {}
     for name, pr in prior.items():
         post = idata.posterior[name].values.ravel()
+        con = float(1 - post.std() / pr.std())
         out[name] = {"prior_sd": float(pr.std()), "posterior_sd": float(post.std()),
-                     "contraction": float(1 - post.std() / pr.std()),
+                     "contraction": con,
+                     # < 0.1: the data moved the prior by less than a tenth of its width (or widened it)
+                     "identified": bool(con >= 0.1),
                      "prior_90": np.quantile(pr, [0.05, 0.95]).tolist(),
                      "posterior_90": np.quantile(post, [0.05, 0.95]).tolist(),
                      "posterior_mean": float(post.mean())}
@@ -670,6 +711,19 @@ def universality(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: 
     fits = {"spec": idata}
     rows = []
     for q, c in enumerate(spec.couplings):
+        n_img = np.unique(d.obs_g[d.obs_c == q]).size
+        n_comp = np.unique(d.image_y[np.unique(d.obs_g[d.obs_c == q])]).size
+        if n_img < MIN_IMAGES or n_comp < 2:
+            # leave-one-image-out over one or two images is no test (a weight of 1e-15 with dse 0
+            # was reported as "favours universal" for a coupling seen in one image)
+            rows.append({"coupling": c.label, "spec_link": c.link, "dependent_link": "", "elpd_dependent": np.nan,
+                         "elpd_universal": np.nan, "elpd_diff": np.nan, "dse": np.nan, "weight_dependent": np.nan,
+                         "favours": "not testable", "pareto_k_max": np.nan,
+                         "note": f"seen in {n_img} image(s) at {n_comp} composition(s); leave-one-image-out needs "
+                                 f">= {MIN_IMAGES} images at >= 2 compositions"})
+            if progress:
+                progress(c.label)
+            continue
         alt = "quadratic" if c.link == "universal" else "universal"
         dv, sv = _variant(d, spec, {c.label: alt})
         other, compiled = _sample(dv, sv, seed + 1 + q, compiled)
@@ -685,12 +739,17 @@ def universality(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: 
         e_dep, e_uni = float(cmp.loc["dependent", "elpd_loo"]), float(cmp.loc["universal", "elpd_loo"])
         diff = e_dep - e_uni
         dse = float(cmp["dse"].max())
+        kmax = float(max(ks))
+        favours = "dependent" if diff > 2 * dse else "universal" if diff < -2 * dse else "unclear"
+        note = ""
+        if not dse > 0:
+            favours, note = "unclear", "the two fits predict the held-out images identically (dse 0)"
+        elif kmax > 1:
+            favours, note = "unclear", f"leave-one-image-out unreliable (Pareto k {kmax:.2f} > 1): too few images"
         rows.append({"coupling": c.label, "spec_link": c.link, "dependent_link": dep_link,
                      "elpd_dependent": e_dep, "elpd_universal": e_uni, "elpd_diff": diff, "dse": dse,
-                     "weight_dependent": float(cmp.loc["dependent", "weight"]),
-                     "favours": ("dependent" if diff > 2 * dse else "universal" if diff < -2 * dse else "unclear")
-                     if dse > 0 else ("dependent" if diff > 0 else "universal"),
-                     "pareto_k_max": float(max(ks))})
+                     "weight_dependent": float(cmp.loc["dependent", "weight"]), "favours": favours,
+                     "pareto_k_max": kmax, "note": note})
         if progress:
             progress(c.label)
     return pd.DataFrame(rows), fits
@@ -728,6 +787,11 @@ def compare_links(summ: xr.Dataset, specs, seed: int = 0, params: lgd.LGDParams 
                                      f"{specs[0].name!r} {labels}; link comparisons need the same couplings.")
     if len({sp.name for sp in specs}) != len(specs):
         raise ConcentrationError(f"spec names repeat: {[sp.name for sp in specs]}.")
+    n_img = np.unique(summ["image"].values[summ["used"].values.any(axis=1)]).size
+    if n_img < MIN_IMAGES:
+        raise ConcentrationError(f"comparing link specifications by leave-one-image-out needs >= {MIN_IMAGES} images "
+                                 f"with used tiles; this series has {n_img}. Add images (several per composition "
+                                 "make the comparison trustworthy) or drop --against.")
     fits = dict(fits or {})
     ds = {sp.name: _prepare(summ, sp, params) for sp in specs if sp.name not in fits}  # all errors before any fit
     for k, sp in enumerate(specs):
@@ -910,6 +974,11 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
         evidence, _ = universality(summ, spec, seed=seed, params=params, idata=idata,
                                    progress=lambda lab: log(f"universality {next(done)}/{n}: {lab}"))
     links = None
+    n_img = np.unique(summ["image"].values[summ["used"].values.any(axis=1)]).size
+    if alternatives and n_img < MIN_IMAGES:
+        log(f"WARNING: only {n_img} image(s) with used tiles: the link specifications cannot be compared by "
+            f"leave-one-image-out (needs >= {MIN_IMAGES}); links.csv not written")
+        alternatives = []
     if alternatives:
         links, _ = compare_links(summ, [spec, *alternatives], seed=seed, params=params, fits={spec.name: idata},
                                  progress=lambda name: log(f"link comparison: {name}"))
@@ -928,5 +997,13 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     log(f"y0 = {y0['posterior_mean']:.3f} (90 % {y0['posterior_90'][0]:.3f}-{y0['posterior_90'][1]:.3f}; "
         f"contraction {y0['contraction']:.2f}), y_star = {cont['y_star']['posterior_mean']:.3f} "
         f"(contraction {cont['y_star']['contraction']:.2f}); wrote {out_dir}")
+    for name in ("y0", "y_star"):
+        if not cont[name]["identified"]:
+            log(f"WARNING: {name} is not identified by these images: its posterior is no narrower than its prior "
+                f"(contraction {cont[name]['contraction']:.2f}); report the prior, not a measurement (more images, "
+                "more compositions, or informative amplitude priors: see the concentration module's docstring)")
+    n_left = int(summ.attrs.get("flagged_tiles_left_out", 0))
+    if n_left:
+        log(f"{n_left} tile(s) with a noise misfit left out of the image values (tile_summaries.nc: 'excluded')")
     return {"out_dir": str(out_dir), "contraction": cont, "couplings": table, "links": links,
             "divergences": int(idata.sample_stats["diverging"].sum())}

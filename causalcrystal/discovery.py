@@ -6,7 +6,7 @@ a data matrix ``X`` (n cells x 8, columns in :data:`~causalcrystal.cells.DESCRIP
 DirectLiNGAM (Shimizu et al. 2011, the ``lingam`` package) estimates a causal order and the
 coefficient matrix ``B`` (indexed ``[effect, cause]``, ``x = B x + e``); a bootstrap over cells
 gives each edge's probability, the mean coefficients, how often each causal order occurs and the
-distinct DAGs ("candidates") with their frequencies, which the Bayesian stage later compares.
+distinct causal orders ("candidates") with their frequencies, which the Bayesian stage weighs.
 
 Standardisation (``standardize=``):
 
@@ -257,9 +257,13 @@ def bootstrap_lingam(X, n_resamples: int, *, exogenous: Sequence[str] | None = (
     ``order_frequency``
         fraction of resamples whose order equals the full-data order;
     ``candidates``
-        the distinct DAGs (binary ``|B| > threshold``), most frequent first: a list of dicts
-        ``{"adjacency": bool (p, p), "count", "frequency", "order"}`` where ``order`` is the
-        causal order of the first resample that produced that DAG;
+        the distinct causal orders (the SEM's prior depends on the order), best first: a list of
+        dicts ``{"order", "count", "frequency", "adjacency"}``. Every fit votes for its order, the
+        full-data fit included, so ``count`` is the number of resamples with that order plus 1 for
+        the full-data order and ``frequency = count / (n_resamples + 1)``. Ranked by count, ties
+        broken by the order itself (lexicographically), so the rule is deterministic and, with
+        few resamples (all orders seen once), the full-data order comes first. ``adjacency``: the
+        edges (``|B| > threshold``) in at least half of the fits with that order;
     ``n_resamples``.
 
     With ``n_resamples == 0`` everything comes from the single full fit (probability 0/1, one
@@ -279,14 +283,14 @@ def bootstrap_lingam(X, n_resamples: int, *, exogenous: Sequence[str] | None = (
         return {
             "adjacency": B, "order": order, "probability": dag.astype(np.float64), "mean_coef": B.copy(),
             "order_counts": Counter({tuple(order): 1}), "order_frequency": 1.0,
-            "candidates": [{"adjacency": dag, "count": 1, "frequency": 1.0, "order": list(order)}],
+            "candidates": _rank_orders([(tuple(order), dag)]),
             "n_resamples": 0,
         }
     n = X.shape[0]
     hits = np.zeros((p, p))
     coef_sum = np.zeros((p, p))
     orders: Counter = Counter()
-    dags: dict[bytes, dict] = {}
+    fits = [(tuple(order), np.abs(B) > threshold)]
     for _ in range(n_resamples):
         for _attempt in range(100):
             Xb = X[rng.integers(0, n, size=n)]
@@ -299,20 +303,24 @@ def bootstrap_lingam(X, n_resamples: int, *, exogenous: Sequence[str] | None = (
         hits += dag
         coef_sum += Bb
         orders[tuple(o)] += 1
-        key = np.packbits(dag).tobytes()
-        if key in dags:
-            dags[key]["count"] += 1
-        else:
-            dags[key] = {"adjacency": dag, "count": 1, "order": list(o), "first": len(dags)}
-    cands = sorted(dags.values(), key=lambda d: (-d["count"], d["first"]))
-    for c in cands:
-        c.pop("first")
-        c["frequency"] = c["count"] / n_resamples
+        fits.append((tuple(o), dag))
     return {
         "adjacency": B, "order": order, "probability": hits / n_resamples, "mean_coef": coef_sum / n_resamples,
         "order_counts": orders, "order_frequency": orders[tuple(order)] / n_resamples,
-        "candidates": cands, "n_resamples": n_resamples,
+        "candidates": _rank_orders(fits), "n_resamples": n_resamples,
     }
+
+
+def _rank_orders(fits: list[tuple[tuple, np.ndarray]]) -> list[dict]:
+    """Distinct causal orders of ``fits`` (``(order, dag)``, the full-data fit first), ranked by
+    how many fits produced them, ties by the order tuple (see :func:`bootstrap_lingam`)."""
+    groups: dict[tuple, list] = {}
+    for o, dag in fits:
+        groups.setdefault(o, []).append(dag)
+    total = len(fits)
+    out = [{"order": list(o), "count": len(d), "frequency": len(d) / total,
+            "adjacency": np.mean(d, axis=0) >= 0.5} for o, d in groups.items()]
+    return sorted(out, key=lambda c: (-c["count"], c["order"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,14 +334,54 @@ def _tile_seed(seed: int, tile_id: int) -> int:
 
 
 def _discover_tile(task: tuple) -> tuple:
-    """Worker (module level, picklable): ``(k, X, n_bootstrap, exogenous, seed, threshold)`` ->
-    ``(k, result dict or None, status)``."""
-    k, X, n_bootstrap, exogenous, seed, threshold = task
+    """Worker (module level, picklable): ``(k, X, n_bootstrap, exogenous, seed, threshold, derived,
+    detect, tol)`` -> ``(k, result dict or None, status, derived indices, relations)``.
+
+    Near-deterministic columns (``derived`` given, plus those :mod:`causalcrystal.collinearity`
+    finds in this tile when ``detect``) are left out of LiNGAM and put last in every order."""
+    from causalcrystal.collinearity import derived_descriptors
+
+    k, X, n_bootstrap, exogenous, seed, threshold, derived, detect, tol, X_raw = task
+    names = list(DESCRIPTORS) if X.shape[1] == _N else [str(c) for c in range(X.shape[1])]
+    relations = []
+    if detect:
+        # on the raw values: a product like a b sin(alpha) is exact there (in logs), not after z-scoring
+        derived, relations = derived_descriptors(X if X_raw is None else X_raw, names, tol,
+                                                 declared=[names[d] for d in derived])
+        derived = [names.index(d) for d in derived]
+    keep = [c for c in range(X.shape[1]) if c not in derived]
+    if len(keep) < 2:
+        return k, None, f"skipped: fewer than 2 descriptors left after the derived ones {derived}", derived, relations
+    exo = [keep.index(c) for c in _exogenous_indices(exogenous, X.shape[1]) if c in keep]
     try:
-        res = bootstrap_lingam(X, n_bootstrap, exogenous=exogenous, seed=seed, threshold=threshold)
+        res = bootstrap_lingam(X[:, keep], n_bootstrap, exogenous=exo or None, seed=seed, threshold=threshold)
     except (TileError, np.linalg.LinAlgError) as err:
-        return k, None, f"skipped: fit failed ({err})"
-    return k, res, "ok"
+        return k, None, f"skipped: fit failed ({err})", derived, relations
+    if derived:
+        res = _embed(res, keep, X.shape[1])
+    return k, res, "ok", derived, [r.text() for r in relations]
+
+
+def _embed(res: dict, keep: list[int], p: int) -> dict:
+    """A LiNGAM result on the columns ``keep`` as one on all ``p`` columns: the left-out columns
+    have no edges and come last in every causal order."""
+    rest = [c for c in range(p) if c not in keep]
+
+    def mat(A):
+        out = np.zeros((p, p), dtype=np.asarray(A).dtype)
+        out[np.ix_(keep, keep)] = A
+        return out
+
+    def order(o):
+        return [keep[i] for i in o] + rest
+
+    out = dict(res)
+    for key in ("adjacency", "probability", "mean_coef"):
+        out[key] = mat(res[key])
+    out["order"] = order(res["order"])
+    out["order_counts"] = Counter({tuple(order(o)): c for o, c in res["order_counts"].items()})
+    out["candidates"] = [{**c, "order": order(c["order"]), "adjacency": mat(c["adjacency"])} for c in res["candidates"]]
+    return out
 
 
 def discover(
@@ -349,8 +397,17 @@ def discover(
     executor=None,
     progress: bool = True,
     min_cells: int | None = None,
+    derived: Sequence[str] = (),
+    detect_derived: bool = True,
+    derived_tol: float | None = None,
 ) -> xr.Dataset:
     """Bootstrap DirectLiNGAM on every tile of ``tiles`` (from ``make_tiles`` or ``image_tiles``).
+
+    ``derived``: descriptors that are functions of others (e.g. ``Vol`` of ``a, b, alpha``) and
+    are left out of LiNGAM in every tile; with ``detect_derived`` each tile is also searched for
+    near-deterministic relations (:mod:`causalcrystal.collinearity`, threshold ``derived_tol``) and
+    the derived column of each is left out there (``derived`` (tile, variable) in the result; the
+    relations in ``attrs['derived_relations']``).
 
     ``cells`` is the raw cell table the tiles were made from; it is standardised here (mode
     ``standardize``, see :func:`standardize`; a table already standardised in that mode is used
@@ -375,11 +432,12 @@ def discover(
         full-data causal order, indices into ``DESCRIPTORS``;
     ``order_frequency`` (tile)
         fraction of resamples with exactly that order;
-    ``candidate_adjacency`` (tile, candidate, effect, cause) bool, ``candidate_frequency``
-    (tile, candidate), ``candidate_order`` (tile, candidate, position)
-        the most frequent distinct DAGs (padding: False, 0, -1);
+    ``candidate_order`` (tile, candidate, position), ``candidate_frequency`` (tile, candidate),
+    ``candidate_adjacency`` (tile, candidate, effect, cause) bool
+        the distinct causal orders of the fits, ranked as in :func:`bootstrap_lingam` (the
+        full-data fit votes too; padding: -1, 0, False);
     ``n_candidates`` (tile)
-        how many distinct DAGs the bootstrap produced (may exceed ``max_candidates``);
+        how many distinct orders the fits produced (may exceed ``max_candidates``);
     ``status`` (tile)
         ``"ok"`` or why the tile was skipped.
 
@@ -402,6 +460,13 @@ def discover(
         raise ValueError(f"min_cells {min_cells} must be >= 3.")
     exo_idx = _exogenous_indices(exogenous, _N)
     exo_names = [DESCRIPTORS[i] for i in exo_idx]
+    from causalcrystal.collinearity import TOL
+
+    unknown = [d for d in derived if d not in DESCRIPTORS]
+    if unknown:
+        raise ValueError(f"derived descriptor(s) {unknown} unknown; use names from {list(DESCRIPTORS)}.")
+    derived_idx = sorted(DESCRIPTORS.index(d) for d in derived)
+    tol = TOL if derived_tol is None else float(derived_tol)
     n_cells_total = cells.sizes["cell"]
     members_all = tiles["members"].values
     if members_all.size and members_all.max() >= n_cells_total:
@@ -415,6 +480,8 @@ def discover(
     table = cells if (done != "none" and done == standardize) else _standardize(cells, standardize)
     mode = table.attrs.get("standardize", "none")
     X_all = cell_matrix(table)
+    # raw values for the search for derived descriptors (the table given may be standardised already)
+    X_raw = cell_matrix(cells) if cells.attrs.get("standardize", "none") == "none" else X_all
     sm_all = cells["sm_fraction"].values.astype(np.float64)
 
     n_tiles = tiles.sizes["tile"]
@@ -438,7 +505,8 @@ def discover(
         except TileError as err:
             status[k] = f"skipped: {err}"
             continue
-        tasks.append((k, X, n_bootstrap, exo_names, _tile_seed(seed, tile_ids[k]), float(threshold)))
+        tasks.append((k, X, n_bootstrap, exo_names, _tile_seed(seed, tile_ids[k]), float(threshold), derived_idx,
+                      bool(detect_derived), tol, X_raw[m] if detect_derived else None))
 
     adjacency = np.full((n_tiles, _N, _N), np.nan)
     probability = np.full((n_tiles, _N, _N), np.nan)
@@ -452,9 +520,15 @@ def discover(
 
     executor = executor or InlineExecutor()
     bar = Progress(len(tasks), "discover (LiNGAM)", enabled=progress)
-    for _, (k, res, st) in executor.imap(_discover_tile, tasks):
+    derived_mask = np.zeros((n_tiles, _N), dtype=bool)
+    derived_mask[:, derived_idx] = True
+    relations: dict[str, list] = {}
+    for _, (k, res, st, der, rel) in executor.imap(_discover_tile, tasks):
         bar.update()
         status[k] = st
+        derived_mask[k, der] = True
+        if rel:
+            relations[str(int(tile_ids[k]))] = [r if isinstance(r, str) else r.text() for r in rel]
         if res is None:
             continue
         adjacency[k], probability[k], mean_coef[k] = res["adjacency"], res["probability"], res["mean_coef"]
@@ -484,7 +558,7 @@ def discover(
     coords = dict(tile_coords)
     coords["sm_fraction"] = ("tile", sm_frac)
     coords.update(effect=list(DESCRIPTORS), cause=list(DESCRIPTORS), position=np.arange(_N),
-                  candidate=np.arange(max_candidates))
+                  candidate=np.arange(max_candidates), variable=list(DESCRIPTORS))
     te, tce, tcp = ("tile", "effect", "cause"), ("tile", "candidate", "effect", "cause"), ("tile", "candidate", "position")
     ds = xr.Dataset(
         {
@@ -494,11 +568,14 @@ def discover(
             "order": (("tile", "position"), order, {"long_name": "causal order (indices into effect/cause)"}),
             "order_frequency": ("tile", order_frequency,
                                 {"long_name": "fraction of resamples with the full-data causal order"}),
-            "candidate_adjacency": (tce, cand_adj, {"long_name": "distinct bootstrap DAGs, most frequent first"}),
-            "candidate_frequency": (("tile", "candidate"), cand_freq, {"long_name": "fraction of resamples"}),
-            "candidate_order": (tcp, cand_order, {"long_name": "a causal order producing the candidate (-1 pad)"}),
-            "n_candidates": ("tile", n_candidates, {"long_name": "number of distinct bootstrap DAGs"}),
+            "candidate_adjacency": (tce, cand_adj, {"long_name": "edges in at least half of the fits with the candidate's order"}),
+            "candidate_frequency": (("tile", "candidate"), cand_freq,
+                                    {"long_name": "fraction of fits (resamples + the full-data fit) with this order"}),
+            "candidate_order": (tcp, cand_order, {"long_name": "distinct causal orders, most frequent first (-1 pad)"}),
+            "n_candidates": ("tile", n_candidates, {"long_name": "number of distinct causal orders"}),
             "status": ("tile", status.astype(str)),
+            "derived": (("tile", "variable"), derived_mask,
+                        {"long_name": "descriptor treated as derived (a function of others): out of the SEM"}),
         },
         coords=coords,
     )
@@ -518,6 +595,10 @@ def discover(
         "tile_size": int(tiles.attrs.get("size", 0)),
         "tile_stride": int(tiles.attrs.get("stride", 0)),
         "whole_image": int(tiles.attrs.get("whole_image", 0)),
+        "derived": json.dumps([DESCRIPTORS[i] for i in derived_idx]),
+        "detect_derived": int(bool(detect_derived)),
+        "derived_tol": tol,
+        "derived_relations": json.dumps(relations),
     }
     return ds
 

@@ -32,6 +32,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,11 @@ import numpy as np
 import xarray as xr
 
 from causalcrystal import __version__
-from causalcrystal.cells import DESCRIPTORS, validate
+from causalcrystal.cells import DESCRIPTORS, canonical, validate
+from causalcrystal.checks import GAUSS_ALPHA, PIT_ALPHA
 from causalcrystal.executor import Progress, get_executor
 from causalcrystal.priors import DagPrior, dag_prior, forbidden_into, inclusion_weights
-from causalcrystal.sem import RHAT_MAX, ModelSpec, load_spec
+from causalcrystal.sem import DEFAULT_SPEC, ORDER_KEYS, RHAT_MAX, ModelSpec, load_spec
 from causalcrystal.tiling import image_tiles, make_tiles, tile_members
 
 OUTPUTS = ("discovery.nc", "posterior.nc", "summary.csv", "manifest.json", "tiles", "report.html")
@@ -58,16 +60,20 @@ class TileTask:
 
     index: int
     X: np.ndarray
-    prior: DagPrior
+    priors: list  # candidate causal orders (DagPrior), best first
     spec: ModelSpec
     seed: int
     threads: int | None = None
+    active: np.ndarray | None = None  # descriptors whose equations enter the likelihood (derived ones do not)
 
 
 def _sample_task(task: TileTask) -> tuple[int, dict]:
-    from causalcrystal.sem import sample_tile
+    from causalcrystal.checks import check_tile
+    from causalcrystal.sem import sample_tile_orders
 
-    return task.index, sample_tile(task.X, task.prior, task.spec, task.seed, threads=task.threads)
+    out = sample_tile_orders(task.X, task.priors, task.spec, task.seed, threads=task.threads, active=task.active)
+    out.update(check_tile(task.X, out, task.spec.noise, task.active))
+    return task.index, out
 
 
 def tile_seed(seed: int, index: int) -> int:
@@ -115,6 +121,47 @@ def _prepare_out(out_dir: Path, manifest: dict, overwrite: bool, outputs=OUTPUTS
     mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
+def _derived_option(derived) -> tuple[list[str], bool]:
+    """``derived`` (``"auto"``, ``"none"`` or names) -> (declared names, detect more)."""
+    if isinstance(derived, str):
+        if derived == "auto":
+            return [], True
+        if derived == "none":
+            return [], False
+        derived = [v.strip() for v in derived.split(",") if v.strip()]
+    bad = [v for v in derived if v not in DESCRIPTORS]
+    if bad:
+        raise ValueError(f"derived: {bad} are not descriptors; give names from {list(DESCRIPTORS)}, 'auto' or 'none'.")
+    return list(derived), True
+
+
+def _report_derived(cells, disc_images, disc, derived, log) -> None:
+    """Say which descriptors are treated as derived and why (the relations found), or, with
+    ``derived="none"``, which near-deterministic relations the SEM now contains."""
+    from causalcrystal.collinearity import find_relations
+
+    if derived == "none":
+        X = np.column_stack([cells[v].values for v in DESCRIPTORS])
+        img = cells["image"].values.astype(str)
+        for lab in dict.fromkeys(img.tolist()):
+            for r in find_relations(X[img == lab]):
+                log(f"WARNING: image {lab}: {r.text()}; with derived='none' {r.target} stays in the SEM, so its "
+                    "edges with those descriptors are an identity, not causal evidence (directions involving it "
+                    "are reported as invalid). Use derived='auto' to leave it out.")
+        return
+    per_image = json.loads(disc_images.attrs.get("derived_relations", "{}"))
+    labels = disc_images["image"].values.astype(str)
+    for k, rels in per_image.items():
+        for text in rels:
+            log(f"WARNING: image {labels[int(k)]}: {text}: treated as derived (left out of discovery and the SEM; "
+                "it is no one's cause and its equation is not fitted). Pass derived='none' (--derived none) to keep it.")
+    extra = json.loads(disc.attrs.get("derived_relations", "{}"))
+    if extra:
+        k0 = next(iter(extra))
+        log(f"WARNING: {len(extra)} tile(s) have further near-deterministic descriptors, treated as derived there; "
+            f"e.g. tile {k0}: {extra[k0][0]} (discovery.nc: 'derived', attrs['derived_relations']).")
+
+
 def run_fingerprint(run_dir: str | Path, name: str = "posterior.nc") -> str | None:
     """Identity of a run's output file (size and modification time, not a hash: posterior files
     are GBs). Jobs built on a run record it, so a re-run of the run (``--overwrite``) is noticed
@@ -126,29 +173,51 @@ def run_fingerprint(run_dir: str | Path, name: str = "posterior.nc") -> str | No
     return f"{name}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def tile_priors(disc: xr.Dataset, disc_images: xr.Dataset, spec: ModelSpec, candidate: int = 0,
-                exogenous=None) -> list:
-    """The DAG prior of every tile: the order of candidate DAG ``candidate`` (most frequent first;
-    the full-data LiNGAM order where the bootstrap gave none) and the inclusion weights combining
-    the tile's bootstrap probabilities with its image's (see :mod:`causalcrystal.priors`)."""
+#: Default number of candidate causal orders per tile that the posterior averages over.
+N_ORDERS = 3
+
+
+def tile_order_priors(disc: xr.Dataset, disc_images: xr.Dataset, spec: ModelSpec, n_orders: int = N_ORDERS,
+                      exogenous=None) -> list:
+    """Per tile, the DAG priors of its top ``n_orders`` candidate causal orders (best first, see
+    :func:`causalcrystal.discovery.bootstrap_lingam`; the full-data LiNGAM order where there are
+    none), or ``None`` for a tile discovery skipped. All share the tile's inclusion weights, which
+    combine its bootstrap probabilities with its image's (see :mod:`causalcrystal.priors`); they
+    differ in which coefficients the order allows."""
     image_prob = {str(lab): disc_images["probability"].values[k]
                   for k, lab in enumerate(disc_images["image"].values)}
     n_boot = int(disc.attrs.get("n_bootstrap", 0))
     if exogenous is None:
         exogenous = json.loads(disc.attrs.get("exogenous", "[]"))
     forbidden = forbidden_into([DESCRIPTORS.index(v) for v in exogenous], len(DESCRIPTORS))
-    priors = []
+    has_cand = "candidate_order" in disc
+    out = []
     for k in range(disc.sizes["tile"]):
         if str(disc["status"].values[k]) != "ok":
-            priors.append(None)
+            out.append(None)
             continue
-        order = disc["order"].values[k]
-        if "candidate_order" in disc and disc["candidate_frequency"].values[k, candidate] > 0:
-            order = disc["candidate_order"].values[k, candidate]
         w = inclusion_weights(disc["probability"].values[k], image_prob.get(str(disc["image"].values[k])),
                               max(n_boot, 1), spec.prior)
-        priors.append(dag_prior(order, w, forbidden))
-    return priors
+        forb = forbidden
+        if "derived" in disc:
+            der = disc["derived"].values[k].astype(bool)
+            forb = forbidden | der[:, None] | der[None, :]  # a derived descriptor has no equation and no effects
+        orders = []
+        if has_cand:
+            freq, cand = disc["candidate_frequency"].values[k], disc["candidate_order"].values[k]
+            orders = [cand[c] for c in range(min(int(n_orders), cand.shape[0])) if freq[c] > 0]
+        if not orders:
+            orders = [disc["order"].values[k]]
+        out.append([dag_prior(o, w, forb) for o in orders])
+    return out
+
+
+def tile_priors(disc: xr.Dataset, disc_images: xr.Dataset, spec: ModelSpec, candidate: int = 0,
+                exogenous=None) -> list:
+    """The DAG prior of every tile in one candidate order: ``candidate`` (best first; the tile's
+    best order where it has fewer candidates), or ``None`` for a skipped tile."""
+    per_tile = tile_order_priors(disc, disc_images, spec, candidate + 1, exogenous)
+    return [None if p is None else p[min(candidate, len(p) - 1)] for p in per_tile]
 
 
 def run_pipeline(
@@ -162,7 +231,9 @@ def run_pipeline(
     image_bootstrap: int = 100,
     exogenous=("I14", "I5"),
     standardize: str = "image",
-    spec: ModelSpec | str = "laplace",
+    spec: ModelSpec | str = DEFAULT_SPEC,
+    n_orders: int = N_ORDERS,
+    derived="auto",
     seed: int = 0,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -173,6 +244,14 @@ def run_pipeline(
 ) -> dict:
     """Discovery, priors and per-tile posteriors for a cell table; write the outputs to ``out_dir``.
 
+    ``n_orders``: how many of each tile's candidate causal orders its posterior averages over
+    (:func:`causalcrystal.sem.sample_tile_orders`; 1 = condition on the best order alone).
+    ``derived``: descriptors that are functions of others (:mod:`causalcrystal.collinearity`):
+    ``"auto"`` (default) finds near-deterministic relations per image and per tile and leaves the
+    derived column out of discovery and the SEM (no edges out of it, its equation not in the
+    likelihood), with a warning naming the relation; a list of names declares them derived
+    everywhere (and still looks for others); ``"none"`` keeps every descriptor in the SEM and
+    only warns.
     ``stop_after`` samples at most that many new tiles and returns (a partial, resumable run).
     Returns a dict with the output paths, counts (``sampled``, ``reused``, ``flagged``) and the
     seconds spent in each phase of this call (``timings``: discovery, sampling, writing).
@@ -181,11 +260,15 @@ def run_pipeline(
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     spec = load_spec(spec) if isinstance(spec, str) else spec
-    validate(cells)
+    if int(n_orders) < 1:
+        raise ValueError(f"n_orders {n_orders} must be >= 1 (1 = the best candidate order alone).")
+    cells = canonical(validate(cells))  # results depend on the cells' content, not their order
+    declared, detect = _derived_option(derived)
     out_dir = Path(out_dir)
     settings = {"tile_size": tile_size, "stride": stride, "min_cells": min_cells, "n_bootstrap": n_bootstrap,
                 "image_bootstrap": image_bootstrap, "exogenous": list(exogenous or []),
-                "standardize": standardize, "spec": spec.to_dict(), "seed": seed,
+                "standardize": standardize, "spec": spec.to_dict(), "seed": seed, "n_orders": int(n_orders),
+                "derived": derived if isinstance(derived, str) else list(derived),
                 "n_cells": int(cells.sizes["cell"]), "source": cells.attrs.get("source", "")}
     _prepare_out(out_dir, {"settings": settings, "causalcrystal": __version__}, overwrite)
 
@@ -203,12 +286,16 @@ def run_pipeline(
         try:
             disc_images = discovery.discover(cells, image_tiles(cells), n_bootstrap=image_bootstrap,
                                              exogenous=exogenous, standardize=standardize, seed=seed,
-                                             executor=executor, progress=progress)
+                                             executor=executor, progress=progress, derived=declared,
+                                             detect_derived=detect)
+            # a descriptor derived in one image is derived in all: one meaning of B across the run
+            run_derived = [v for v, d in zip(DESCRIPTORS, disc_images["derived"].values.any(0)) if d]
             disc = discovery.discover(cells, tiles, n_bootstrap=n_bootstrap, exogenous=exogenous,
                                       standardize=standardize, seed=seed + 1, executor=executor,
-                                      progress=progress)
+                                      progress=progress, derived=run_derived, detect_derived=detect)
         finally:
             executor.close()
+        _report_derived(cells, disc_images, disc, derived, log)
         tmp = dpath.with_name("discovery.nc.tmp")
         disc.to_netcdf(tmp, engine="h5netcdf")
         disc_images.to_netcdf(tmp, engine="h5netcdf", group="images", mode="a")
@@ -216,7 +303,7 @@ def run_pipeline(
 
     timings["discovery"] = time.perf_counter() - clock
     std_cells = discovery.standardize(cells, standardize)
-    priors = tile_priors(disc, disc_images, spec, exogenous=list(exogenous or []))
+    priors = tile_order_priors(disc, disc_images, spec, n_orders, exogenous=list(exogenous or []))
     tile_dir = out_dir / "tiles"
     todo, reused = [], 0
     for k, prior in enumerate(priors):
@@ -234,7 +321,8 @@ def run_pipeline(
     def tasks(threads):
         for k in todo:
             X = discovery.tile_matrix(std_cells, tile_members(tiles, k), standardize)
-            yield TileTask(k, X, priors[k], spec, tile_seed(seed, k), threads)
+            active = ~disc["derived"].values[k].astype(bool) if "derived" in disc else None
+            yield TileTask(k, X, priors[k], spec, tile_seed(seed, k), threads, active)
 
     clock = time.perf_counter()
     if todo:
@@ -269,14 +357,30 @@ def run_pipeline(
     summary.to_csv(out_dir / "summary.csv", index=False)
     flagged = summary.loc[summary["flagged"], "tile"].unique()
     if flagged.size:
-        log(f"WARNING: {flagged.size} tile(s) flagged (r_hat > {RHAT_MAX}, ess_bulk < {spec.sampler.target_ess:g} or "
-            f"divergences): tiles {flagged[:10].tolist()}{' ...' if flagged.size > 10 else ''}; "
-            "see the 'flagged' column of summary.csv")
+        log(f"WARNING: {flagged.size} tile(s) flagged (r_hat > {RHAT_MAX}, ess_bulk < {spec.sampler.target_ess:g}, "
+            f"divergences, or residuals the fitted noise does not describe): tiles {flagged[:10].tolist()}"
+            f"{' ...' if flagged.size > 10 else ''}; see the 'flagged' and 'flag_reason' columns of summary.csv")
+    _warn_identifiability(summary, log)
     timings["writing"] = time.perf_counter() - clock
     result.update(flagged=int(flagged.size), posterior=str(out_dir / "posterior.nc"),
                   summary=str(out_dir / "summary.csv"), discovery=str(dpath))
     log(f"wrote {out_dir}/discovery.nc, posterior.nc, summary.csv ({n_ok} tiles)")
     return result
+
+
+def _warn_identifiability(summary, log) -> None:
+    """Say where edge directions are not identified (both noises Gaussian-looking)."""
+    if summary.empty or "direction_identified" not in summary:
+        return
+    per_tile = summary.groupby("tile")["direction_identified"].mean()
+    weak = per_tile[per_tile < 0.5]
+    if weak.size:
+        share = weak.size / per_tile.size
+        log(f"WARNING: in {weak.size} of {per_tile.size} tile(s) most edges join two variables whose residuals look "
+            f"Gaussian (Shapiro-Wilk p > {GAUSS_ALPHA}): their directions are not identified by the data (LiNGAM needs "
+            "non-Gaussian noise), so read those tiles' inclusion probabilities as about association, not direction"
+            + (" -- this is most of the run: the data look Gaussian." if share > 0.5 else
+               "; see 'direction_identified' in summary.csv."))
 
 
 def _hdi(x: np.ndarray, prob: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
@@ -298,6 +402,9 @@ _STREAMED = (
     ("posterior", "sigma", ("variable",), "f4"),
     ("posterior", "noise_shape", ("variable",), "f4"),
     ("posterior", "nu", (), "f4"),
+    ("posterior", "noise_weight", ("variable", "component"), "f4"),
+    ("posterior", "noise_loc", ("variable", "component"), "f4"),
+    ("posterior", "noise_var", ("variable", "component"), "f4"),
     ("log_likelihood", "z", ("member",), "f4"),
     ("sample_stats", "diverging", (), "bool"),
     ("sample_stats", "tree_depth", (), "i8"),
@@ -362,12 +469,17 @@ def write_posterior(path: Path, tiles, disc, priors, done, tile_dir: Path, spec:
     present = {name for _, name, _, _ in _STREAMED if _NPZ_KEY.get(name, name) in first}
     sizes = {"chain": C, "draw": D, "tile": T, "effect": len(DESCRIPTORS), "cause": len(DESCRIPTORS),
              "variable": len(DESCRIPTORS), "member": width}
+    if "noise_weight" in first:
+        sizes["component"] = first["noise_weight"].shape[-1]
+    if constants is not None and "candidate_order" in first:
+        constants = constants.merge(order_constants(tile_dir, done))
     base = {"chain": np.arange(C), "draw": np.arange(D), "tile": np.asarray(done)}
     tile_coords = {name: ("tile", tiles[name].values[done]) for name in _TILE_COORDS if name in tiles.coords}
     if constants is not None:
         tile_coords["sm_fraction"] = ("tile", constants["sm_fraction"].values)
     post = xr.Dataset(coords={**base, "effect": list(DESCRIPTORS), "cause": list(DESCRIPTORS),
-                              "variable": list(DESCRIPTORS), **tile_coords})
+                              "variable": list(DESCRIPTORS), **tile_coords,
+                              **({"component": np.arange(sizes["component"])} if "component" in sizes else {})})
     post.attrs.update(standardize=standardize, units=("standardised per " + standardize) if standardize != "none"
                       else "raw descriptor units", model=json.dumps(spec.to_dict()),
                       causalcrystal=__version__, B_indexing="B[effect, cause]: effect <- cause")
@@ -409,8 +521,38 @@ def write_posterior(path: Path, tiles, disc, priors, done, tile_dir: Path, spec:
     return pd.DataFrame(rows)
 
 
-def _summary_rows(k: int, arrays: dict, tiles, disc, prior: DagPrior, spec: ModelSpec) -> list[dict]:
-    """One summary row per allowed edge of tile ``k`` (statistics of the float32 draws as stored)."""
+def order_constants(tile_dir: Path, done) -> xr.Dataset:
+    """Per tile, its candidate causal orders and what the data said of each (``constant_data``):
+    ``candidate_order`` (tile, candidate, position; -1 padding), ``order_weight``, ``order_elpd``,
+    ``order_se``, ``order_p_loo``, ``order_pareto_k`` (tile, candidate; NaN padding) and
+    ``allowed_weight`` (tile, effect, cause): the weight of the orders that allow each edge."""
+    rows = []
+    for k in done:
+        with np.load(tile_dir / f"tile_{k:05d}.npz", allow_pickle=False) as z:
+            rows.append({key: z[key] for key in ORDER_KEYS if key in z.files})
+    width = max(r["candidate_order"].shape[0] for r in rows)
+    V = len(DESCRIPTORS)
+    order = np.full((len(rows), width, V), -1, dtype=np.int64)
+    per = {key: np.full((len(rows), width), np.nan) for key in ORDER_KEYS if key.startswith("order_")}
+    for t, r in enumerate(rows):
+        n = r["candidate_order"].shape[0]
+        order[t, :n] = r["candidate_order"]
+        for key in per:
+            per[key][t, :n] = r[key]
+    ds = xr.Dataset({"candidate_order": (("tile", "candidate", "position"), order),
+                     "allowed_weight": (("tile", "effect", "cause"), np.stack([r["allowed_weight"] for r in rows])),
+                     **{key: (("tile", "candidate"), v) for key, v in per.items()}},
+                    coords={"tile": np.asarray(done), "candidate": np.arange(width), "position": np.arange(V),
+                            "effect": list(DESCRIPTORS), "cause": list(DESCRIPTORS)})
+    ds["candidate_order"].attrs["long_name"] = "causal orders the tile's posterior averages over (descriptor indices)"
+    ds["order_weight"].attrs["long_name"] = "pseudo-BMA+ weight of each order (PSIS-LOO over the tile's cells)"
+    ds["allowed_weight"].attrs["long_name"] = "weight of the orders that allow the edge effect <- cause"
+    return ds
+
+
+def _summary_rows(k: int, arrays: dict, tiles, disc, prior, spec: ModelSpec) -> list[dict]:
+    """One summary row per edge of tile ``k`` that any of its orders allows (statistics of the
+    float32 draws as stored). ``prior``: the tile's DAG prior(s)."""
     B = arrays["B"].astype(np.float32)
     flat = B.reshape(-1, *B.shape[2:])
     mean, sd = flat.mean(0), flat.std(0, ddof=1)
@@ -418,12 +560,30 @@ def _summary_rows(k: int, arrays: dict, tiles, disc, prior: DagPrior, spec: Mode
     pincl = arrays["edge_inclusion"].astype(np.float32).reshape(flat.shape).mean(0)
     div = int(arrays["diverging"].sum())
     rh, ess = arrays["r_hat"], arrays["ess_bulk"]
-    allowed = prior.allowed
-    flagged = bool(np.nanmax(rh[allowed]) > RHAT_MAX or np.nanmin(ess[allowed]) < spec.sampler.target_ess or div > 0)
+    priors = prior if isinstance(prior, list) else [prior]
+    if "allowed_weight" in arrays:
+        p_allowed = arrays["allowed_weight"]
+        allowed = p_allowed > 0
+    else:
+        allowed = np.any([pr.allowed for pr in priors], axis=0)
+        p_allowed = allowed.astype(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an edge only zero-weight orders allow has no r_hat
+        sampler_flag = bool(np.nanmax(rh[allowed]) > RHAT_MAX or np.nanmin(ess[allowed]) < spec.sampler.target_ess
+                            or div > 0)
+    nan = np.full(len(DESCRIPTORS), np.nan)
+    pit_p, gauss_p = arrays.get("pit_p", nan), arrays.get("gauss_p", nan)
+    misfit = bool(np.nanmin(pit_p, initial=1.0) < PIT_ALPHA)
+    flagged = sampler_flag or misfit
+    reason = ";".join(r for r, on in (("sampler", sampler_flag), ("noise misfit", misfit)) if on)
     where = {"tile": k, "image": str(tiles["image"].values[k]), "row0": int(tiles["row0"].values[k]),
              "col0": int(tiles["col0"].values[k])}
     return [{**where, "effect": DESCRIPTORS[i], "cause": DESCRIPTORS[j], "mean": mean[i, j], "sd": sd[i, j],
-             "hdi_5%": lo[i, j], "hdi_95%": hi[i, j], "inclusion_prob": pincl[i, j],
+             "hdi_5%": lo[i, j], "hdi_95%": hi[i, j], "inclusion_prob": pincl[i, j], "p_allowed": p_allowed[i, j],
              "lingam_prob": float(disc["probability"].values[k, i, j]), "r_hat": rh[i, j],
-             "ess_bulk": ess[i, j], "divergences": div, "flagged": flagged}
+             "ess_bulk": ess[i, j], "divergences": div, "pit_p_effect": pit_p[i], "gauss_p_effect": gauss_p[i],
+             "gauss_p_cause": gauss_p[j],
+             # both noises Gaussian-looking: LiNGAM's identifiability fails for this edge's direction
+             "direction_identified": not (gauss_p[i] > GAUSS_ALPHA and gauss_p[j] > GAUSS_ALPHA),
+             "noise_misfit": misfit, "flagged": flagged, "flag_reason": reason}
             for i, j in zip(*np.nonzero(allowed))]

@@ -7,7 +7,10 @@ hierarchy coefficients that were shrunk by the tile's own spike-and-slab prior. 
 here removes both approximations, at the price of one larger NUTS run:
 
 * every tile of a **partition** (each cell enters once; :func:`partition_tiles` picks the
-  non-overlapping tiles of a run) keeps its own causal order and DAG prior from the run;
+  non-overlapping tiles of a run) keeps its own causal order and DAG prior from the run: its best
+  candidate order (a run that averaged over several orders, ``n_orders > 1``, has a two-stage fit
+  that includes order uncertainty which this model does not; compare the two on a run made with
+  ``n_orders=1``);
 * for every child variable of a coupling in the specification, the tile's structural equation
   ``x_i = c_ti + sum_k beta_tik x_k + e_ti`` enters with the run's noise family. Equations of other
   children are left out: with independent priors per equation, the SEM likelihood factorises over
@@ -79,6 +82,7 @@ class JointData:
     coup_obs: np.ndarray        # ... the observation each one is
     coup_factor: np.ndarray     # ... and sign_t scale_tk / scale_ti (raw -> standardised)
     prior_spec: object = None   # the run's PriorSpec (spike-and-slab, intercept and scale priors)
+    noncentred: np.ndarray | None = None  # per coupling: tile coefficients non-centred around theta
 
 
 def _run_context(run_dir: Path, cells: xr.Dataset):
@@ -170,13 +174,28 @@ def prepare(cells: xr.Dataset, run_dir: str | Path, spec: cn.ConcentrationSpec |
             eq_rows.append(np.full(X.shape[0], n_eq))
             eq_tile.append(p)
             n_eq += 1
-    jd = JointData(d=d, spec=spec, noise=sem_spec.noise, tiles=chosen, obs_tile=chosen[tt_pos],
+    jd = JointData(d=d, spec=spec, noise=sem_spec.noise, tiles=chosen, obs_tile=chosen[tt_pos], noncentred=_noncentred(d),
                    Xrow=np.concatenate(Xrows), yrow=np.concatenate(yrows), eq_of_row=np.concatenate(eq_rows),
                    eq_tile=np.asarray(eq_tile), nuis_pos=np.asarray(nuis_pos, dtype=np.int64),
                    nuis_w=np.asarray(nuis_w), coup_pos=np.asarray(coup_pos, dtype=np.int64),
                    coup_obs=np.asarray(coup_obs, dtype=np.int64), coup_factor=np.asarray(coup_factor),
                    prior_spec=sem_spec.prior)
     return jd, summ
+
+
+def _noncentred(d: cn._Data) -> np.ndarray:
+    """Per coupling: whether the tiles leave their scatter ``tau`` unresolved, i.e. their stage-1
+    means scatter within an image by no more than their own s.d.s (method of moments:
+    ``var(m_t - image mean) <= mean(s_t^2)``); then the non-centred form samples better."""
+    out = np.zeros(len(d.labels), dtype=bool)
+    for q in range(len(d.labels)):
+        sel = d.obs_c == q
+        dev = []
+        for g in np.unique(d.obs_g[sel]):
+            m = d.m[sel & (d.obs_g == g)]
+            dev.extend((m - m.mean()).tolist() if m.size > 1 else [])
+        out[q] = not dev or np.var(dev) <= np.mean(d.s[sel] ** 2)
+    return out
 
 
 def build_model(jd: JointData):
@@ -187,6 +206,8 @@ def build_model(jd: JointData):
     from causalcrystal.sem import _noise_logp_pt
 
     d, spec, pr = jd.d, jd.spec, jd.prior_spec
+    if jd.noncentred is None:
+        jd.noncentred = _noncentred(d)
     n_eq, n_var = jd.eq_tile.size, len(DESCRIPTORS)
     coords = {"coupling": d.labels, "image": d.images, "term": ["linear", "quadratic"],
               "obs": np.arange(d.obs_c.size), "equation": np.arange(n_eq)}
@@ -194,11 +215,23 @@ def build_model(jd: JointData):
         data = {k: pt.as_tensor_variable(v) for k, v in cn._link_data(d).items()}
         theta, tau = cn.link_hierarchy(data, spec)
         oc, og = d.obs_c, d.obs_g
-        # raw, oriented tile coefficients around their image's value (stage 1's quantity, now latent)
-        # centred: where a tile's cells pin its coefficient this mixes better (measured on a
-        # 12-tile series: all non-centred 2.6x slower with bulk ESS 18-48 for tau and amplitudes;
-        # centred or non-centred chosen per tile from its stage-1 s.d.: slower again and no better)
-        b = pm.StudentT("b", nu=spec.tile_nu, mu=theta[oc, og], sigma=tau[oc], dims="obs")
+        # raw, oriented tile coefficients around their image's value (stage 1's quantity, now latent).
+        # Centred where the tiles resolve their scatter tau (tile estimates scatter more than their
+        # own s.d.s: measured on a 12-tile series with walls, all non-centred was 2.6x slower with
+        # bulk ESS 18-48); non-centred where they do not (a wall-free film: tau -> 0 made the
+        # centred funnel stall at ESS 3, r_hat 2). The choice per coupling is jd.noncentred.
+        nc = np.asarray(jd.noncentred, dtype=bool)[oc]
+        b = pt.zeros(oc.size)
+        if (~nc).any():
+            idx = np.flatnonzero(~nc)
+            b_c = pm.StudentT("b_centred", nu=spec.tile_nu, mu=theta[oc[idx], og[idx]], sigma=tau[oc[idx]],
+                              shape=idx.size)
+            b = pt.set_subtensor(b[idx], b_c)
+        if nc.any():
+            idx = np.flatnonzero(nc)
+            z = pm.StudentT("b_z", nu=spec.tile_nu, mu=0.0, sigma=1.0, shape=idx.size)
+            b = pt.set_subtensor(b[idx], theta[oc[idx], og[idx]] + tau[oc[idx]] * z)
+        b = pm.Deterministic("b", b, dims="obs")
         w = jd.nuis_w
         beta = pm.NormalMixture("beta", w=np.stack([w, 1.0 - w], axis=-1), mu=np.zeros((w.size, 2)),
                                 sigma=np.array([pr.slab_sd, pr.spike_sd]), shape=w.size)

@@ -191,6 +191,7 @@ def simulate(
     nonfinite_fraction: float = 0.0,
     outlier_fraction: float = 0.0,
     outlier_size: float = 10.0,
+    geometric_vol: bool = False,
 ) -> xr.Dataset:
     """Simulate a composition series of Sm-BFO films with known causal ground truth.
 
@@ -200,8 +201,11 @@ def simulate(
     ``interface_fraction`` the substrate's share of rows (0 for a free film). ``nonfinite_fraction``
     and ``outlier_fraction`` corrupt one descriptor in that share of cells (outliers are shifted by
     ``outlier_size`` noise s.d.); their masks are returned as ``true_nonfinite`` /
-    ``true_outlier``. The same arguments and ``seed`` give identical data. See the module
-    docstring for the equations behind each term.
+    ``true_outlier``. ``geometric_vol``: compute ``Vol = a b sin(alpha)`` exactly from each cell's
+    simulated ``a``, ``b``, ``alpha`` (degrees), as real unit-cell tables do, instead of the
+    linearised equation with noise of its own (``true_B``'s ``Vol`` row is then the local
+    gradient of the product and ``true_noise`` of ``Vol`` is 0). The same arguments and ``seed``
+    give identical data. See the module docstring for the equations behind each term.
     """
     p = params or lgd.LGDParams()
     comps = [float(c) for c in np.atleast_1d(np.asarray(compositions, dtype=float))]
@@ -243,6 +247,18 @@ def simulate(
     table = table.assign_coords(effect=list(DESCRIPTORS), cause=list(DESCRIPTORS))
     table["true_order"] = ("order", np.array(TRUE_ORDER, dtype=str))
 
+    if geometric_vol:
+        a, b, al = (table[v].values for v in ("a", "b", "alpha"))
+        rad = np.deg2rad(al)
+        table["Vol"].values[:] = a * b * np.sin(rad)
+        iv = _IX["Vol"]
+        tb = table["true_B"].values
+        tb[:, iv, :] = 0.0
+        tb[:, iv, _IX["a"]] = b * np.sin(rad)
+        tb[:, iv, _IX["b"]] = a * np.sin(rad)
+        tb[:, iv, _IX["alpha"]] = a * b * np.cos(rad) * np.pi / 180.0
+        table["true_noise"].values[:, iv] = 0.0
+        table["true_noise_sd"].values[:, iv] = 0.0
     rng = np.random.default_rng(children[-1])
     table["true_nonfinite"] = (("cell", "effect"), _inject(table, rng, nonfinite_fraction, "nonfinite", 0.0))
     table["true_outlier"] = (("cell", "effect"), _inject(table, rng, outlier_fraction, "outlier", outlier_size))
@@ -254,6 +270,7 @@ def simulate(
             "seed": seed, "noise": noise, "n_walls": n_walls, "interface_fraction": interface_fraction,
             "nonfinite_fraction": nonfinite_fraction, "outlier_fraction": outlier_fraction,
             "outlier_size": outlier_size, "walls": walls, "interface_row": interfaces,
+            "geometric_vol": bool(geometric_vol),
         }),
     )
     return validate(table, allow_nonfinite=nonfinite_fraction > 0)

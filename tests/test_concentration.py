@@ -205,8 +205,10 @@ def small_run(tmp_path_factory, small_cells):
 
     cells = small_cells
     out = tmp_path_factory.mktemp("conc") / "run"
+    # one causal order per tile: the one-stage model conditions on the run's best order, so the
+    # two-stage fit it is compared with must come from a run that did too
     run_pipeline(cells, out, tile_size=12, n_bootstrap=5, image_bootstrap=10, seed=fixed_seed(5), workers=1, progress=False,
-                 spec=load_spec("laplace").with_(draws=200, tune=200), log=lambda m: None)
+                 spec=load_spec("laplace").with_(draws=200, tune=200), n_orders=1, log=lambda m: None)
     return out
 
 
@@ -319,9 +321,16 @@ def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
     # two differ most: a stage-1 summary of a spike-and-slab tile posterior widens s_t for tiles
     # whose coupling is uncertain, so the two-stage fit sees less scatter; 0.05 vs 0.18 for a <- Px)
     assert table["overlap_90"].all(), table.to_string()
-    core = table[table["parameter"].str.match(r"(y0|y_star|amplitude)")]
+    # widths: y0, y_star and the P_S-link amplitude (what the LGD fit measures) within a factor 2.
+    # The universal coupling's amplitude is the mean of three image values whose scatter omega the
+    # three images barely identify; how the two fits split the tiles' scatter between tau and
+    # omega moves its width most (0.014 vs 0.028 for seed offset 0 on a wall-free film), so it is
+    # held to a factor 3.
+    core = table[table["parameter"].str.match(r"(y0|y_star|amplitude\[a<-Px\])")]
     ratio = core["sd_2"] / core["sd_1"]
     assert ratio.between(0.5, 2.0).all(), core.to_string()
+    uni = table[table["parameter"] == "amplitude[a<-I14]"]
+    assert (uni["sd_2"] / uni["sd_1"]).between(1 / 3, 3.0).all(), uni.to_string()
     # the joint posterior is a real NUTS run, mixed well enough for the comparison above
     ess = _min_over(__import__("arviz").ess(one, var_names=AGREEMENT_VARS, method="bulk"))
     assert ess >= 50, ess
@@ -350,3 +359,16 @@ def test_one_stage_fit_converges(small_run, small_cells, tmp_path):
     rhat = max(float(v.max()) for v in az.rhat(one, var_names=AGREEMENT_VARS).data_vars.values())
     ess = _min_over(az.ess(one, var_names=AGREEMENT_VARS, method="bulk"))
     assert rhat <= 1.01 and ess >= 400, (rhat, ess)
+
+
+def test_two_images_are_not_a_test_of_universality():
+    """Leave-one-image-out over two images is no evidence: every coupling is 'not testable' (no
+    weight is reported; a weight of 1e-15 with dse 0 was reported as 'favours universal'), and
+    whole link specifications are not compared."""
+    spec = _spec(0.5, labels=LABELS)
+    summ = cn.simulate_summaries(spec, (0.0, 0.2), images_per_composition=1, seed=fixed_seed(6))
+    table, _ = cn.universality(summ, spec, seed=fixed_seed(6))
+    assert (table["favours"] == "not testable").all() and table["weight_dependent"].isna().all()
+    assert table["note"].str.contains("2 image").all()
+    with pytest.raises(cn.ConcentrationError, match=">= 3 images"):
+        cn.compare_links(summ, [spec, cn.all_links(spec, "universal")])

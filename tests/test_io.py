@@ -202,7 +202,11 @@ def test_folder_reads_all_images_in_order(tmp_path):
     (tmp_path / "notes.txt").write_text("not data")
     ds = read_quiet(tmp_path)
     assert ds.sizes["cell"] == 3 * N
-    assert list(dict.fromkeys(ds["image"].values.tolist())) == ["Sm_0_0", "Sm_10_0", "Sm_7_1"]
+    # canonical order: images by Sm fraction (then label), cells by (row, col) within each
+    assert list(dict.fromkeys(ds["image"].values.tolist())) == ["Sm_0_0", "Sm_7_1", "Sm_10_0"]
+    first = ds["image"].values == "Sm_0_0"
+    rc = np.stack([ds["row"].values[first], ds["col"].values[first]], axis=1)
+    assert (np.lexsort((rc[:, 1], rc[:, 0])) == np.arange(rc.shape[0])).all()
     per_image = cells.images(ds)
     assert per_image["sm_fraction"].sel(image="Sm_10_0") == 0.10
     assert per_image["sm_fraction"].sel(image="Sm_7_1") == 0.07

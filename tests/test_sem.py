@@ -151,12 +151,16 @@ def test_gaussian_noise_warns_and_spec_errors():
     with pytest.raises(ValueError, match="available"):
         load_spec("no-such-model")
     with pytest.raises(ValueError, match="sampler"):
-        SamplerSpec(name="gibbs")
+        SamplerSpec(name="metropolis")
+    with pytest.raises(ValueError, match="gibbs sampler serves the 'mog'"):
+        ModelSpec(noise="laplace", sampler=SamplerSpec(name="gibbs"))
+    assert ModelSpec(noise="laplace").sampler.name == "nutpie" and ModelSpec().sampler.name == "gibbs"
 
 
 def test_named_specs_load():
-    for name in ("laplace", "studentt", "gennorm", "normal"):
+    for name in ("mog", "laplace", "studentt", "gennorm", "normal"):
         assert load_spec(name).noise == name
+    assert load_spec().noise == "mog" and load_spec().sampler.name == "gibbs"
 
 
 def test_prior_predictive_is_standardised_scale():
@@ -175,6 +179,6 @@ def test_model_spec_round_trips_through_a_manifest():
 
     from causalcrystal.sem import ModelSpec, load_spec
 
-    for name in ("laplace", "gennorm", "studentt"):
+    for name in ("mog", "laplace", "gennorm", "studentt"):
         spec = load_spec(name).with_(draws=123, thin=3)
         assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec

@@ -191,4 +191,4 @@ def read(
     # Messages name the file read (a netCDF's own 'source' attr names where it came from).
     src = str(files[0].resolve()) if len(files) == 1 else None
     ds = cells.apply_nonfinite_policy(ds, nonfinite, source=src)
-    return cells.validate(ds, source=src, allow_nonfinite=(nonfinite == "keep"))
+    return cells.canonical(cells.validate(ds, source=src, allow_nonfinite=(nonfinite == "keep")))
