@@ -48,7 +48,10 @@ class Relation:
     def text(self) -> str:
         if self.space == "geometry":
             return f"{self.target} = a b sin(alpha) (1 - R^2 = {self.gap:.1e})"
-        terms = " + ".join(f"{c:+.3g} {p}" for c, p in zip(self.coef, self.predictors))
+        terms = ""
+        for k, (c, p) in enumerate(zip(self.coef, self.predictors)):
+            sign = ("-" if c < 0 else "") if k == 0 else (" - " if c < 0 else " + ")
+            terms += f"{sign}{abs(c):.3g} {p}"
         how = "log " if self.space == "log" else ""
         return (f"{how}{self.target} = {terms} (standardised{', in logs' if how else ''}; "
                 f"1 - R^2 = {self.gap:.1e})")

@@ -12,12 +12,18 @@
     interrupted-and-resumed run gives the same numbers as an uninterrupted one.
 ``posterior.nc``
     ArviZ InferenceData: posterior ``B`` and ``edge_inclusion`` (chain, draw, tile, effect, cause),
-    ``c``, ``sigma`` (chain, draw, tile, variable); ``log_likelihood`` ``z`` (chain, draw, tile,
-    member; NaN padding); ``sample_stats`` (diverging, tree_depth, step_size); the units of ``B``
-    in ``posterior.attrs['standardize']``.
+    ``c``, ``sigma`` (chain, draw, tile, variable), for ``mog`` ``noise_weight``, ``noise_loc``,
+    ``noise_var`` (..., variable, component); ``log_likelihood`` ``z`` (chain, draw, tile,
+    member; NaN padding); ``sample_stats`` (diverging, tree_depth, step_size); ``constant_data``
+    with the tile means and scales ``B`` is in, the candidate orders and their pseudo-BMA+ weights,
+    ELPD, p_loo, Pareto k and ``allowed_weight``; the units of ``B`` in
+    ``posterior.attrs['standardize']``.
 ``summary.csv``
-    one row per tile x allowed edge with posterior mean, sd, 90 % HDI, inclusion probability,
-    LiNGAM probability, r_hat, ess_bulk, divergences and a ``flagged`` column.
+    one row per tile x edge any candidate order allows: posterior mean, sd, 90 % HDI,
+    ``p_positive`` / ``p_negative``, inclusion probability, ``p_allowed`` (weight of the orders
+    allowing it), LiNGAM probability, r_hat, ess_bulk, divergences, residual checks
+    (``pit_p_effect``, ``gauss_p_effect``, ``gauss_p_cause``, ``direction_identified``,
+    ``noise_misfit``), ``flagged`` and ``flag_reason``.
 ``manifest.json``
     the settings; a resume with different settings is refused.
 
@@ -290,9 +296,12 @@ def run_pipeline(
                                              detect_derived=detect)
             # a descriptor derived in one image is derived in all: one meaning of B across the run
             run_derived = [v for v, d in zip(DESCRIPTORS, disc_images["derived"].values.any(0)) if d]
+            # keep at least as many candidates as the posterior mixes (``--orders 10`` used to be
+            # capped silently at the 5 stored)
             disc = discovery.discover(cells, tiles, n_bootstrap=n_bootstrap, exogenous=exogenous,
                                       standardize=standardize, seed=seed + 1, executor=executor,
-                                      progress=progress, derived=run_derived, detect_derived=detect)
+                                      progress=progress, derived=run_derived, detect_derived=detect,
+                                      max_candidates=max(5, int(n_orders)))
         finally:
             executor.close()
         _report_derived(cells, disc_images, disc, derived, log)
@@ -558,6 +567,9 @@ def _summary_rows(k: int, arrays: dict, tiles, disc, prior, spec: ModelSpec) -> 
     mean, sd = flat.mean(0), flat.std(0, ddof=1)
     lo, hi = _hdi(flat, 0.9)
     pincl = arrays["edge_inclusion"].astype(np.float32).reshape(flat.shape).mean(0)
+    # the sign's posterior probability: where the candidate orders disagree on an edge's sign the
+    # 90 % HDI spans 0 next to an inclusion of 1, and only these say that the sign is what is uncertain
+    p_pos, p_neg = (flat > 0).mean(0), (flat < 0).mean(0)
     div = int(arrays["diverging"].sum())
     rh, ess = arrays["r_hat"], arrays["ess_bulk"]
     priors = prior if isinstance(prior, list) else [prior]
@@ -579,7 +591,8 @@ def _summary_rows(k: int, arrays: dict, tiles, disc, prior, spec: ModelSpec) -> 
     where = {"tile": k, "image": str(tiles["image"].values[k]), "row0": int(tiles["row0"].values[k]),
              "col0": int(tiles["col0"].values[k])}
     return [{**where, "effect": DESCRIPTORS[i], "cause": DESCRIPTORS[j], "mean": mean[i, j], "sd": sd[i, j],
-             "hdi_5%": lo[i, j], "hdi_95%": hi[i, j], "inclusion_prob": pincl[i, j], "p_allowed": p_allowed[i, j],
+             "hdi_5%": lo[i, j], "hdi_95%": hi[i, j], "p_positive": p_pos[i, j], "p_negative": p_neg[i, j],
+             "inclusion_prob": pincl[i, j], "p_allowed": p_allowed[i, j],
              "lingam_prob": float(disc["probability"].values[k, i, j]), "r_hat": rh[i, j],
              "ess_bulk": ess[i, j], "divergences": div, "pit_p_effect": pit_p[i], "gauss_p_effect": gauss_p[i],
              "gauss_p_cause": gauss_p[j],

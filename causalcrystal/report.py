@@ -802,7 +802,10 @@ def section_diagnostics(ctx: Context) -> str:
     target = ctx.manifest.get("settings", {}).get("spec", {}).get("sampler", {}).get("target_ess", 400)
     per_tile = s.groupby("tile").agg(image=("image", "first"), row0=("row0", "first"), col0=("col0", "first"),
                                      max_r_hat=("r_hat", "max"), min_ess_bulk=("ess_bulk", "min"),
-                                     divergences=("divergences", "max"), flagged=("flagged", "max"))
+                                     divergences=("divergences", "max"), flagged=("flagged", "max"),
+                                     **({"flag_reason": ("flag_reason", "first")} if "flag_reason" in s else {}))
+    if "flag_reason" in per_tile:
+        per_tile["flag_reason"] = per_tile["flag_reason"].fillna("")
     fig = _fig(11, 3.0)
     a1, a2, a3 = fig.subplots(1, 3)
     rh = s["r_hat"].to_numpy(float)
@@ -830,8 +833,10 @@ def section_diagnostics(ctx: Context) -> str:
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)
     n_flag = int(per_tile["flagged"].astype(bool).sum())
-    out = _note(f"{n_flag} of {len(per_tile)} tiles flagged (r_hat &gt; {RHAT_MAX}, bulk ESS &lt; {target:g} or any "
-                f"divergence on an allowed edge). Largest r_hat {np.max(rh) if rh.size else np.nan:.4f}, smallest "
+    misfit = ("; or 'noise misfit': a posterior predictive check of a variable's residuals against "
+              "the fitted noise failed at 1 %") if "flag_reason" in per_tile else ""
+    out = _note(f"{n_flag} of {len(per_tile)} tiles flagged ('sampler': r_hat &gt; {RHAT_MAX}, bulk ESS &lt; "
+                f"{target:g} or any divergence on an allowed edge{misfit}). Largest r_hat {np.max(rh) if rh.size else np.nan:.4f}, smallest "
                 f"bulk ESS {np.min(ess) if ess.size else np.nan:.0f}, {int(dv.sum())} divergences in all.",
                 "warn" if n_flag else "note")
     out += _img(fig, "diagnostics histograms")

@@ -76,16 +76,16 @@ def test_bootstrap_gives_true_edges_high_and_reversed_edges_low_probability(chai
 
 
 def test_candidate_orders_are_ranked_by_a_deterministic_rule():
-    """Every fit votes for its order, the full-data fit too; ties go to the lexicographically
-    smaller order. With few resamples every order is seen once: the full-data order wins (before,
-    the first resample's order did, 11 of 12 demo tiles)."""
+    """Every fit votes for its order, the full-data fit too; among equal counts the full-data order
+    comes first, the rest in lexicographic order. With few resamples every order is seen once: the
+    full-data order wins (before, the first resample's order did, 11 of 12 demo tiles)."""
     from causalcrystal.discovery import _rank_orders
 
     full = (0, 2, 1)
     dag = np.zeros((3, 3), dtype=bool)
     fits = [(full, dag), ((1, 0, 2), dag), ((0, 1, 2), dag), ((2, 1, 0), dag)]
     ranked = _rank_orders(fits)
-    assert [c["order"] for c in ranked] == [[0, 1, 2], [0, 2, 1], [1, 0, 2], [2, 1, 0]]  # all tie at 1
+    assert [c["order"] for c in ranked] == [[0, 2, 1], [0, 1, 2], [1, 0, 2], [2, 1, 0]]  # all tie at 1
     fits.append(((0, 2, 1), dag))  # the full-data order seen again in a resample
     assert _rank_orders(fits)[0]["order"] == [0, 2, 1] and _rank_orders(fits)[0]["frequency"] == 2 / 5
     # on real data with 5 resamples the full-data order is first whenever no order repeats
@@ -93,6 +93,10 @@ def test_candidate_orders_are_ranked_by_a_deterministic_rule():
     res = bootstrap_lingam(X, 5, exogenous=None, seed=fixed_seed(4))
     top = res["candidates"][0]
     assert top["count"] >= 2 or top["order"] == list(res["order"])
+    # whatever the counts, the full-data order is ahead of every order with no more votes
+    rank = [c["order"] for c in res["candidates"]].index(list(res["order"]))
+    full_count = res["candidates"][rank]["count"]
+    assert all(c["count"] > full_count for c in res["candidates"][:rank])
 
 
 def test_bootstrap_without_resamples_uses_the_full_fit(chain):
@@ -282,3 +286,21 @@ def test_result_round_trips_through_netcdf(small, tmp_path):
     np.testing.assert_array_equal(back["order"].values, disc["order"].values)
     assert back["status"].values.tolist() == ["ok"]
     assert back.attrs["lingam_version"] == disc.attrs["lingam_version"]
+
+
+def test_edges_and_orders_do_not_depend_on_units():
+    """Raw detector counts (~1e6), lattice parameters in Angstrom, angles in degrees or z-scores:
+    the same cells give the same orders and edge probabilities, and B in the units given (before,
+    LiNGAM's adaptive lasso on raw units dropped a 0.4 s.d. edge and the 0.05 threshold compared
+    coefficients of mixed units)."""
+    rng = np.random.default_rng(fixed_seed(31))
+    X = rng.laplace(size=(256, 4))
+    X[:, 1] += 0.5 * X[:, 0]
+    X[:, 2] += 0.4 * X[:, 1] - 0.3 * X[:, 0]
+    X[:, 3] += 0.2 * X[:, 2]
+    scale, shift = np.array([1e6, 1e-3, 4.0, 90.0]), np.array([5e6, 3.9, 0.0, 89.0])
+    a = bootstrap_lingam(X, 10, exogenous=None, seed=fixed_seed(1))
+    b = bootstrap_lingam(X * scale + shift, 10, exogenous=None, seed=fixed_seed(1))
+    assert a["order"] == b["order"] and [c["order"] for c in a["candidates"]] == [c["order"] for c in b["candidates"]]
+    np.testing.assert_array_equal(a["probability"], b["probability"])
+    np.testing.assert_allclose(b["adjacency"] * scale[None, :] / scale[:, None], a["adjacency"], atol=1e-9)

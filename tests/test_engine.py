@@ -55,13 +55,16 @@ def test_outputs_follow_the_contract(full_run):
     assert list(per_image["image"].values) == ["Sm_0_0", "Sm_20_0"]
     assert int(per_image.attrs["n_bootstrap"]) == 10
     s = pd.read_csv(out / "summary.csv")
-    cols = ["tile", "image", "row0", "col0", "effect", "cause", "mean", "sd", "hdi_5%", "hdi_95%", "inclusion_prob",
+    cols = ["tile", "image", "row0", "col0", "effect", "cause", "mean", "sd", "hdi_5%", "hdi_95%", "p_positive",
+            "p_negative", "inclusion_prob",
             "p_allowed", "lingam_prob", "r_hat", "ess_bulk", "divergences"]
     assert cols == list(s.columns[: len(cols)])
     assert {"pit_p_effect", "gauss_p_effect", "gauss_p_cause", "direction_identified", "noise_misfit", "flagged",
             "flag_reason"} <= set(s.columns)
     assert s["p_allowed"].between(0, 1).all() and (s["p_allowed"] > 0).all()
     assert (s["hdi_5%"] <= s["hdi_95%"]).all()
+    assert (s["p_positive"] + s["p_negative"] <= 1 + 1e-9).all()
+    assert (s.loc[s["hdi_5%"] > 0, "p_positive"] >= 0.9).all() and (s.loc[s["hdi_95%"] < 0, "p_negative"] >= 0.9).all()
     # where every order allows the edge the posterior is continuous and its mean lies in the HDI;
     # elsewhere a point mass at 0 (the orders without the edge) can make the narrowest 90 % set [0, 0]
     whole = s[s["p_allowed"] > 0.999]

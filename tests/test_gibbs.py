@@ -208,6 +208,7 @@ def test_near_deterministic_descriptors_are_found_and_noise_is_not():
     X[:, 5] = X[:, 2] * X[:, 3] * np.sin(np.deg2rad(X[:, 4])) * (1 + 1e-6 * rng.standard_normal(n))
     derived, rel = derived_descriptors(X, names)
     assert derived == ["Vol"] and rel[0].space in ("geometry", "log")
+    assert all(bad not in r.text() for r in rel for bad in ("+ +", "+ -", "- -"))
     # a copied column: one of the pair is derived, not both
     Y = rng.standard_normal((n, 8))
     Y[:, 7] = 2 * Y[:, 6] + 1e-4 * rng.standard_normal(n)
