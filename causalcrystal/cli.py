@@ -115,10 +115,12 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orders", type=int, default=3,
                    help="candidate causal orders per tile the posterior averages over, weighted by PSIS-LOO "
                         "(pseudo-BMA+); 1 = condition on LiNGAM's best order (default 3)")
-    p.add_argument("--draws", type=int, default=None, help="kept draws per chain")
-    p.add_argument("--tune", type=int, default=None, help="tuning draws per chain")
-    p.add_argument("--thin", type=int, default=None, help="run draws x thin per chain, keep every thin-th")
-    p.add_argument("--chains", type=int, default=None, help="chains per tile")
+    p.add_argument("--draws", type=int, default=None, help="kept draws per chain (default: the model's; mog 500)")
+    p.add_argument("--tune", type=int, default=None, help="tuning draws per chain (default: the model's; mog 200)")
+    p.add_argument("--thin", type=int, default=None,
+                   help="run draws x thin per chain, keep every thin-th (default: the model's; mog 2)")
+    p.add_argument("--chains", type=int, default=None,
+                   help="chains per tile (default: the model's; mog 2; 4 makes r_hat more reliable, ~1.4x time)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same numbers)")
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: all cores; 1 = run in this process)")

@@ -159,6 +159,8 @@ def test_model_comparison_notebook(tmp_path, monkeypatch):
     truth = dict(zip(ev["coupling"], ev["truth"]))
     assert truth["a<-I14"] == "universal" and truth["a<-Px"] == "dependent" and truth["Px<-Py"] == "dependent"
     assert set(ev["verdict"]) <= {"agrees", "inconclusive", "disagrees"}
+    # no answer is not a wrong answer: "not testable" and "unclear" are inconclusive
+    assert (ev.loc[ev["favours"].isin(["not testable", "unclear"]), "verdict"] == "inconclusive").all()
     over = pd.read_csv(out / "evidence_overview.csv")
     assert list(over.columns) == ["question", "truth", "evidence", "verdict"] and len(over) == 6
 
