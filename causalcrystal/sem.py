@@ -750,7 +750,8 @@ def mix_orders(fits: list[dict], priors: list[DagPrior], seed: int, loos: list[d
         mixed["ess_bulk"] = np.nanmin(stack("ess_bulk"), axis=0)
     mixed["rerun_factor"] = np.array(max(int(fits[m]["rerun_factor"]) for m in range(k)))
     allowed = np.stack([pr.allowed for pr in priors])
-    mixed["allowed_weight"] = (weight[:, None, None] * allowed).sum(0)
+    # (a sum of weights that add up to 1: clip the rounding, p_allowed is a probability)
+    mixed["allowed_weight"] = np.minimum((weight[:, None, None] * allowed).sum(0), 1.0)
     mixed["candidate_order"] = np.stack([np.asarray(pr.order, dtype=np.int64) for pr in priors])
     mixed["order_weight"] = weight
     for key, name in (("elpd", "order_elpd"), ("se", "order_se"), ("p_loo", "order_p_loo"),
