@@ -65,10 +65,14 @@ def test_outputs_follow_the_contract(full_run):
     assert (s["hdi_5%"] <= s["hdi_95%"]).all()
     assert (s["p_positive"] + s["p_negative"] <= 1 + 1e-9).all()
     assert (s.loc[s["hdi_5%"] > 0, "p_positive"] >= 0.9).all() and (s.loc[s["hdi_95%"] < 0, "p_negative"] >= 0.9).all()
-    # where every order allows the edge the posterior is continuous and its mean lies in the HDI;
-    # elsewhere a point mass at 0 (the orders without the edge) can make the narrowest 90 % set [0, 0]
-    whole = s[s["p_allowed"] > 0.999]
-    assert len(whole) and ((whole["hdi_5%"] <= whole["mean"]) & (whole["mean"] <= whole["hdi_95%"])).all()
+    # the HDI is what it says: an interval holding >= 90 % of the edge's draws (the mean need not lie
+    # in it: spike-and-slab and order mixtures make posteriors bimodal, seed offset 2 had one outside)
+    Bv = B.transpose("tile", "effect", "cause", "chain", "draw").values.reshape(*B.shape[2:], -1)
+    tix = {t: k for k, t in enumerate(B["tile"].values)}
+    for t, eff, cau, lo, hi in zip(s["tile"], s["effect"], s["cause"], s["hdi_5%"], s["hdi_95%"]):
+        d = Bv[tix[t], DESCRIPTORS.index(eff), DESCRIPTORS.index(cau)]
+        inside = ((d >= lo - 1e-6) & (d <= hi + 1e-6)).mean()
+        assert inside >= 0.9 - 1.0 / d.size, (t, eff, cau, inside)
     # summary means equal the posterior's
     row = s.iloc[0]
     m = float(B.sel(tile=row["tile"], effect=row["effect"], cause=row["cause"]).mean())
