@@ -210,6 +210,26 @@ def _esc(x) -> str:
     return html.escape(str(x))
 
 
+def _mpl(text) -> str:
+    """``text`` chosen by a user (an image, file, descriptor, coupling or model name) as a matplotlib
+    string that is drawn literally: every ``$`` escaped as ``\\$`` so mathtext never parses it
+    (``_``, ``^``, ``\\`` and braces are special only between ``$``). Matplotlib turns ``\\$`` back
+    into ``$`` when a string holds no unescaped ``$``; a ``\\$`` already in ``text`` stays ``\\$``.
+    Apply it at every call that hands such text to matplotlib (titles, axis and colour-bar labels,
+    tick labels, legend entries, text); numpy strings become plain ``str``."""
+    return str(text).replace("$", r"\$")
+
+
+def _no_tex(fig) -> None:
+    """Draw every text of ``fig`` without LaTeX even under ``text.usetex: True`` in a user's
+    matplotlibrc (which would hand ``_``, ``%`` or ``^`` of a label to LaTeX). New tick labels copy
+    this from the first tick (``Text.update_from``)."""
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        t.set_usetex(False)
+
+
 def _fig(width: float, height: float, layout: str | None = "constrained"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -221,6 +241,7 @@ def _fig(width: float, height: float, layout: str | None = "constrained"):
 
 def _img(fig, alt: str, caption: str = "") -> str:
     buf = io.BytesIO()
+    _no_tex(fig)
     fig.savefig(buf, format="png", dpi=DPI)
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     cap = f"<figcaption>{caption}</figcaption>" if caption else ""
@@ -263,8 +284,9 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def _image_title(ctx: Context, img: str) -> str:
+    """An image's figure title (for matplotlib: the label escaped by :func:`_mpl`)."""
     y = ctx.images["sm_fraction"].get(img, np.nan) if "sm_fraction" in ctx.images else np.nan
-    return f"{img}" + (f"  (y = {y:.2f})" if np.isfinite(y) else "")
+    return _mpl(img) + (f"  (y = {y:.2f})" if np.isfinite(y) else "")
 
 
 def _grid(ctx: Context, img: str, values):
@@ -333,7 +355,7 @@ def _map_figure(ctx: Context, rows: list[dict], images=None):
                 if r == 0:
                     ax.set_title(_image_title(ctx, img), fontsize=9)
                 if j == 0:
-                    ax.set_ylabel(spec["label"], fontsize=10, fontweight="bold")
+                    ax.set_ylabel(_mpl(spec["label"]), fontsize=10, fontweight="bold")
                 if r == len(rows) - 1:
                     ax.set_xlabel("column (unit cells)", fontsize=8)
             if mappable is not None:
@@ -341,7 +363,7 @@ def _map_figure(ctx: Context, rows: list[dict], images=None):
                                     0.8 * ph / H])
                 cb = fig.colorbar(mappable, cax=cax)
                 cb.ax.tick_params(labelsize=7)
-                cb.set_label(spec.get("title", spec["label"]), fontsize=8)
+                cb.set_label(_mpl(spec.get("title", spec["label"])), fontsize=8)
     return fig
 
 
@@ -446,7 +468,7 @@ def section_graphs(ctx: Context) -> str:
         widths = [0.8 + 6 * abs(G.edges[u, v]["mean"]) / vmax for u, v in edgelist]
         colors = ["#b2182b" if G.edges[u, v]["mean"] > 0 else "#2166ac" for u, v in edgelist]
         nx.draw_networkx_nodes(G, pos, ax=ax, node_size=1100, node_color="#f0f0f0", edgecolors="#444444")
-        nx.draw_networkx_labels(G, pos, ax=ax, font_size=9)
+        nx.draw_networkx_labels(G, pos, labels={n: _mpl(n) for n in G.nodes}, ax=ax, font_size=9)
         if edgelist:
             nx.draw_networkx_edges(G, pos, ax=ax, edgelist=edgelist, width=widths, edge_color=colors, arrows=True,
                                    arrowsize=14, node_size=1100, alpha=0.85)
@@ -546,7 +568,7 @@ def section_pca(ctx: Context) -> str:
         a.axhline(0, color="k", lw=0.5)
         a.set_ylabel(f"PC{c + 1} ({ratio[c]:.0%})", fontsize=8)
         a.set_xticks(np.arange(len(labels)))
-        a.set_xticklabels(labels if c == k - 1 else [], rotation=60, ha="right", fontsize=7)
+        a.set_xticklabels([_mpl(x) for x in labels] if c == k - 1 else [], rotation=60, ha="right", fontsize=7)
         a.tick_params(labelsize=7)
     out = _note(f"Each tile is a vector of posterior mean coefficients over the {len(labels)} couplings with mean "
                 "inclusion &ge; 0.1 (0 where the tile's order does not allow the edge); PCA of the centred matrix "
@@ -662,7 +684,7 @@ def section_concentration(ctx: Context) -> str:
                                 label="tile off scale")
             ax.set_ylim(ymin, ymax)
         link = cu["link"].iloc[0] if "link" in cu else ""
-        ax.set_title(f"{c}  [{link}]", fontsize=9)
+        ax.set_title(f"{_mpl(c)}  [{_mpl(link)}]", fontsize=9)
         ax.set_xlabel("Sm fraction y", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=6, loc="best")
@@ -720,12 +742,12 @@ def _weights_figure(models):
         bottom = np.zeros(len(w))
         for m in w.columns:
             vals = w[m].fillna(0).to_numpy(float)
-            ax.bar(np.arange(len(w)), vals, bottom=bottom, label=f"{col} {m}" if col == "candidate" else str(m))
+            ax.bar(np.arange(len(w)), vals, bottom=bottom, label=_mpl(f"{col} {m}" if col == "candidate" else m))
             bottom += vals
         ax.set_xticks(np.arange(len(w)))
-        ax.set_xticklabels([str(i) for i in w.index], fontsize=7, rotation=30, ha="right")
+        ax.set_xticklabels([_mpl(i) for i in w.index], fontsize=7, rotation=30, ha="right")
         ax.set_ylabel("mean weight over tiles", fontsize=8)
-        ax.set_title(f"by {col}", fontsize=9)
+        ax.set_title(_mpl(f"by {col}"), fontsize=9)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
@@ -901,8 +923,8 @@ def section_interventions(ctx: Context) -> str:
                 if np.isfinite(show[i, j]):
                     ax.text(j, i, f"{show[i, j]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if abs(show[i, j]) > 0.6 * vm else "black")
-        ax.set_xticks(range(len(causes)), causes, fontsize=8, rotation=45)
-        ax.set_yticks(range(len(effects)), effects, fontsize=8)
+        ax.set_xticks(range(len(causes)), [_mpl(c) for c in causes], fontsize=8, rotation=45)
+        ax.set_yticks(range(len(effects)), [_mpl(e) for e in effects], fontsize=8)
         ax.set_xlabel("cause (intervened on)", fontsize=8)
         ax.set_ylabel("effect", fontsize=8)
         fig.colorbar(im, ax=ax).set_label("total effect", fontsize=8)

@@ -223,3 +223,61 @@ def test_browser_decodes_every_figure_and_renders(report, tmp_path):
     assert img.shape == (4000, 1280)
     assert shot.stat().st_size > 50_000
     assert img.std() > 20 and (img < 128).mean() > 0.01  # text and figures, not a blank page
+
+
+def test_user_text_with_mathtext_specials_is_drawn_literally(run, tmp_path, monkeypatch):
+    """Issue 11: image, pair, model-family, coupling and link names holding mathtext specials ($ _ ^ \\ {)
+    break no section and reach every figure literally (titles, axis, tick and colour-bar labels, legends)."""
+    from matplotlib import cbook
+    from matplotlib.text import Text
+
+    from causalcrystal import report as rp
+
+    ctx = rp.load_context(run, log=lambda m: None)
+    images = dict(zip(ctx.images.index, ["Sm$_x$ 5%", r"film$\b^{$_2 \$"]))
+    assert len(images) == 2
+    ctx.tiles["image"] = ctx.tiles["image"].map(images)
+    ctx.summary["image"] = ctx.summary["image"].map(images)
+    ctx.images = ctx.images.rename(index=images)
+    comp = shutil.copytree(run / "compare", tmp_path / "compare")
+    models = pd.read_csv(comp / "models.csv")
+    models.assign(image=models["image"].map(images), family=models["family"].replace({"laplace": r"lap$\nu$"})
+                  ).to_csv(comp / "models.csv", index=False)
+    dirs = pd.read_csv(comp / "directions.csv")
+    dirs.assign(image=dirs["image"].map(images), pair=dirs["pair"].replace({"a->b": "a$->$b"})
+                ).to_csv(comp / "directions.csv", index=False)
+    conc = shutil.copytree(run / "concentration", tmp_path / "concentration")
+    curves = pd.read_csv(conc / "curves.csv")
+    curves.assign(coupling=curves["coupling"].replace({"a<-Px": "a$_0$<-Px"}), link="l$^{2}$"
+                  ).to_csv(conc / "curves.csv", index=False)
+    ctx.compare, ctx.concentration = comp, conc
+    figures, img = [], rp._img
+
+    def keep(fig, *args, **kwargs):
+        out = img(fig, *args, **kwargs)
+        figures.append(fig)
+        return out
+
+    monkeypatch.setattr(rp, "_img", keep)
+    logged = []
+    ctx.log = logged.append
+    text = rp.render(ctx)
+    assert "report-error" not in text and "data-sections-failed='0'" in text, [m for m in logged if "WARN" in m]
+    shown = []
+    for fig in figures:  # drawn by savefig: tick labels hold their final text
+        for t in fig.findobj(Text):
+            s = t.get_text()
+            if not s or not t.get_visible():
+                continue
+            assert not t.get_usetex(), s
+            assert not (t.get_parse_math() and cbook.is_math_text(s)), f"mathtext would parse {s!r}"
+            shown.append(s.replace(r"\$", "$") if t.get_parse_math() else s)
+    for want in [*images.values(), "P(a$->$b)", r"lap$\nu$", "a$_0$<-Px", "l$^{2}$"]:
+        assert any(want in s for s in shown), want
+    assert sum(s.startswith("Sm$_x$ 5%  (y = ") for s in shown) >= 6  # map titles: maps x2, pca, compare, diagnostics
+    assert any(s == r"film$\b^{$_2 \$" for s in shown)  # the weights figure's tick label
+    # a user's matplotlibrc with text.usetex: True must not hand the labels to LaTeX either
+    monkeypatch.setitem(__import__("matplotlib").rcParams, "text.usetex", True)
+    text = rp.render(ctx)
+    assert "report-error" not in text and "data-sections-failed='0'" in text, [m for m in logged if "WARN" in m]
+    assert not any(t.get_usetex() for fig in figures for t in fig.findobj(Text))
