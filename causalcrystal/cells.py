@@ -27,6 +27,8 @@ Every entry point (readers, simulator, CLI) ends in :func:`validate`, which rais
 from __future__ import annotations
 
 import json
+import os
+import unicodedata
 import warnings
 from collections.abc import Mapping
 
@@ -65,6 +67,27 @@ LONG_NAMES: dict[str, str] = {
 
 NONFINITE_POLICIES = ("drop", "raise", "keep")
 
+#: Largest Sm fraction a reader accepts. Sm-BFO is studied at 0-0.2 and the concentration
+#: model's MPB prior (``y0``) ends at 0.5; a larger value is almost always a percentage (1 -> 1 %).
+MAX_SM_FRACTION = 0.5
+
+#: An image's (row, col) bounding box may hold at most this many grid positions per cell (or
+#: :data:`GRID_FLOOR` positions, whichever is larger); beyond that the indices are broken (one stray
+#: index of 60000 in a 64-cell table) and tiling would allocate a grid for nothing.
+GRID_SPARSITY = 50
+GRID_FLOOR = 1_000_000
+
+#: Finite descriptor values beyond this magnitude come from corrupt bytes, not from a microscope.
+MAX_ABS_VALUE = 1e100
+
+#: The JSON attrs of a cell table and the shape each must have (checked by :func:`validate`).
+JSON_ATTRS: dict[str, str] = {
+    "sources": "a JSON object {image: file}",
+    "nonfinite_dropped": "a JSON object {image: {variable: count}}",
+    "haadf": "a JSON object {image: file}",
+    "ab_offset": "a JSON object {image: [row0, col0]}",
+}
+
 
 class CellTableError(ValueError):
     """A cell table (or the input it was built from) breaks the data contract."""
@@ -74,8 +97,41 @@ class NonFiniteWarning(UserWarning):
     """Cells with NaN/inf descriptors were dropped (the default non-finite policy)."""
 
 
+def safe_text(value) -> str:
+    """``value`` as a plain ``str`` that can always be printed and written (UTF-8).
+
+    Numpy scalars become ``str`` (no ``np.str_('img0')`` in messages). Undecodable bytes of a
+    file name (``surrogateescape``, e.g. a Latin-1 ``\\xe9`` on a UTF-8 system) are shown as
+    ``\\xe9``; other lone surrogates as ``\\udcxx``.
+    """
+    text = os.fsdecode(value) if isinstance(value, (bytes, os.PathLike)) else str(value)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def display_label(value) -> str:
+    """An image label for one line of text: :func:`safe_text` with control characters (newlines,
+    tabs, escapes) shown as ``\\n``, ``\\x1b``... so a label cannot break a table or a terminal."""
+    text = safe_text(value)
+    if all(unicodedata.category(ch)[0] != "C" for ch in text):
+        return text
+    return "".join(ch if unicodedata.category(ch)[0] != "C" else repr(ch)[1:-1] for ch in text)
+
+
+def quoted(value) -> str:
+    """A label or value quoted for a message: ``'img0'``, never ``np.str_('img0')``."""
+    return "'" + display_label(value) + "'"
+
+
 def _where(source: str | None) -> str:
-    return f"{source}: " if source else ""
+    return f"{safe_text(source)}: " if source else ""
 
 
 def make_cells(
@@ -196,6 +252,7 @@ def apply_nonfinite_policy(ds: xr.Dataset, policy: str = "drop", source: str | N
     good = np.ones(ds.sizes["cell"], dtype=bool)
     for name in DESCRIPTORS:
         good &= np.isfinite(ds[name].values)
+    _refuse_lost_images(ds, good, src)
     n_bad = int((~good).sum())
     out = ds.isel(cell=good)
     previous = json.loads(ds.attrs.get("nonfinite_dropped", "{}"))
@@ -214,13 +271,152 @@ def apply_nonfinite_policy(ds: xr.Dataset, policy: str = "drop", source: str | N
     return out
 
 
+def _refuse_lost_images(ds: xr.Dataset, good: np.ndarray, src: str) -> None:
+    """Dropping non-finite cells must never remove a whole image from a series: that is a failed
+    export (a column written as NaN), not a few bad cells, and a series silently one image short
+    gives a wrong concentration dependence."""
+    img = ds["image"].values.astype(str)
+    lost = [lab for lab in dict.fromkeys(img.tolist()) if not good[img == lab].any()]
+    if not lost:
+        return
+    try:
+        sources = json.loads(ds.attrs.get("sources", "{}") or "{}")
+        sources = sources if isinstance(sources, dict) else {}
+    except (ValueError, RecursionError):
+        sources = {}
+    details = []
+    for lab in lost:
+        m = img == lab
+        whole = [v for v in DESCRIPTORS if not np.isfinite(ds[v].values[m]).any()]
+        why = (f"column(s) {whole} non-finite in every cell" if whole
+               else "every cell has at least one non-finite descriptor")
+        where = f" (file {safe_text(sources[lab])})" if isinstance(sources.get(lab), str) else ""
+        details.append(f"image {quoted(lab)}{where}: all {int(m.sum())} cells, {why}")
+    raise CellTableError(
+        f"{safe_text(src)}: nonfinite='drop' would remove whole image(s) from the series -- "
+        + "; ".join(details)
+        + ". A whole image is not dropped quietly: fix the export of that column, or leave the image "
+        "out of the inputs (nonfinite='keep', as `causalcrystal inspect` uses, shows it)."
+    )
+
+
+def _json_attrs(ds: xr.Dataset, src: str) -> None:
+    """The JSON attrs the package writes must parse to the documented shape (a netCDF from
+    elsewhere can hold anything: a list, 100000 nested brackets, code)."""
+    for name, shape in JSON_ATTRS.items():
+        if name not in ds.attrs:
+            continue
+        raw = ds.attrs[name]
+        fix = (f"Remove attribute {name!r} or rewrite it as {shape} (causalcrystal.io.write_netcdf "
+               "writes it so).")
+        if not isinstance(raw, str):
+            raise CellTableError(
+                f"{src}: attribute {name!r} is a {type(raw).__name__}, not JSON text; {fix}"
+            )
+        try:
+            value = json.loads(raw or "{}")
+        except RecursionError:
+            raise CellTableError(f"{src}: attribute {name!r} is JSON nested too deeply to read; {fix}") from None
+        except ValueError as exc:
+            raise CellTableError(
+                f"{src}: attribute {name!r} is not valid JSON ({exc}; starts {raw[:40]!r}); {fix}"
+            ) from None
+        if not isinstance(value, dict):
+            raise CellTableError(
+                f"{src}: attribute {name!r} holds a JSON {type(value).__name__}, expected {shape}; {fix}"
+            )
+        for key, item in value.items():
+            if name in ("sources", "haadf"):
+                ok = isinstance(item, str)
+            elif name == "nonfinite_dropped":
+                ok = isinstance(item, dict) and all(
+                    isinstance(k, str) and isinstance(c, int) and not isinstance(c, bool) for k, c in item.items()
+                )
+            else:  # ab_offset
+                ok = isinstance(item, list) and len(item) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in item
+                )
+            if not ok:
+                raise CellTableError(
+                    f"{src}: attribute {name!r} has entry {quoted(key)}: {str(item)[:60]}, expected {shape}; {fix}"
+                )
+
+
+def _largest_gap(values: np.ndarray, axis: str) -> str:
+    """Where a sorted set of grid indices jumps furthest, for a message."""
+    u = np.unique(values)
+    if u.size < 2:
+        return ""
+    d = np.diff(u)
+    k = int(np.argmax(d))
+    beyond = int((values > u[k]).sum())
+    side = min(beyond, values.size - beyond)
+    return (f"{axis} indices jump from {int(u[k])} to {int(u[k + 1])} ({side} cell(s) on the far side of "
+            "the jump)")
+
+
+def _check_grid(src: str, labels: np.ndarray, inverse: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
+    """Per image: the (row, col) bounding box must not be absurdly sparse (a stray index would make
+    tiling allocate a grid proportional to it), and indices must step by 1 (pixel coordinates
+    written as lattice indices step by the cell size in pixels)."""
+    for k, lab in enumerate(labels):
+        m = inverse == k
+        r, c = rows[m], cols[m]
+        n = int(m.sum())
+        r_span = int(r.max()) - int(r.min()) + 1  # python ints: no int64 overflow
+        c_span = int(c.max()) - int(c.min()) + 1
+        if r_span * c_span > max(GRID_SPARSITY * n, GRID_FLOOR):
+            gaps = [g for g in (_largest_gap(r, "row"), _largest_gap(c, "col")) if g]
+            raise CellTableError(
+                f"{src}: image {quoted(lab)} has {n} cells but its grid indices span {r_span} rows x "
+                f"{c_span} cols ({r_span * c_span:,} positions, more than {GRID_SPARSITY} per cell); "
+                + "; ".join(gaps)
+                + ". Lattice indices of neighbouring cells differ by 1: correct or remove the stray "
+                "indices (Sm-BFO: dataset 'ab'; tables: columns 'row', 'col')."
+            )
+        steps = []
+        for axis, v in (("row", r), ("col", c)):
+            u = np.unique(v)
+            if u.size >= 3:
+                steps.append((axis, int(np.gcd.reduce(np.diff(u))), u))
+        if steps and all(g > 1 for _, g, _ in steps):
+            shown = "; ".join(f"{axis} indices {', '.join(str(int(x)) for x in u[:3])}, ... all differ by "
+                              f"multiples of {g}" for axis, g, u in steps)
+            div = " and ".join(f"{axis} by {g}" for axis, g, _ in steps)
+            raise CellTableError(
+                f"{src}: image {quoted(lab)}: {shown}. These look like pixel coordinates, not lattice indices "
+                "(neighbouring unit cells differ by 1), and tiles would hold almost no cells. Give the lattice "
+                f"indices (here: divide {div}); Sm-BFO files: dataset 'ab'."
+            )
+
+
+def check_sm_fraction_plausible(ds: xr.Dataset, source: str | None = None) -> xr.Dataset:
+    """Refuse Sm fractions above :data:`MAX_SM_FRACTION` (readers call it on user input): ``1``
+    meant as 1 % must not be analysed as pure SmFeO3. Returns ``ds`` unchanged."""
+    src = safe_text(source or ds.attrs.get("source") or "cell table")
+    frac = ds["sm_fraction"].values.astype(float)
+    high = np.isfinite(frac) & (frac > MAX_SM_FRACTION) & (frac <= 1)
+    if high.any():
+        img = ds["image"].values.astype(str)
+        labs = list(dict.fromkeys(img[high].tolist()))
+        vals = sorted({float(v) for v in frac[high]})
+        pct = ", ".join(f"{v:g} -> {v / 100:g}" for v in vals[:3])
+        raise CellTableError(
+            f"{src}: sm_fraction {vals[:3]} (image(s) {', '.join(quoted(x) for x in labs[:3])}) is above "
+            f"{MAX_SM_FRACTION}: Sm-BFO is studied at fractions 0-0.2, so this is almost surely a "
+            f"percentage. Sm fractions are 0-1: write 0.01 for 1 %, 0.07 for 7 % ({pct} if these are "
+            "percentages)."
+        )
+    return ds
+
+
 def validate(ds: xr.Dataset, source: str | None = None, *, allow_nonfinite: bool = False) -> xr.Dataset:
     """Check that ``ds`` satisfies the cell-table contract; return it unchanged.
 
     Raises :class:`CellTableError` naming the source, the variable and the fix. ``source``
     defaults to ``ds.attrs['source']``.
     """
-    src = source or (ds.attrs.get("source") if isinstance(ds, xr.Dataset) else None) or "cell table"
+    src = safe_text(source or (ds.attrs.get("source") if isinstance(ds, xr.Dataset) else None) or "cell table")
     if not isinstance(ds, xr.Dataset):
         raise CellTableError(f"{src}: expected an xarray.Dataset, got {type(ds).__name__}.")
     if "cell" not in ds.dims:
@@ -229,7 +425,10 @@ def validate(ds: xr.Dataset, source: str | None = None, *, allow_nonfinite: bool
             "unit cell along 'cell'. Build it with causalcrystal.cells.make_cells or causalcrystal.read."
         )
     if ds.sizes["cell"] == 0:
-        raise CellTableError(f"{src}: the table has no cells (were they all dropped as non-finite?).")
+        raise CellTableError(
+            f"{src}: the table has no cells. Check that the file holds data rows (or that the non-finite "
+            "policy did not drop them all: read(..., nonfinite='keep') shows them)."
+        )
     for name in DESCRIPTORS:
         if name not in ds.data_vars:
             raise CellTableError(
@@ -240,11 +439,22 @@ def validate(ds: xr.Dataset, source: str | None = None, *, allow_nonfinite: bool
             raise CellTableError(f"{src}: {name!r} has dims {var.dims}; it must have exactly ('cell',).")
         if var.dtype != np.float64:
             raise CellTableError(f"{src}: {name!r} has dtype {var.dtype}; convert it to float64.")
-        if not allow_nonfinite and not np.isfinite(var.values).all():
-            n_bad = int((~np.isfinite(var.values)).sum())
+        finite = np.isfinite(var.values)
+        if not allow_nonfinite and not finite.all():
+            n_bad = int((~finite).sum())
             raise CellTableError(
                 f"{src}: {name!r} has {n_bad} non-finite values; apply "
                 "causalcrystal.cells.apply_nonfinite_policy (read(..., nonfinite='drop')) first."
+            )
+        huge = finite & (np.abs(var.values) > MAX_ABS_VALUE)
+        if huge.any():
+            i = int(np.flatnonzero(huge)[0])
+            where = f" in image {quoted(ds['image'].values[i])}" if "image" in ds.coords else ""
+            raise CellTableError(
+                f"{src}: {name!r} has {int(huge.sum())} value(s) of magnitude above {MAX_ABS_VALUE:g} (e.g. "
+                f"{float(var.values[i]):.3g}{where}); "
+                "no measurement is that large: the file is corrupt or the values are not numbers of this "
+                "quantity. Re-export the file."
             )
     for name in CELL_COORDS:
         if name not in ds.coords:
@@ -258,10 +468,12 @@ def validate(ds: xr.Dataset, source: str | None = None, *, allow_nonfinite: bool
             )
     frac = ds["sm_fraction"].values.astype(float)
     if not np.isfinite(frac).all() or (frac < 0).any() or (frac > 1).any():
-        bad = frac[~(np.isfinite(frac) & (frac >= 0) & (frac <= 1))][:3]
+        out = ~(np.isfinite(frac) & (frac >= 0) & (frac <= 1))
+        bad = sorted({float(v) for v in frac[out]}, key=lambda v: (not np.isfinite(v), v))[:3]
+        labs = list(dict.fromkeys(ds["image"].values[out].astype(str).tolist()))[:3]
         raise CellTableError(
-            f"{src}: sm_fraction values {bad.tolist()} outside [0, 1]; give the Sm *fraction* "
-            "(7 % -> 0.07), not a percentage."
+            f"{src}: sm_fraction values {bad} (image(s) {', '.join(quoted(x) for x in labs)}) outside "
+            "[0, 1]; give the Sm *fraction* (7 % -> 0.07), not a percentage."
         )
     img = ds["image"].values.astype(str)
     labels, inverse = np.unique(img, return_inverse=True)
@@ -269,8 +481,8 @@ def validate(ds: xr.Dataset, source: str | None = None, *, allow_nonfinite: bool
         f = frac[inverse == k]
         if np.ptp(f) > 0:
             raise CellTableError(
-                f"{src}: image {lab!r} has several sm_fraction values {np.unique(f).tolist()[:4]}; "
-                "one image has one composition."
+                f"{src}: image {quoted(lab)} has several sm_fraction values {np.unique(f).tolist()[:4]}; "
+                "one image has one composition: give all its cells the same value."
             )
     # A unit cell may enter a likelihood once: (image, row, col) must be unique.
     key = np.stack([inverse, ds["row"].values, ds["col"].values], axis=1)
@@ -278,9 +490,12 @@ def validate(ds: xr.Dataset, source: str | None = None, *, allow_nonfinite: bool
     if (counts > 1).any():
         k, r, c = uniq[counts > 1][0]
         raise CellTableError(
-            f"{src}: image {labels[k]!r} has {int((counts > 1).sum())} duplicated grid positions "
-            f"(e.g. row={r}, col={c}); each (image, row, col) must occur once. Check the 'ab'/'row,col' input."
+            f"{src}: image {quoted(labels[k])} has {int((counts > 1).sum())} duplicated grid positions "
+            f"(e.g. row={r}, col={c}); each (image, row, col) must occur once. Check the 'ab'/'row,col' input "
+            "(two exports of one image joined? remove the repeated cells, or give the images different labels)."
         )
+    _check_grid(src, labels, inverse, ds["row"].values, ds["col"].values)
+    _json_attrs(ds, src)
     return ds
 
 
@@ -333,7 +548,8 @@ def concat(tables: list[xr.Dataset], source: str = "") -> xr.Dataset:
         for lab in np.unique(t["image"].values.astype(str)):
             if lab in seen:
                 raise CellTableError(
-                    f"image label {lab!r} occurs in both {seen[lab]} and {t.attrs.get('source')}; "
+                    f"image label {quoted(lab)} occurs in both {safe_text(seen[lab])} and "
+                    f"{safe_text(t.attrs.get('source'))}; "
                     "rename one (labels must be unique across a series)."
                 )
             seen[lab] = t.attrs.get("source", "")

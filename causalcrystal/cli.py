@@ -49,26 +49,38 @@ def inspect_text(cells) -> str:
 
     import numpy as np
 
-    from causalcrystal.cells import DESCRIPTORS, images, nonfinite_counts
+    from causalcrystal.cells import DESCRIPTORS, display_label, images, nonfinite_counts
 
+    # Labels and paths come from users' files: print them safely (no control characters, no
+    # undecodable file-name bytes, no np.str_ reprs).
     lines = []
     table = images(cells)
-    lines.append(f"source: {cells.attrs.get('source', '')}")
+    lines.append(f"source: {display_label(cells.attrs.get('source', ''))}")
     lines.append(f"{table.sizes['image']} image(s), {cells.sizes['cell']} cells")
-    lines.append(f"{'image':<16}{'Sm fraction':>12}{'cells':>8}{'grid':>10}  source")
+    width = max([16] + [len(display_label(lab)) + 2 for lab in table["image"].values])
+    lines.append(f"{'image':<{width}}{'Sm fraction':>12}{'cells':>8}{'grid':>12}  source")
     for k, lab in enumerate(table["image"].values):
         grid = f"{int(table['n_rows'][k])}x{int(table['n_cols'][k])}"
-        lines.append(f"{lab:<16}{float(table['sm_fraction'][k]):>12.3f}{int(table['n_cells'][k]):>8}{grid:>10}  "
-                     f"{table['source'].values[k]}")
+        lines.append(f"{display_label(lab):<{width}}{float(table['sm_fraction'][k]):>12.3f}"
+                     f"{int(table['n_cells'][k]):>8}{grid:>12}  {display_label(table['source'].values[k])}")
     bad = nonfinite_counts(cells)
     dropped = json.loads(cells.attrs.get("nonfinite_dropped", "{}") or "{}")
     lines.append("non-finite values: " + ("none" if not bad else ""))
     for lab, per in bad.items():
-        lines.append(f"  {lab}: " + ", ".join(f"{v}={c}" for v, c in per.items()))
+        lines.append(f"  {display_label(lab)}: " + ", ".join(f"{v}={c}" for v, c in per.items()))
     if dropped:
         lines.append("cells dropped by the reader's non-finite policy:")
         for lab, per in dropped.items():
-            lines.append(f"  {lab}: " + ", ".join(f"{v}={c}" for v, c in per.items()))
+            lines.append(f"  {display_label(lab)}: " + ", ".join(f"{v}={c}" for v, c in per.items()))
+    # A descriptor non-finite in every cell of an image: `run` (nonfinite='drop') refuses that image.
+    img = cells["image"].values.astype(str)
+    for lab in dict.fromkeys(img.tolist()):
+        m = img == lab
+        whole = [v for v in DESCRIPTORS if not np.isfinite(cells[v].values[m]).any()]
+        if whole:
+            lines.append(f"WARNING: image {display_label(lab)}: {', '.join(whole)} non-finite in every cell; "
+                         "`run` refuses this image (it would lose all its cells). Fix the export of that column "
+                         "or leave the image out.")
     lines.append(f"{'descriptor':<10}{'units':>12}{'min':>12}{'median':>12}{'max':>12}")
     for v in DESCRIPTORS:
         vals = cells[v].values
@@ -84,7 +96,13 @@ def _cmd_inspect(args) -> int:
     from causalcrystal.io import read
 
     cells = read(args.inputs, nonfinite="keep", xy_order=args.xy_order)
-    print(inspect_text(cells))
+    try:
+        print(inspect_text(cells))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `causalcrystal inspect ... | head`: the reader left, not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

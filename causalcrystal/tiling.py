@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from causalcrystal.cells import validate
+from causalcrystal.cells import display_label, validate
 
 
 class SmallTileWarning(UserWarning):
@@ -64,12 +64,15 @@ def make_tiles(cells: xr.Dataset, size: int, stride: int | None = None, min_cell
 
     img = cells["image"].values.astype(str)
     rows_all, cols_all = cells["row"].values, cells["col"].values
-    recs, members, dropped = [], [], []
+    recs, members, dropped, extents = [], [], [], []
     for label in dict.fromkeys(img.tolist()):
         idx = np.flatnonzero(img == label)
         r, c = rows_all[idx], cols_all[idx]
         rmin, cmin = int(r.min()), int(c.min())
+        # Dense per-image grid: validate() above refused index ranges that are absurdly sparse for the
+        # number of cells (cells.GRID_SPARSITY), so its size stays proportional to the data.
         grid = np.full((int(r.max()) - rmin + 1, int(c.max()) - cmin + 1), -1, dtype=np.int64)
+        extents.append(f"{display_label(label)} {grid.shape[0]}x{grid.shape[1]} ({idx.size} cells)")
         grid[r - rmin, c - cmin] = idx
         for r0 in _starts(grid.shape[0], size, stride):
             for c0 in _starts(grid.shape[1], size, stride):
@@ -91,8 +94,10 @@ def make_tiles(cells: xr.Dataset, size: int, stride: int | None = None, min_cell
             stacklevel=2,
         )
     if not recs:
+        shown = "; ".join(extents[:5]) + (f"; ... {len(extents) - 5} more" if len(extents) > 5 else "")
         raise ValueError(
-            f"no tile of size {size} has at least {min_cells} cells; use a smaller --tile-size or min_cells."
+            f"no tile of size {size} has at least {min_cells} cells (image grids: {shown}); use a smaller "
+            "--tile-size or min_cells."
         )
     width = max(m.size for m in members)
     padded = np.full((len(members), width), -1, dtype=np.int64)

@@ -24,9 +24,9 @@ from pathlib import Path
 import xarray as xr
 
 from causalcrystal import cells
-from causalcrystal.cells import CellTableError
+from causalcrystal.cells import CellTableError, safe_text
 from causalcrystal.io.netcdf import read_netcdf, write_netcdf
-from causalcrystal.io.smbfo import image_label, load_haadf, lookup, read_smbfo, sm_fraction_from_name
+from causalcrystal.io.smbfo import HAADF_SUFFIX, image_label, load_haadf, lookup, read_smbfo, sm_fraction_from_name
 from causalcrystal.io.table import read_table, write_table
 
 __all__ = [
@@ -49,19 +49,58 @@ _UC_FILE = re.compile(r"_UCParameterization\.(h5|hdf5)$", re.IGNORECASE)
 PathLike = str | os.PathLike
 
 
+def _names(paths: list[Path], limit: int = 6) -> str:
+    shown = [safe_text(p.name) for p in paths[:limit]]
+    return str(shown) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
 def _folder_files(folder: Path) -> list[Path]:
-    """The cell files of a folder: its Sm-BFO files, or else its CSV/Parquet/netCDF files."""
-    entries = sorted(p for p in folder.iterdir() if p.is_file())
+    """The cell files of a folder: its Sm-BFO files or its CSV/Parquet/netCDF files, never a
+    silent choice between them.
+
+    A folder that mixes the two kinds, or holds ``.h5`` files that are neither
+    ``*_UCParameterization.h5`` nor their ``*_HAADF.h5`` companions, is refused: one kind would be
+    left out without a word (a series one image short gives a wrong result, not an error).
+    """
+    where = safe_text(folder.resolve())
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.is_file())
+        subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    except OSError as exc:
+        raise CellTableError(f"{where}: cannot list the folder ({exc}); check its permissions.") from exc
     uc = [p for p in entries if _UC_FILE.search(p.name)]
+    tables = [p for p in entries if p.suffix.lower() in TABLE_SUFFIXES + NETCDF_SUFFIXES]
+    other_h5 = [
+        p for p in entries
+        if p.suffix.lower() in HDF5_SUFFIXES and not _UC_FILE.search(p.name)
+        and not p.stem.lower().endswith(HAADF_SUFFIX.lower())
+    ]
+    how = (f"Pass the files you mean explicitly (e.g. `causalcrystal inspect {where}/*_UCParameterization.h5` "
+           "or read([...]) with a list), or move the others to another folder.")
+    if uc and tables:
+        raise CellTableError(
+            f"{where}: folder holds both Sm-BFO files {_names(uc)} and tables {_names(tables)}; reading the "
+            f"folder would use only one kind. {how}"
+        )
+    if other_h5:
+        also = f" (next to {_names(uc + tables)})" if uc or tables else ""
+        raise CellTableError(
+            f"{where}: folder holds .h5 file(s) {_names(other_h5)}{also} not named *_UCParameterization.h5, "
+            "which a folder read would leave out. If they are Sm-BFO cell files, rename them to "
+            "Sm_<x>_<k>_UCParameterization.h5, or pass them by name (a file given by name is read whatever "
+            f"its name, e.g. `causalcrystal inspect '{where}/{safe_text(other_h5[0].name)}'`); otherwise move them "
+            "out of the folder."
+        )
     if uc:
         return uc
-    tables = [p for p in entries if p.suffix.lower() in TABLE_SUFFIXES + NETCDF_SUFFIXES]
     if tables:
         return tables
-    present = [p.name for p in entries][:10]
+    present = _names(entries, 10) if entries else "none"
+    sub = (f"; subfolders (not searched): {_names(subdirs)} -- pass them themselves, e.g. "
+           f"`causalcrystal inspect {where}/{safe_text(subdirs[0].name)}`") if subdirs else ""
     raise CellTableError(
-        f"{folder.resolve()}: folder holds no cell files (no *_UCParameterization.h5, .csv, .parquet or "
-        f".nc; files present: {present or 'none'}). Point read() at the folder with the data or "
+        f"{where}: folder holds no cell files (no *_UCParameterization.h5, .csv, .parquet or "
+        f".nc; files present: {present}{sub}). Point read() at the folder with the data or "
         "at the files themselves."
     )
 
@@ -80,17 +119,18 @@ def _expand(path_or_paths) -> list[Path]:
     files: list[Path] = []
     for item in items:
         if not isinstance(item, (str, os.PathLike)):
-            raise CellTableError(f"read(): {item!r} is not a path.")
+            raise CellTableError(f"read(): {safe_text(repr(item))[:200]} is not a path.")
         p = Path(item)
         if not p.exists():
-            raise CellTableError(f"{p.resolve()}: no such file or folder; check the path.")
+            raise CellTableError(f"{safe_text(p.resolve())}: no such file or folder; check the path.")
         if p.is_dir():
             files.extend(_folder_files(p))
         elif p.suffix.lower() in SUPPORTED:
             files.append(p)
         else:
             raise CellTableError(
-                f"{p.resolve()}: unknown file type {p.suffix!r}; read() understands {list(SUPPORTED)} "
+                f"{safe_text(p.resolve())}: unknown file type {safe_text(p.suffix)!r}; read() understands "
+                f"{list(SUPPORTED)} "
                 "(Sm-BFO HDF5, CSV/Parquet tables, netCDF). Convert the file to one of these."
             )
     return files
@@ -114,7 +154,7 @@ def _per_file_option(option, name: str, h5_files: list[Path], example: str):
         ]
         if unused:
             raise CellTableError(
-                f"{name}= names {unused} but the files read are {[f.name for f in h5_files]}; key the "
+                f"{name}= names {unused} but the files read are {[safe_text(f.name) for f in h5_files]}; key the "
                 "dict by path, file name or image label."
             )
     elif len(h5_files) > 1:
@@ -175,6 +215,10 @@ def read(
 
     parts = []
     for f in files:
+        if f.stat().st_size == 0:
+            raise CellTableError(
+                f"{safe_text(f.resolve())}: the file is empty (0 bytes); re-export it, or remove it from the inputs."
+            )
         suffix = f.suffix.lower()
         if suffix in HDF5_SUFFIXES:
             label = image
@@ -186,9 +230,11 @@ def read(
         else:
             part = read_netcdf(f)
         # Check each file before joining so a contract error names that file, not the series.
-        parts.append(cells.validate(part, source=str(f.resolve()), allow_nonfinite=True))
+        where = safe_text(f.resolve())
+        part = cells.validate(part, source=where, allow_nonfinite=True)
+        parts.append(cells.check_sm_fraction_plausible(part, source=where))
     ds = _join(parts)
     # Messages name the file read (a netCDF's own 'source' attr names where it came from).
-    src = str(files[0].resolve()) if len(files) == 1 else None
+    src = safe_text(files[0].resolve()) if len(files) == 1 else None
     ds = cells.apply_nonfinite_policy(ds, nonfinite, source=src)
     return cells.canonical(cells.validate(ds, source=src, allow_nonfinite=(nonfinite == "keep")))

@@ -11,9 +11,31 @@ from pathlib import Path
 
 import xarray as xr
 
-from causalcrystal.cells import CellTableError
+from causalcrystal.cells import CellTableError, safe_text
 
 ENGINE = "h5netcdf"
+#: The variables of a netCDF file may expand to at most this many times the file's size in memory
+#: (or :data:`EXPANSION_FLOOR` bytes, whichever is larger): an 11 KB file declaring a
+#: 3e9-long ``cell`` dimension is refused before anything is loaded. The project's own files use
+#: light gzip (about 5x on the simulator's mostly-zero ground truth).
+MAX_EXPANSION = 100
+EXPANSION_FLOOR = 256 * 2**20
+
+
+def _check_declared_size(ds: xr.Dataset, path: Path, src: str) -> None:
+    """Compare the size the (still lazy) variables declare with the file's size, before loading."""
+    sizes = {name: int(var.size) * var.dtype.itemsize for name, var in ds.variables.items()}
+    declared = sum(sizes.values())
+    on_disk = path.stat().st_size
+    if declared > max(MAX_EXPANSION * on_disk, EXPANSION_FLOOR):
+        big = max(sizes, key=sizes.get)
+        dims = ", ".join(f"{d}={n:,}" for d, n in ds.sizes.items())
+        raise CellTableError(
+            f"{src}: the variables declare {declared / 2**30:.1f} GiB (dimensions {dims}; e.g. variable {big!r} "
+            f"{sizes[big] / 2**30:.1f} GiB) but the file is only {on_disk:,} bytes: the data cannot be in it "
+            "(damaged file, or variables created with a wrong dimension and never written). Nothing was "
+            "loaded; re-create the file with causalcrystal.io.write_netcdf."
+        )
 
 
 def read_netcdf(path: str | os.PathLike) -> xr.Dataset:
@@ -22,15 +44,25 @@ def read_netcdf(path: str | os.PathLike) -> xr.Dataset:
     Nothing is dropped or renamed, so ``read_netcdf(write_netcdf(ds, p))`` is identical to ``ds``.
     """
     p = Path(path)
-    src = str(p.resolve())
+    src = safe_text(p.resolve())
     if not p.is_file():
         raise CellTableError(f"{src}: no such file; check the path.")
     try:
-        with xr.open_dataset(p, engine=ENGINE) as handle:
+        # Descriptors are never times: a 'units' attr such as "days since 2000-01-01" stays an attr
+        # instead of turning the values into dates.
+        with xr.open_dataset(p, engine=ENGINE, decode_times=False, decode_timedelta=False) as handle:
+            _check_declared_size(handle, p, src)
             ds = handle.load()
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except CellTableError:
+        raise
+    except MemoryError as exc:
         raise CellTableError(
-            f"{src}: cannot read as netCDF/HDF5 ({type(exc).__name__}: {exc}). The file is corrupt or "
+            f"{src}: loading the file needs more memory than is available ({exc}); read a smaller file or "
+            "split the series into several files."
+        ) from exc
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CellTableError(
+            f"{src}: cannot read as netCDF/HDF5 ({type(exc).__name__}: {safe_text(exc)}). The file is corrupt or "
             "not netCDF4; re-create it with causalcrystal.io.write_netcdf."
         ) from exc
     # Older xarray versions hand back variable-length strings as object arrays; make_cells gives
@@ -52,7 +84,7 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = F
     """
     p = Path(path)
     if p.exists() and not overwrite:
-        raise CellTableError(f"{p}: file exists; pass overwrite=True to replace it.")
+        raise CellTableError(f"{safe_text(p)}: file exists; pass overwrite=True to replace it.")
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")
     try:
@@ -64,7 +96,7 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = F
         os.replace(tmp, p)
     except (TypeError, ValueError) as exc:
         raise CellTableError(
-            f"{p}: cannot write as netCDF ({exc}). netCDF attrs must be strings or numbers; "
+            f"{safe_text(p)}: cannot write as netCDF ({exc}). netCDF attrs must be strings or numbers; "
             "JSON-encode dicts/lists and replace None/bool before writing."
         ) from exc
     finally:

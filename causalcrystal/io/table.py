@@ -14,17 +14,30 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from causalcrystal.cells import DESCRIPTORS, CellTableError, make_cells
+from causalcrystal.cells import DESCRIPTORS, CellTableError, make_cells, safe_text
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image", "sm_fraction", "row", "col") + DESCRIPTORS
 OPTIONAL_COLUMNS: tuple[str, ...] = ("x", "y")
 TABLE_SUFFIXES = (".csv", ".parquet")
+#: Grid indices beyond this are not exact in float64 (CSV numbers are parsed as floats).
+MAX_EXACT_INDEX = 2**53
+
+
+def _show(value) -> str:
+    """A cell value for a message: strings quoted, numbers plain (never ``np.float64(1.5)``)."""
+    if isinstance(value, (str, bytes)):
+        return repr(safe_text(value))
+    if isinstance(value, (np.generic, int, float)):
+        return str(value.item() if isinstance(value, np.generic) else value)
+    return safe_text(repr(value))[:80]
 
 
 def _kind(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
-        raise CellTableError(f"{path}: suffix {path.suffix!r} is not a table format; use {TABLE_SUFFIXES}.")
+        raise CellTableError(
+            f"{safe_text(path)}: suffix {safe_text(path.suffix)!r} is not a table format; use {TABLE_SUFFIXES}."
+        )
     return suffix[1:]
 
 
@@ -36,13 +49,19 @@ def _where_row(kind: str, i: int) -> str:
 def _numeric(df: pd.DataFrame, column: str, kind: str, src: str) -> np.ndarray:
     """A column as float64; a value that is present but not a number is an error, not NaN."""
     raw = df[column]
+    if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
+        # A cell holding only spaces is blank (= NaN), as an empty cell is.
+        raw = raw.mask(raw.astype(str).str.strip().eq("") & raw.notna())
     values = pd.to_numeric(raw, errors="coerce")
     bad = values.isna().to_numpy() & raw.notna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
+        hint = ""
+        if column == "sm_fraction" and str(raw.iloc[i]).strip().endswith("%"):
+            hint = " Sm fractions are numbers 0-1: write 0.07 for 7 %, not '7%'."
         raise CellTableError(
-            f"{src}: column {column!r} has a non-numeric value {raw.iloc[i]!r} at {_where_row(kind, i)} "
-            f"({int(bad.sum())} such values in total). Fix or blank those entries (blank = NaN)."
+            f"{src}: column {column!r} has a non-numeric value {_show(raw.iloc[i])} at {_where_row(kind, i)} "
+            f"({int(bad.sum())} such values in total). Fix or blank those entries (blank = NaN).{hint}"
         )
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
@@ -54,7 +73,15 @@ def _integer(df: pd.DataFrame, column: str, kind: str, src: str) -> np.ndarray:
         i = int(np.flatnonzero(bad)[0])
         raise CellTableError(
             f"{src}: column {column!r} must hold integer grid indices; {_where_row(kind, i)} has "
-            f"{df[column].iloc[i]!r}."
+            f"{_show(df[column].iloc[i])}. Give the lattice index of each cell (neighbours differ by 1)."
+        )
+    huge = np.abs(values) >= MAX_EXACT_INDEX
+    if huge.any():
+        i = int(np.flatnonzero(huge)[0])
+        raise CellTableError(
+            f"{src}: column {column!r} has grid index {_show(df[column].iloc[i])} at {_where_row(kind, i)}; "
+            f"indices beyond 2^53 cannot be held exactly (neighbouring cells would collide) and no image has "
+            "that many cells. Give the lattice index of each cell (e.g. counted from 0)."
         )
     return values.astype(np.int64)
 
@@ -66,7 +93,7 @@ def read_table(path: str | os.PathLike) -> xr.Dataset:
     :func:`causalcrystal.cells.validate` (``causalcrystal.io.read`` does both).
     """
     p = Path(path)
-    src = str(p.resolve())
+    src = safe_text(p.resolve())
     kind = _kind(p)
     if not p.is_file():
         raise CellTableError(f"{src}: no such file; check the path.")
@@ -84,10 +111,35 @@ def read_table(path: str | os.PathLike) -> xr.Dataset:
 
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
+        have = [safe_text(c) for c in df.columns]
+        hint = ""
+        if len(have) == 1 and any(sep in have[0] for sep in (";", "\t", "|")):
+            sep = next(sep for sep in (";", "\t", "|") if sep in have[0])
+            hint = (f" The header looks separated by {sep!r}, not commas: save the file as comma-separated "
+                    "CSV (or convert it to Parquet).")
+        else:
+            folded = {h.strip().lower(): h for h in have}
+            near = {c: folded[c.lower()] for c in missing if c.lower() in folded}
+            if near:
+                renames = ", ".join(f"{v!r} -> {k!r}" for k, v in near.items())
+                hint = f" Column names are case- and space-sensitive: rename {renames}."
+        shown = have if len(have) <= 30 else have[:30] + [f"... {len(have) - 30} more"]
         raise CellTableError(
-            f"{src}: missing column(s) {missing}; the file has {list(map(str, df.columns))}. A cell table "
-            f"needs {list(REQUIRED_COLUMNS)} (optional {list(OPTIONAL_COLUMNS)})."
+            f"{src}: missing column(s) {missing}; the file has {shown}. A cell table "
+            f"needs {list(REQUIRED_COLUMNS)} (optional {list(OPTIONAL_COLUMNS)}).{hint}"
         )
+    if len(df) == 0:
+        raise CellTableError(
+            f"{src}: the table has a header but no data rows; export the cells (one row per unit cell)."
+        )
+    if kind == "csv" and df["image"].isna().any():
+        # pandas reads the labels "NA", "None", "null", "nan" as missing; an image may be called that.
+        try:
+            labels = pd.read_csv(p, usecols=["image"], dtype=str, keep_default_na=False)["image"]
+            if len(labels) == len(df):
+                df["image"] = labels.where(labels.str.strip() != "", None).to_numpy(dtype=object)
+        except (OSError, ValueError, pd.errors.ParserError):
+            pass
     if df["image"].isna().any():
         i = int(np.flatnonzero(df["image"].isna().to_numpy())[0])
         raise CellTableError(f"{src}: column 'image' is empty at {_where_row(kind, i)}; label every cell.")
@@ -120,7 +172,7 @@ def write_table(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False
     p = Path(path)
     kind = _kind(p)
     if p.exists() and not overwrite:
-        raise CellTableError(f"{p}: file exists; pass overwrite=True to replace it.")
+        raise CellTableError(f"{safe_text(p)}: file exists; pass overwrite=True to replace it.")
     p.parent.mkdir(parents=True, exist_ok=True)
     df = to_frame(ds)
     tmp = p.with_name(f".{p.name}.tmp")
