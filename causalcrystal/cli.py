@@ -143,7 +143,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: all cores; 1 = run in this process)")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port) to run tiles on")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (the old one is moved to --out/.causalcrystal-previous and deleted "
+                        "only when the new run finishes; files causalcrystal did not write are never touched)")
+    p.add_argument("--keep-tiles", action="store_true",
+                   help="keep the per-tile work files (--out/tiles, ~2 MB per tile) after the run finishes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -159,7 +163,8 @@ def _run(cells, args) -> int:
                        standardize=args.standardize, spec=spec, n_orders=args.orders, derived=args.derived,
                        seed=args.seed,
                        scheduler=args.scheduler,
-                       workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+                       workers=args.workers, overwrite=args.overwrite, progress=not args.quiet,
+                       keep_tiles=getattr(args, "keep_tiles", False))
     return 0 if res["finished"] else 3
 
 
@@ -380,10 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``causalcrystal`` console script."""
     args = build_parser().parse_args(argv)
     from causalcrystal.cells import CellTableError
+    from causalcrystal.jobs import DamagedPartError
 
     try:
         return int(args.func(args) or 0)
-    except (CellTableError, ValueError, FileExistsError, FileNotFoundError) as err:  # RunExistsError too
+    except (CellTableError, ValueError, FileExistsError, FileNotFoundError, DamagedPartError) as err:
+        # RunExistsError and FolderLockedError are FileExistsErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
 

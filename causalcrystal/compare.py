@@ -65,7 +65,8 @@ Outputs (in ``out_dir``)
     (bootstrap fractions of each direction in ``discovery.nc``), ``found_both_ways`` (LiNGAM found
     both directions in this tile's / image's bootstrap), ``order, seconds``.
 ``manifest.json``
-    the settings.
+    the settings, and ``"status": "finished"`` once the three tables are in place (written last;
+    see :class:`causalcrystal.jobs.Job` for the folder's rules).
 ``parts/``
     each tile's and image's results (JSON, written as soon as it is finished, with the models'
     posterior means of ``B`` under ``model_means``): an interrupted compare re-run with the same
@@ -96,8 +97,8 @@ from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.priors import DagPrior, forbidden_into, inclusion_weights
 from causalcrystal.sem import ModelSpec, load_spec
 
-OUTPUTS = ("models.csv", "averaged.csv", "directions.csv", "manifest.json", "parts")
-#: Written last: its presence marks a finished comparison.
+OUTPUTS = ("models.csv", "averaged.csv", "directions.csv", "parts")
+#: Written last by versions before the manifest's finished status (how their folders are read).
 FINAL = "models.csv"
 QUANTILES = (0.05, 0.5, 0.95)
 
@@ -392,12 +393,6 @@ def _part_path(parts: Path, kind: str, index: int) -> Path:
     return parts / f"{kind}_{index:05d}.json"
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, default=float))
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
 # the `causalcrystal compare` job
 
@@ -435,17 +430,77 @@ def compare_run(
     this process). ``stop_after``: finish at most that many tiles/images and return (resumable).
 
     Writes ``models.csv``, ``averaged.csv``, ``directions.csv`` and ``manifest.json`` into
-    ``out_dir`` (see the module docstring); never replaces a finished comparison without
-    ``overwrite``. Returns the output paths, the three tables (pandas) and counts.
+    ``out_dir`` (see the module docstring) under the rules of :class:`causalcrystal.jobs.Job`
+    (checked before the folder is touched, locked, never replacing a finished comparison without
+    ``overwrite``, atomic outputs, the manifest's finished status last). Returns the output paths,
+    the three tables (pandas) and counts.
     """
-    import pandas as pd
-
-    from causalcrystal import __version__, discovery
-    from causalcrystal.engine import _prepare_out, run_fingerprint, tile_priors, tile_seed
-    from causalcrystal.executor import Progress, get_executor
-    from causalcrystal.tiling import tile_members
+    from causalcrystal import __version__
+    from causalcrystal.jobs import Job
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    plan = _plan_compare(run_dir, out_dir, cells, candidates=candidates, families=families, pairs=pairs, tiles=tiles,
+                         max_tiles=max_tiles, directions=directions, image_directions=image_directions, seed=seed)
+    job = Job("compare", out_dir, plan["settings"], outputs=OUTPUTS, work="parts", final=FINAL,
+              version=__version__, log=log)
+    with job.open(overwrite):
+        jobs, make_task = _compare_tasks(plan)
+        parts = job.work_dir
+        todo, reused = job.pending(jobs, lambda j: _part_path(parts, *j))
+        if stop_after is not None:
+            todo = todo[: max(0, int(stop_after))]
+        n_cand, specs, pairs = plan["n_cand"], plan["specs"], plan["pairs"]
+        log(f"compare: {len(plan['selected'])} tile(s) x up to {n_cand * len(specs)} model(s) "
+            f"({n_cand} candidate order(s) x {', '.join(specs)}), {len(pairs)} pair(s) per tile"
+            + (f" and per image ({len(jobs) - len(plan['selected'])} images)" if pairs and image_directions else "")
+            + (f"; resuming: {reused} finished part(s) kept" if reused else ""))
+
+        clock = time.perf_counter()
+
+        def tasks(executor):
+            threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // executor.workers)  # as in run_pipeline
+            for kind, idx in todo:
+                yield make_task(kind, idx, threads)
+
+        def save(result):
+            kind, idx, res = result
+            with job.output(Path("parts") / _part_path(parts, kind, idx).name) as tmp:
+                tmp.write_text(json.dumps(res, default=float))
+            return f"({kind} {idx})"
+
+        job.execute(_run_task, tasks, save, total=len(todo), label="compare", scheduler=scheduler, workers=workers,
+                    progress=progress)
+        seconds = time.perf_counter() - clock
+        done = [j for j in jobs if _part_path(parts, *j).exists()]
+        result = {"out_dir": str(out_dir), "computed": len(todo), "reused": reused, "finished": len(done) == len(jobs),
+                  "seconds": seconds}
+        if len(done) < len(jobs):
+            log(f"stopped with {len(done)}/{len(jobs)} parts done; run the same command again to resume")
+            return result
+        frames = _assemble(job, jobs)
+        job.finish(drop_work=False)  # the parts are small and hold the per-model means (re-analysis)
+    d = frames["directions"]
+    never = [pair for pair, both in d.groupby("pair")["found_both_ways"].any().items() if not both]
+    if never:
+        log(f"note: LiNGAM never found both directions of {', '.join(never)} in the tiles and images compared; "
+            "their rows are reported with found_both_ways = False")
+    flagged = frames["models"].query("warning or divergences > 0") if len(frames["models"]) else frames["models"]
+    if len(flagged):
+        log(f"WARNING: {len(flagged)} model fit(s) with a high Pareto k or divergences (tiles "
+            f"{sorted(set(flagged['tile']))[:10]}); see the 'warning' and 'divergences' columns of models.csv")
+    log(f"wrote {out_dir}/models.csv, averaged.csv, directions.csv ({len(plan['selected'])} tiles, {seconds:.0f} s)")
+    result.update({name: frames[name] for name in frames})
+    result.update(models_csv=str(Path(out_dir) / "models.csv"), averaged_csv=str(Path(out_dir) / "averaged.csv"),
+                  directions_csv=str(Path(out_dir) / "directions.csv"))
+    return result
+
+
+def _plan_compare(run_dir, out_dir, cells, *, candidates, families, pairs, tiles, max_tiles, directions,
+                  image_directions, seed) -> dict:
+    """Check the run, the cells and every option; the settings the manifest records. Raises
+    :class:`CompareError` naming what is wrong, before the output folder is touched."""
+    from causalcrystal.engine import run_fingerprint
+
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.resolve() == run_dir.resolve():
         raise CompareError(f"--out {out_dir} is the run folder itself; choose a separate folder (e.g. "
@@ -453,8 +508,10 @@ def compare_run(
     candidates = int(candidates)
     if candidates < 1:
         raise CompareError(f"candidates {candidates} must be >= 1.")
+    if int(seed) < 0:
+        raise CompareError(f"seed {seed} must be >= 0.")
     run = load_run(run_dir)
-    s, disc, disc_images, run_spec = run["settings"], run["disc"], run["disc_images"], run["spec"]
+    s, disc, run_spec = run["settings"], run["disc"], run["spec"]
     families = list(dict.fromkeys(str(f) for f in families))
     if not families:
         raise CompareError("give at least one noise family.")
@@ -465,7 +522,6 @@ def compare_run(
         specs[spec.name] = replace(spec, sampler=run_spec.sampler)
     pairs = _parse_pairs(pairs)  # checked even when unused, so a typo is caught before hours of fits
     exo = list(s.get("exogenous") or [])
-    forbidden = forbidden_into([DESCRIPTORS.index(v) for v in exo], len(DESCRIPTORS))
     for a, b in pairs:
         if a in exo or b in exo:
             raise CompareError(f"pair {a}:{b}: {a if a in exo else b} is exogenous in the run (nothing points into "
@@ -473,19 +529,30 @@ def compare_run(
     pairs = pairs if directions else []
     selected = select_tiles(disc, tiles, max_tiles)
     tiling, images, std = run_cells(cells, run)
-    mode = s["standardize"]
-
     settings = {"run_dir": str(run_dir.resolve()), "run_fingerprint": run_fingerprint(run_dir, "discovery.nc"),
                 "run_settings": s, "candidates": candidates,
                 "families": {name: sp.to_dict() for name, sp in specs.items()}, "pairs": [list(p) for p in pairs],
                 "tiles": selected, "directions": bool(directions), "image_directions": bool(image_directions),
                 "seed": int(seed)}
-    _prepare_out(out_dir, {"settings": settings, "causalcrystal": __version__}, overwrite, outputs=OUTPUTS,
-                 final=FINAL, subdir="parts")
-    parts = out_dir / "parts"
-
-    # Models per tile: candidate orders (deduplicated) x families.
     n_cand = min(candidates, disc.sizes.get("candidate", 1))
+    return {"run": run, "settings": settings, "specs": specs, "pairs": pairs, "exo": exo, "selected": selected,
+            "tiling": tiling, "images": images, "std": std, "n_cand": n_cand, "seed": int(seed),
+            "image_directions": bool(image_directions)}
+
+
+def _compare_tasks(plan: dict):
+    """The compare's parts (``("image", i)`` first: the largest tasks, so they do not trail) and a
+    function making the task of one part."""
+    from causalcrystal import discovery
+    from causalcrystal.engine import tile_priors, tile_seed
+    from causalcrystal.tiling import tile_members
+
+    run, specs, pairs, n_cand, seed = plan["run"], plan["specs"], plan["pairs"], plan["n_cand"], plan["seed"]
+    s, disc, disc_images, run_spec = run["settings"], run["disc"], run["disc_images"], run["spec"]
+    tiling, images, std, exo = plan["tiling"], plan["images"], plan["std"], plan["exo"]
+    mode = s["standardize"]
+    forbidden = forbidden_into([DESCRIPTORS.index(v) for v in exo], len(DESCRIPTORS))
+    # Models per tile: candidate orders (deduplicated) x families.
     priors = [tile_priors(disc, disc_images, run_spec, candidate=c, exogenous=exo) for c in range(n_cand)]
     freq = disc["candidate_frequency"].values if "candidate_frequency" in disc else None
     image_prob = {str(lab): disc_images["probability"].values[i] for i, lab in enumerate(disc_images["image"].values)}
@@ -530,71 +597,32 @@ def compare_run(
         return CompareTask("image", i, where, X, _image_seed(seed, i), [], pr, np.asarray(order), W,
                            forbidden | _derived_mask(der), run_spec, threads, der)
 
-    # Whole images first: they are the largest tasks, so they do not trail at the end.
     jobs = []
-    if pairs and image_directions:  # whole-image directions: see the caveat in the module docstring
+    if pairs and plan["image_directions"]:  # whole-image directions: see the caveat in the module docstring
         jobs += [("image", i) for i in range(disc_images.sizes["tile"]) if str(disc_images["status"].values[i]) == "ok"]
-    jobs += [("tile", k) for k in selected]
-    todo = [j for j in jobs if not _part_path(parts, *j).exists()]
-    reused = len(jobs) - len(todo)
-    if stop_after is not None:
-        todo = todo[: max(0, int(stop_after))]
-    models_per_tile = n_cand * len(specs)
-    log(f"compare: {len(selected)} tile(s) x up to {models_per_tile} model(s) "
-        f"({n_cand} candidate order(s) x {', '.join(specs)}), {len(pairs)} pair(s) per tile"
-        + (f" and per image ({len(jobs) - len(selected)} images)" if pairs and image_directions else "")
-        + (f"; resuming: {reused} finished part(s) kept" if reused else ""))
+    jobs += [("tile", k) for k in plan["selected"]]
 
-    clock = time.perf_counter()
-    if todo:
-        executor = get_executor(scheduler, workers)
-        threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // executor.workers)  # as in run_pipeline
-        bar = Progress(len(todo), "compare", enabled=progress)
+    def make_task(kind, idx, threads):
+        return tile_task(idx, threads) if kind == "tile" else image_task(idx, threads)
 
-        def tasks():
-            for kind, idx in todo:
-                yield tile_task(idx, threads) if kind == "tile" else image_task(idx, threads)
+    return jobs, make_task
 
-        try:
-            for _, (kind, idx, result) in executor.imap(_run_task, tasks()):
-                _write_json(_part_path(parts, kind, idx), result)
-                bar.update(note=f"({kind} {idx})")
-        finally:
-            executor.close()
-    seconds = time.perf_counter() - clock
-    done = [j for j in jobs if _part_path(parts, *j).exists()]
-    result = {"out_dir": str(out_dir), "computed": len(todo), "reused": reused, "finished": len(done) == len(jobs),
-              "seconds": seconds}
-    if len(done) < len(jobs):
-        log(f"stopped with {len(done)}/{len(jobs)} parts done; run the same command again to resume")
-        return result
+
+def _assemble(job, jobs) -> dict:
+    """The three tables from the parts, each written atomically (``models.csv`` last)."""
+    import pandas as pd
 
     tables = {"models": [], "averaged": [], "directions": []}
     for j in jobs:
-        part = json.loads(_part_path(parts, *j).read_text())
+        part = job.load_part(_part_path(job.work_dir, *j), lambda p: json.loads(p.read_text(encoding="utf-8")))
         for name in tables:
             tables[name] += part[name]
     frames = {name: pd.DataFrame(rows) for name, rows in tables.items()}
     frames["directions"] = _direction_frame(frames["directions"])
-    frames["averaged"].to_csv(out_dir / "averaged.csv", index=False)
-    frames["directions"].to_csv(out_dir / "directions.csv", index=False)
-    tmp = out_dir / (FINAL + ".tmp")
-    frames["models"].to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / FINAL)  # last: its presence marks a finished comparison
-    d = frames["directions"]
-    never = [pair for pair, both in d.groupby("pair")["found_both_ways"].any().items() if not both]
-    if never:
-        log(f"note: LiNGAM never found both directions of {', '.join(never)} in the tiles and images compared; "
-            "their rows are reported with found_both_ways = False")
-    flagged = frames["models"].query("warning or divergences > 0") if len(frames["models"]) else frames["models"]
-    if len(flagged):
-        log(f"WARNING: {len(flagged)} model fit(s) with a high Pareto k or divergences (tiles "
-            f"{sorted(set(flagged['tile']))[:10]}); see the 'warning' and 'divergences' columns of models.csv")
-    log(f"wrote {out_dir}/models.csv, averaged.csv, directions.csv ({len(selected)} tiles, {seconds:.0f} s)")
-    result.update({name: frames[name] for name in frames})
-    result.update(models_csv=str(out_dir / "models.csv"), averaged_csv=str(out_dir / "averaged.csv"),
-                  directions_csv=str(out_dir / "directions.csv"))
-    return result
+    for name in ("averaged", "directions", "models"):
+        with job.output(f"{name}.csv") as tmp:
+            frames[name].to_csv(tmp, index=False)
+    return frames
 
 
 _DIRECTION_COLUMNS = ("level", "tile", "image", "pair", "a", "b", "n_cells", "p_forward", "elpd_diff", "dse",

@@ -867,7 +867,9 @@ def simulate_summaries(spec: ConcentrationSpec | str, compositions, *, images_pe
 # the `causalcrystal concentration` job
 
 OUTPUTS = ("tile_summaries.nc", "concentration.nc", "couplings.csv", "curves.csv", "contraction.json",
-           "links.csv", "manifest.json")
+           "links.csv")
+#: Written last by versions before the manifest's finished status (how their folders are read).
+FINAL = "concentration.nc"
 
 
 def coupling_table(idata, spec: ConcentrationSpec, summ: xr.Dataset, evidence=None):
@@ -915,7 +917,8 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     import sys
 
     from causalcrystal import __version__
-    from causalcrystal.engine import _prepare_out, run_fingerprint
+    from causalcrystal.engine import run_fingerprint
+    from causalcrystal.jobs import Job, status
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     spec = load_spec(spec) if isinstance(spec, str) else spec
@@ -923,6 +926,10 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     if out_dir.resolve() == run_dir.resolve():
         raise ConcentrationError(f"--out {out_dir} is the run folder itself; choose a separate folder (e.g. "
                                  f"{run_dir}/concentration).")
+    if status(run_dir, "posterior.nc") != "finished" or not (run_dir / "posterior.nc").is_file():
+        raise ConcentrationError(f"{run_dir} is not a finished run (no finished manifest.json and posterior.nc); "
+                                 f"finish it first (re-running the same `causalcrystal run ... --out {run_dir}` "
+                                 "resumes it).")
     alternatives = [all_links(spec, a) if a in LINKS else load_spec(a) if isinstance(a, (str, Path)) else a
                     for a in against]
     names = [spec.name] + [a.name for a in alternatives]
@@ -937,18 +944,39 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     settings = {"run_dir": str(run_dir.resolve()), "run_fingerprint": run_fingerprint(run_dir),
                 "spec": spec.to_dict(), "seed": seed, "universality": universality_check,
                 "against": [a.name for a in alternatives]}
-    _prepare_out(out_dir, {"settings": settings, "causalcrystal": __version__}, overwrite, outputs=OUTPUTS,
-                 final="concentration.nc", subdir=None)
-    spath = out_dir / "tile_summaries.nc"
+    job = Job("concentration", out_dir, settings, outputs=OUTPUTS, final=FINAL, version=__version__, log=log)
+    with job.open(overwrite):
+        res = _concentration_job(job, run_dir, spec, alternatives, seed, universality_check, params, log)
+        job.finish()
+    cont = res["contraction"]
+    y0 = cont["y0"]
+    log(f"y0 = {y0['posterior_mean']:.3f} (90 % {y0['posterior_90'][0]:.3f}-{y0['posterior_90'][1]:.3f}; "
+        f"contraction {y0['contraction']:.2f}), y_star = {cont['y_star']['posterior_mean']:.3f} "
+        f"(contraction {cont['y_star']['contraction']:.2f}); wrote {out_dir}")
+    for name in ("y0", "y_star"):
+        if not cont[name]["identified"]:
+            log(f"WARNING: {name} is not identified by these images: its posterior is no narrower than its prior "
+                f"(contraction {cont[name]['contraction']:.2f}); report the prior, not a measurement (more images, "
+                "more compositions, or informative amplitude priors: see the concentration module's docstring)")
+    n_left = int(res["summ"].attrs.get("flagged_tiles_left_out", 0))
+    if n_left:
+        log(f"{n_left} tile(s) with a noise misfit left out of the image values (tile_summaries.nc: 'excluded')")
+    return {"out_dir": str(out_dir), "contraction": cont, "couplings": res["couplings"], "links": res["links"],
+            "divergences": res["divergences"]}
+
+
+def _concentration_job(job, run_dir, spec, alternatives, seed, universality_check, params, log) -> dict:
+    """Stage 1 (reused when present) and stage 2 of :func:`run_concentration`, inside its job."""
+    spath = job.out_dir / "tile_summaries.nc"
     if spath.exists():
-        summ = xr.load_dataset(spath, engine="h5netcdf")
+        summ = job.load_part(spath, lambda p: xr.load_dataset(p, engine="h5netcdf"))
         summ["used"] = summ["used"].astype(bool)
         log(f"stage 1: reusing {spath}")
     else:
         log(f"stage 1: tile posteriors of {len(spec.couplings)} couplings from {run_dir}/posterior.nc")
         summ = tile_summaries(run_dir, spec)
-        summ.to_netcdf(spath.with_name(spath.name + ".tmp"), engine="h5netcdf")
-        Path(str(spath) + ".tmp").replace(spath)
+        with job.output("tile_summaries.nc") as tmp:
+            summ.to_netcdf(tmp, engine="h5netcdf")
     check_series(summ)
     # A coupling that no tile's causal order allows has no data; drop it (loudly) rather than
     # fail the whole job, which on real data would leave the other couplings unfitted.
@@ -985,25 +1013,19 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     table = coupling_table(idata, spec, summ, evidence)
     cur = curves(idata, spec).to_dataframe().reset_index()
     cont = contraction(idata, spec, seed=seed)
-    tmp = out_dir / "concentration.nc.tmp"
-    idata.to_netcdf(str(tmp), engine="h5netcdf")
-    table.to_csv(out_dir / "couplings.csv", index=False)
-    cur.to_csv(out_dir / "curves.csv", index=False)
-    (out_dir / "contraction.json").write_text(json.dumps(cont, indent=1))
+    with job.output("concentration.nc") as tmp:
+        idata.to_netcdf(str(tmp), engine="h5netcdf")
+    with job.output("couplings.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with job.output("curves.csv") as tmp:
+        cur.to_csv(tmp, index=False)
+    with job.output("contraction.json") as tmp:
+        tmp.write_text(json.dumps(cont, indent=1))
     if links is not None:
-        links.to_csv(out_dir / "links.csv", index=False)
-    tmp.replace(out_dir / "concentration.nc")  # last: its presence marks a finished job
-    y0 = cont["y0"]
-    log(f"y0 = {y0['posterior_mean']:.3f} (90 % {y0['posterior_90'][0]:.3f}-{y0['posterior_90'][1]:.3f}; "
-        f"contraction {y0['contraction']:.2f}), y_star = {cont['y_star']['posterior_mean']:.3f} "
-        f"(contraction {cont['y_star']['contraction']:.2f}); wrote {out_dir}")
-    for name in ("y0", "y_star"):
-        if not cont[name]["identified"]:
-            log(f"WARNING: {name} is not identified by these images: its posterior is no narrower than its prior "
-                f"(contraction {cont[name]['contraction']:.2f}); report the prior, not a measurement (more images, "
-                "more compositions, or informative amplitude priors: see the concentration module's docstring)")
-    n_left = int(summ.attrs.get("flagged_tiles_left_out", 0))
-    if n_left:
-        log(f"{n_left} tile(s) with a noise misfit left out of the image values (tile_summaries.nc: 'excluded')")
-    return {"out_dir": str(out_dir), "contraction": cont, "couplings": table, "links": links,
+        with job.output("links.csv") as tmp:
+            links.to_csv(tmp, index=False)
+    elif (job.out_dir / "links.csv").exists():  # from an earlier attempt of this job with other data
+        (job.out_dir / "links.csv").unlink()
+    return {"contraction": cont, "couplings": table, "links": links, "summ": summ,
             "divergences": int(idata.sample_stats["diverging"].sum())}
+

@@ -6,10 +6,12 @@
     LiNGAM per tile (adjacency, bootstrap probabilities, orders, candidate DAGs), and the
     image-level discovery in the netCDF group ``images``.
 ``tiles/tile_NNNNN.npz``
-    each tile's posterior as soon as it is sampled (plain arrays, loaded without pickle). This is
-    what makes a run resumable: re-running on a partly finished folder keeps finished tiles and
-    samples only the rest. Every tile's seed derives from the run seed and the tile index, so an
-    interrupted-and-resumed run gives the same numbers as an uninterrupted one.
+    each tile's posterior as soon as it is sampled (plain arrays, loaded without pickle), while the
+    run is unfinished. This is what makes a run resumable: re-running on a partly finished folder
+    keeps finished tiles and samples only the rest. Every tile's seed derives from the run seed and
+    the tile index, so an interrupted-and-resumed run gives the same numbers as an uninterrupted
+    one. Removed once the run has finished (``posterior.nc`` holds all of it), unless
+    ``keep_tiles``.
 ``posterior.nc``
     ArviZ InferenceData: posterior ``B`` and ``edge_inclusion`` (chain, draw, tile, effect, cause),
     ``c``, ``sigma`` (chain, draw, tile, variable), for ``mog`` ``noise_weight``, ``noise_loc``,
@@ -25,7 +27,12 @@
     (``pit_p_effect``, ``gauss_p_effect``, ``gauss_p_cause``, ``direction_identified``,
     ``noise_misfit``), ``flagged`` and ``flag_reason``.
 ``manifest.json``
-    the settings; a resume with different settings is refused.
+    the settings (with a SHA-256 of the input cells), and ``"status": "finished"`` once every other
+    output is in place (written last). A resume with different settings or data is refused.
+
+The folder's rules (validate first, lock, never delete files the project did not write,
+``overwrite`` moves the old run aside until the new one finishes, atomic outputs) are
+:class:`causalcrystal.jobs.Job`'s, shared with ``compare`` and ``concentration``.
 
 Each overlapping tile is its own model (a cell enters any one likelihood once). Per-tile work goes
 through :mod:`causalcrystal.executor` (in-process, local processes, or Dask).
@@ -35,7 +42,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -49,15 +55,33 @@ from causalcrystal import __version__
 from causalcrystal.cells import DESCRIPTORS, canonical, validate
 from causalcrystal.checks import GAUSS_ALPHA, PIT_ALPHA
 from causalcrystal.executor import Progress, get_executor
+from causalcrystal.jobs import (  # noqa: F401  (RunExistsError, FolderLockedError: part of this module's API)
+    FolderLockedError, Job, RunExistsError, data_fingerprint, load_part, safe_name)
 from causalcrystal.priors import DagPrior, dag_prior, forbidden_into, inclusion_weights
 from causalcrystal.sem import DEFAULT_SPEC, ORDER_KEYS, RHAT_MAX, ModelSpec, load_spec
 from causalcrystal.tiling import image_tiles, make_tiles, tile_members
 
-OUTPUTS = ("discovery.nc", "posterior.nc", "summary.csv", "manifest.json", "tiles", "report.html")
+#: What a run writes into its folder besides ``manifest.json`` (``tiles/`` only while it runs).
+OUTPUTS = ("discovery.nc", "posterior.nc", "summary.csv", "tiles")
+#: Jobs and files derived from a run that live in its folder; ``--overwrite`` moves them aside with it.
+COMPANIONS = ("report.html", "concentration", "compare")
+#: Fewest cells a tile may have: an equation regresses a descriptor on up to 7 others (8 coefficients
+#: with the intercept), which needs at least 10 cells to leave 2 residual degrees of freedom.
+MIN_CELLS_FLOOR = len(DESCRIPTORS) + 2
 
 
-class RunExistsError(FileExistsError):
-    """The output folder already holds a finished run (or one with other settings)."""
+def tile_min_cells(tile_size: int, min_cells: int | None) -> int:
+    """The run's minimum number of cells per tile, used by tiling *and* discovery (one number):
+    ``min_cells`` when given, else the larger of half a full tile and discovery's default of 4
+    cells per descriptor (32). Raises ``ValueError`` below :data:`MIN_CELLS_FLOOR`."""
+    from causalcrystal.discovery import MIN_CELLS_PER_VARIABLE
+
+    if min_cells is None:
+        return max(int(tile_size) ** 2 // 2, MIN_CELLS_PER_VARIABLE * len(DESCRIPTORS))
+    if int(min_cells) < MIN_CELLS_FLOOR:
+        raise ValueError(f"--min-cells {min_cells} is below {MIN_CELLS_FLOOR}, the fewest cells a tile's regressions "
+                         f"can be fitted with (8 coefficients per equation); use --min-cells {MIN_CELLS_FLOOR} or more.")
+    return int(min_cells)
 
 
 @dataclass
@@ -85,46 +109,6 @@ def _sample_task(task: TileTask) -> tuple[int, dict]:
 def tile_seed(seed: int, index: int) -> int:
     """The sampler seed of tile ``index`` (independent of execution order and executor)."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
-
-
-def _atomic_savez(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def _prepare_out(out_dir: Path, manifest: dict, overwrite: bool, outputs=OUTPUTS, final: str = "posterior.nc",
-                 subdir: str | None = "tiles") -> None:
-    """Make ``out_dir`` ready for a run: refuse to replace a finished result (``final`` exists) or a
-    partial one with other settings without ``overwrite``; with it, delete only ``outputs``."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunExistsError(f"{out_dir} exists and is not a folder; choose another --out.")
-    mpath = out_dir / "manifest.json"
-    if out_dir.exists() and overwrite:
-        # Remove only what a run writes; anything else the user put there stays.
-        for name in outputs:
-            p = out_dir / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    elif mpath.exists():
-        old = json.loads(mpath.read_text())
-        if (out_dir / final).exists():
-            raise RunExistsError(f"{out_dir} already holds a finished run; pass --overwrite to replace it "
-                                 "or choose another --out.")
-        if old.get("settings") != manifest["settings"]:
-            diff = sorted(k for k in set(old.get("settings", {})) | set(manifest["settings"])
-                          if old.get("settings", {}).get(k) != manifest["settings"].get(k))
-            raise RunExistsError(f"{out_dir} holds a partial run with other settings ({', '.join(diff)}); "
-                                 "pass --overwrite to start again or choose another --out.")
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        clash = [n for n in outputs if (out_dir / n).exists()]
-        if clash:
-            raise RunExistsError(f"{out_dir} already has {clash} but no manifest; pass --overwrite or choose "
-                                 "another --out.")
-    (out_dir / subdir if subdir else out_dir).mkdir(parents=True, exist_ok=True)
-    mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def _derived_option(derived) -> tuple[list[str], bool]:
@@ -246,6 +230,7 @@ def run_pipeline(
     overwrite: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    keep_tiles: bool = False,
     log=None,
 ) -> dict:
     """Discovery, priors and per-tile posteriors for a cell table; write the outputs to ``out_dir``.
@@ -258,123 +243,216 @@ def run_pipeline(
     likelihood), with a warning naming the relation; a list of names declares them derived
     everywhere (and still looks for others); ``"none"`` keeps every descriptor in the SEM and
     only warns.
+    ``min_cells``: fewest cells per tile, for tiling and discovery alike (:func:`tile_min_cells`).
     ``stop_after`` samples at most that many new tiles and returns (a partial, resumable run).
+    ``keep_tiles`` keeps the per-tile work files (``tiles/``, ~2 MB per tile) after ``posterior.nc``
+    is written (by default they are removed: the posterior holds all of it).
+
+    Every option and the data are checked before ``out_dir`` is touched; the folder's rules
+    (lock, resume, ``overwrite``, atomic outputs) are :class:`causalcrystal.jobs.Job`'s.
     Returns a dict with the output paths, counts (``sampled``, ``reused``, ``flagged``) and the
     seconds spent in each phase of this call (``timings``: discovery, sampling, writing).
+    Raises ``ValueError`` (bad option or data), :class:`~causalcrystal.jobs.RunExistsError` (the
+    folder holds a finished run, another run or files the project did not write),
+    :class:`~causalcrystal.jobs.FolderLockedError` (another job is writing to it).
     """
-    from causalcrystal import discovery
-
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    plan = _plan_run(cells, tile_size=tile_size, stride=stride, min_cells=min_cells, n_bootstrap=n_bootstrap,
+                     image_bootstrap=image_bootstrap, exogenous=exogenous, standardize=standardize, spec=spec,
+                     n_orders=n_orders, derived=derived, seed=seed)
+    job = Job("run", out_dir, plan.settings, outputs=OUTPUTS, work="tiles", final="posterior.nc",
+              companions=COMPANIONS, version=__version__, log=log)
+    timings = {"discovery": 0.0, "sampling": 0.0, "writing": 0.0}  # seconds, this call only
+    with job.open(overwrite):
+        clock = time.perf_counter()
+        disc, disc_images = _discovery_phase(job, plan, scheduler, workers, progress, log)
+        timings["discovery"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        priors, done, counts = _sampling_phase(job, plan, disc, disc_images, scheduler, workers, progress,
+                                               stop_after, log)
+        timings["sampling"] = time.perf_counter() - clock
+        n_ok = sum(p is not None for p in priors)
+        result = {"out_dir": str(job.out_dir), "n_tiles": n_ok, "finished": len(done) == n_ok, "timings": timings,
+                  **counts}
+        if len(done) < n_ok:
+            log(f"stopped with {len(done)}/{n_ok} tiles sampled; run the same command again to resume")
+            return result
+        clock = time.perf_counter()
+        summary = _write_phase(job, plan, disc, priors, done, progress)
+        job.finish(extra={"n_tiles": n_ok}, drop_work=not keep_tiles)
+        timings["writing"] = time.perf_counter() - clock
+    out = job.out_dir
+    flagged = summary.loc[summary["flagged"], "tile"].unique() if len(summary) else np.array([])
+    if flagged.size:
+        log(f"WARNING: {flagged.size} tile(s) flagged (r_hat > {RHAT_MAX}, ess_bulk < "
+            f"{plan.spec.sampler.target_ess:g}, divergences, or residuals the fitted noise does not describe): tiles "
+            f"{flagged[:10].tolist()}{' ...' if flagged.size > 10 else ''}; see the 'flagged' and 'flag_reason' "
+            "columns of summary.csv")
+    if summary.empty:
+        log("WARNING: no tile has an edge its causal orders allow (every descriptor exogenous or derived?): "
+            "summary.csv has no rows")
+    _warn_identifiability(summary, log)
+    result.update(flagged=int(flagged.size), posterior=str(out / "posterior.nc"), summary=str(out / "summary.csv"),
+                  discovery=str(out / "discovery.nc"))
+    log(f"wrote {safe_name(out)}/discovery.nc, posterior.nc, summary.csv ({n_ok} tiles)")
+    return result
+
+
+@dataclass
+class RunPlan:
+    """A run's checked inputs: everything decided before the output folder is touched."""
+
+    cells: xr.Dataset          # canonical, validated cell table
+    tiles: xr.Dataset
+    spec: ModelSpec
+    settings: dict             # what the manifest records (and a resume must match)
+    declared: list             # descriptors declared derived
+    detect: bool               # look for more derived descriptors
+    min_cells: int
+    exogenous: list
+    standardize: str
+    n_bootstrap: int
+    image_bootstrap: int
+    n_orders: int
+    seed: int
+    derived: object
+
+
+def _plan_run(cells, *, tile_size, stride, min_cells, n_bootstrap, image_bootstrap, exogenous, standardize, spec,
+              n_orders, derived, seed) -> RunPlan:
+    """Check every option and the data; raise ``ValueError`` naming the option and the fix."""
+    from causalcrystal.discovery import _exogenous_indices
+
     spec = load_spec(spec) if isinstance(spec, str) else spec
-    if int(n_orders) < 1:
-        raise ValueError(f"n_orders {n_orders} must be >= 1 (1 = the best candidate order alone).")
+    for name, value, low in (("n_orders (--orders)", n_orders, 1), ("n_bootstrap (--bootstrap)", n_bootstrap, 0),
+                             ("image_bootstrap (--image-bootstrap)", image_bootstrap, 0), ("seed (--seed)", seed, 0)):
+        if int(value) != value or int(value) < low:
+            raise ValueError(f"{name} {value} must be a whole number >= {low}.")
+    if standardize not in ("image", "tile", "none"):
+        raise ValueError(f"standardize (--standardize) {standardize!r} unknown; use image, tile or none.")
+    exogenous = list(exogenous or [])
+    try:
+        exo_idx = _exogenous_indices(exogenous, len(DESCRIPTORS))
+    except ValueError as err:
+        raise ValueError(f"exogenous (--exogenous): {err}") from None
+    if len(set(exo_idx)) >= len(DESCRIPTORS):
+        raise ValueError(f"exogenous (--exogenous) lists all {len(DESCRIPTORS)} descriptors, so no edge can point "
+                         "into any of them and there is nothing to estimate; leave out the ones that may have causes "
+                         "(the default is I14,I5).")
     cells = canonical(validate(cells))  # results depend on the cells' content, not their order
     declared, detect = _derived_option(derived)
-    out_dir = Path(out_dir)
+    if len(set(exo_idx) | {DESCRIPTORS.index(v) for v in declared}) >= len(DESCRIPTORS):
+        raise ValueError(f"every descriptor is exogenous ({exogenous}) or derived ({declared}): there is no edge to "
+                         "estimate; make fewer descriptors exogenous or derived.")
+    eff_min = tile_min_cells(tile_size, min_cells)
+    tiles = make_tiles(cells, tile_size, stride, eff_min)
     settings = {"tile_size": tile_size, "stride": stride, "min_cells": min_cells, "n_bootstrap": n_bootstrap,
-                "image_bootstrap": image_bootstrap, "exogenous": list(exogenous or []),
-                "standardize": standardize, "spec": spec.to_dict(), "seed": seed, "n_orders": int(n_orders),
+                "image_bootstrap": image_bootstrap, "exogenous": exogenous, "standardize": standardize,
+                "spec": spec.to_dict(), "seed": seed, "n_orders": int(n_orders),
                 "derived": derived if isinstance(derived, str) else list(derived),
-                "n_cells": int(cells.sizes["cell"]), "source": cells.attrs.get("source", "")}
-    _prepare_out(out_dir, {"settings": settings, "causalcrystal": __version__}, overwrite)
+                "n_cells": int(cells.sizes["cell"]), "source": safe_name(cells.attrs.get("source", "")),
+                # the data's content, so a partial run never resumes on changed input files
+                "input_sha256": data_fingerprint(cells)}
+    return RunPlan(cells, tiles, spec, settings, declared, detect, eff_min, exogenous, standardize, int(n_bootstrap),
+                   int(image_bootstrap), int(n_orders), int(seed), derived)
 
-    tiles = make_tiles(cells, tile_size, stride, min_cells)
-    timings = {"discovery": 0.0, "sampling": 0.0, "writing": 0.0}  # seconds, this call only
-    clock = time.perf_counter()
-    dpath = out_dir / "discovery.nc"
+
+def _discovery_phase(job: Job, plan: RunPlan, scheduler, workers, progress, log) -> tuple[xr.Dataset, xr.Dataset]:
+    """LiNGAM per image and per tile, saved as ``discovery.nc`` (or read back on a resume)."""
+    from causalcrystal import discovery
+
+    dpath = job.out_dir / "discovery.nc"
     if dpath.exists():
-        disc = xr.load_dataset(dpath, engine="h5netcdf")
-        disc_images = xr.load_dataset(dpath, engine="h5netcdf", group="images")
-    else:
-        log(f"discovery: {tiles.sizes['tile']} tiles, bootstrap x{n_bootstrap}; "
-            f"{len(set(cells['image'].values.tolist()))} images, bootstrap x{image_bootstrap}")
-        executor = get_executor(scheduler, workers)
-        try:
-            disc_images = discovery.discover(cells, image_tiles(cells), n_bootstrap=image_bootstrap,
-                                             exogenous=exogenous, standardize=standardize, seed=seed,
-                                             executor=executor, progress=progress, derived=declared,
-                                             detect_derived=detect)
-            # a descriptor derived in one image is derived in all: one meaning of B across the run
-            run_derived = [v for v, d in zip(DESCRIPTORS, disc_images["derived"].values.any(0)) if d]
-            # keep at least as many candidates as the posterior mixes (``--orders 10`` used to be
-            # capped silently at the 5 stored)
-            disc = discovery.discover(cells, tiles, n_bootstrap=n_bootstrap, exogenous=exogenous,
-                                      standardize=standardize, seed=seed + 1, executor=executor,
-                                      progress=progress, derived=run_derived, detect_derived=detect,
-                                      max_candidates=max(5, int(n_orders)))
-        finally:
-            executor.close()
-        _report_derived(cells, disc_images, disc, derived, log)
-        tmp = dpath.with_name("discovery.nc.tmp")
+        disc = job.load_part(dpath, lambda p: xr.load_dataset(p, engine="h5netcdf"))
+        disc_images = job.load_part(dpath, lambda p: xr.load_dataset(p, engine="h5netcdf", group="images"))
+        return disc, disc_images
+    cells, tiles = plan.cells, plan.tiles
+    log(f"discovery: {tiles.sizes['tile']} tiles, bootstrap x{plan.n_bootstrap}; "
+        f"{len(set(cells['image'].values.tolist()))} images, bootstrap x{plan.image_bootstrap}")
+    executor = get_executor(scheduler, workers)
+    try:
+        disc_images = discovery.discover(cells, image_tiles(cells), n_bootstrap=plan.image_bootstrap,
+                                         exogenous=plan.exogenous, standardize=plan.standardize, seed=plan.seed,
+                                         executor=executor, progress=progress, derived=plan.declared,
+                                         detect_derived=plan.detect, min_cells=plan.min_cells)
+        # a descriptor derived in one image is derived in all: one meaning of B across the run
+        run_derived = [v for v, d in zip(DESCRIPTORS, disc_images["derived"].values.any(0)) if d]
+        # keep at least as many candidates as the posterior mixes (``--orders 10`` used to be
+        # capped silently at the 5 stored)
+        disc = discovery.discover(cells, tiles, n_bootstrap=plan.n_bootstrap, exogenous=plan.exogenous,
+                                  standardize=plan.standardize, seed=plan.seed + 1, executor=executor,
+                                  progress=progress, derived=run_derived, detect_derived=plan.detect,
+                                  max_candidates=max(5, plan.n_orders), min_cells=plan.min_cells)
+    finally:
+        executor.close()
+    status = [str(s) for s in disc["status"].values]
+    if not any(s == "ok" for s in status):
+        reasons = {}
+        for s in status:
+            reasons[s] = reasons.get(s, 0) + 1
+        top = "; ".join(f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+        # nothing worth resuming was made: leave only the manifest, which a corrected command replaces
+        raise ValueError(f"no tile can be fitted ({top}); use a larger --tile-size, a lower --min-cells (>= "
+                         f"{MIN_CELLS_FLOOR}) or clean the input (see `causalcrystal inspect`).")
+    _report_derived(cells, disc_images, disc, plan.derived, log)
+    with job.output("discovery.nc") as tmp:
         disc.to_netcdf(tmp, engine="h5netcdf")
         disc_images.to_netcdf(tmp, engine="h5netcdf", group="images", mode="a")
-        os.replace(tmp, dpath)
+    return disc, disc_images
 
-    timings["discovery"] = time.perf_counter() - clock
-    std_cells = discovery.standardize(cells, standardize)
-    priors = tile_order_priors(disc, disc_images, spec, n_orders, exogenous=list(exogenous or []))
-    tile_dir = out_dir / "tiles"
-    todo, reused = [], 0
-    for k, prior in enumerate(priors):
-        if prior is None:
-            continue
-        if (tile_dir / f"tile_{k:05d}.npz").exists():
-            reused += 1
-            continue
-        todo.append(k)
+
+def _tile_path(tile_dir: Path, k: int) -> Path:
+    return tile_dir / f"tile_{k:05d}.npz"
+
+
+def _sampling_phase(job: Job, plan: RunPlan, disc, disc_images, scheduler, workers, progress, stop_after, log):
+    """One posterior per fittable tile, each saved to ``tiles/tile_NNNNN.npz`` as it arrives."""
+    from causalcrystal import discovery
+
+    priors = tile_order_priors(disc, disc_images, plan.spec, plan.n_orders, exogenous=plan.exogenous)
+    tile_dir = job.work_dir
+    fittable = [k for k, prior in enumerate(priors) if prior is not None]
+    todo, reused = job.pending(fittable, lambda k: _tile_path(tile_dir, k))
     if stop_after is not None:
         todo = todo[: max(0, int(stop_after))]
     if reused:
         log(f"resuming: {reused} finished tile(s) kept, {len(todo)} to sample")
+    std_cells = discovery.standardize(plan.cells, plan.standardize)
 
-    def tasks(threads):
-        for k in todo:
-            X = discovery.tile_matrix(std_cells, tile_members(tiles, k), standardize)
-            active = ~disc["derived"].values[k].astype(bool) if "derived" in disc else None
-            yield TileTask(k, X, priors[k], spec, tile_seed(seed, k), threads, active)
-
-    clock = time.perf_counter()
-    if todo:
-        executor = get_executor(scheduler, workers)
+    def tasks(executor):
         # One sampler thread per core in all (2 local workers on 2 cores: one thread each; Dask
         # workers run one task per thread), so chains never oversubscribe the cores. Measured on
         # 2 cores: the same throughput as 2 threads per worker (98 s vs 97 s for 108 tiles), but
         # it keeps a multi-threaded Dask worker from running threads x chains sampler threads.
         threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // executor.workers)
-        bar = Progress(len(todo), "sampling tiles", enabled=progress)
-        try:
-            for _, (k, result) in executor.imap(_sample_task, tasks(threads)):
-                _atomic_savez(tile_dir / f"tile_{k:05d}.npz", result)
-                bar.update(note=f"(tile {k})")
-        finally:
-            executor.close()
+        for k in todo:
+            X = discovery.tile_matrix(std_cells, tile_members(plan.tiles, k), plan.standardize)
+            active = ~disc["derived"].values[k].astype(bool) if "derived" in disc else None
+            yield TileTask(k, X, priors[k], plan.spec, tile_seed(plan.seed, k), threads, active)
 
-    timings["sampling"] = time.perf_counter() - clock
-    n_ok = sum(p is not None for p in priors)
-    done = [k for k in range(len(priors)) if (tile_dir / f"tile_{k:05d}.npz").exists()]
-    result = {"out_dir": str(out_dir), "sampled": len(todo), "reused": reused, "n_tiles": n_ok,
-              "finished": len(done) == n_ok, "timings": timings}
-    if len(done) < n_ok:
-        log(f"stopped with {len(done)}/{n_ok} tiles sampled; run the same command again to resume")
-        return result
+    def save(result):
+        k, arrays = result
+        with job.output(Path("tiles") / f"tile_{k:05d}.npz") as tmp:
+            np.savez(tmp, **arrays)
+        return f"(tile {k})"
 
-    clock = time.perf_counter()
-    tmp = out_dir / "posterior.nc.tmp"
-    summary = write_posterior(tmp, tiles, disc, priors, done, tile_dir, spec, standardize, progress,
-                              constants=tile_constants(cells, std_cells, tiles, done))
-    os.replace(tmp, out_dir / "posterior.nc")
-    summary.to_csv(out_dir / "summary.csv", index=False)
-    flagged = summary.loc[summary["flagged"], "tile"].unique()
-    if flagged.size:
-        log(f"WARNING: {flagged.size} tile(s) flagged (r_hat > {RHAT_MAX}, ess_bulk < {spec.sampler.target_ess:g}, "
-            f"divergences, or residuals the fitted noise does not describe): tiles {flagged[:10].tolist()}"
-            f"{' ...' if flagged.size > 10 else ''}; see the 'flagged' and 'flag_reason' columns of summary.csv")
-    _warn_identifiability(summary, log)
-    timings["writing"] = time.perf_counter() - clock
-    result.update(flagged=int(flagged.size), posterior=str(out_dir / "posterior.nc"),
-                  summary=str(out_dir / "summary.csv"), discovery=str(dpath))
-    log(f"wrote {out_dir}/discovery.nc, posterior.nc, summary.csv ({n_ok} tiles)")
-    return result
+    job.execute(_sample_task, tasks, save, total=len(todo), label="sampling tiles", scheduler=scheduler,
+                workers=workers, progress=progress)
+    done = [k for k in fittable if _tile_path(tile_dir, k).exists()]
+    return priors, done, {"sampled": len(todo), "reused": reused}
+
+
+def _write_phase(job: Job, plan: RunPlan, disc, priors, done, progress):
+    """``posterior.nc`` then ``summary.csv``, each atomically (the finished marker comes after)."""
+    from causalcrystal import discovery
+
+    std_cells = discovery.standardize(plan.cells, plan.standardize)
+    with job.output("posterior.nc") as tmp:
+        summary = write_posterior(tmp, plan.tiles, disc, priors, done, job.work_dir, plan.spec, plan.standardize,
+                                  progress, constants=tile_constants(plan.cells, std_cells, plan.tiles, done))
+    with job.output("summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    return summary
 
 
 def _warn_identifiability(summary, log) -> None:
@@ -424,8 +502,15 @@ _NPZ_KEY = {"noise_shape": "shape", "z": "loglik"}
 _TILE_COORDS = ("image", "row0", "col0", "size", "n_cells")
 
 
+def _read_npz(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {key: z[key] for key in z.files}
+
+
 def _load_tile(tile_dir: Path, k: int) -> dict:
-    return dict(np.load(tile_dir / f"tile_{k:05d}.npz", allow_pickle=False))
+    """A tile's saved draws; :class:`~causalcrystal.jobs.DamagedPartError` naming the file (which
+    is removed, so the same command re-samples that tile) when it cannot be read."""
+    return load_part(_tile_path(tile_dir, k), _read_npz, "run")
 
 
 def tile_constants(cells: xr.Dataset, std_cells: xr.Dataset, tiles: xr.Dataset, done) -> xr.Dataset:
@@ -537,8 +622,8 @@ def order_constants(tile_dir: Path, done) -> xr.Dataset:
     ``allowed_weight`` (tile, effect, cause): the weight of the orders that allow each edge."""
     rows = []
     for k in done:
-        with np.load(tile_dir / f"tile_{k:05d}.npz", allow_pickle=False) as z:
-            rows.append({key: z[key] for key in ORDER_KEYS if key in z.files})
+        z = _load_tile(tile_dir, k)
+        rows.append({key: z[key] for key in ORDER_KEYS if key in z})
     width = max(r["candidate_order"].shape[0] for r in rows)
     V = len(DESCRIPTORS)
     order = np.full((len(rows), width, V), -1, dtype=np.int64)
@@ -581,8 +666,9 @@ def _summary_rows(k: int, arrays: dict, tiles, disc, prior, spec: ModelSpec) -> 
         p_allowed = allowed.astype(float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an edge only zero-weight orders allow has no r_hat
-        sampler_flag = bool(np.nanmax(rh[allowed]) > RHAT_MAX or np.nanmin(ess[allowed]) < spec.sampler.target_ess
-                            or div > 0)
+        # (initial values: a tile whose orders allow no edge has no coefficient to check)
+        sampler_flag = bool(np.nanmax(rh[allowed], initial=1.0) > RHAT_MAX
+                            or np.nanmin(ess[allowed], initial=np.inf) < spec.sampler.target_ess or div > 0)
     nan = np.full(len(DESCRIPTORS), np.nan)
     pit_p, gauss_p = arrays.get("pit_p", nan), arrays.get("gauss_p", nan)
     misfit = bool(np.nanmin(pit_p, initial=1.0) < PIT_ALPHA)

@@ -37,12 +37,35 @@ class InlineExecutor:
         pass
 
 
+def _exit_with_parent() -> None:
+    """Worker initializer: end this worker when the process that started it dies.
+
+    ``ProcessPoolExecutor`` workers otherwise outlive a main process killed with SIGKILL (or by the
+    OOM killer) and wait for tasks forever, each holding a compiled model (~0.5 GB). A daemon thread
+    waits on the parent's sentinel (closed by the OS when the parent ends, however it ends)."""
+    import multiprocessing
+    import threading
+    from multiprocessing.connection import wait as wait_for
+
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - not started by multiprocessing
+        return
+
+    def watch():
+        wait_for([parent.sentinel])
+        os._exit(1)  # no clean-up to do: results go through the parent, which is gone
+
+    threading.Thread(target=watch, name="causalcrystal-parent-watch", daemon=True).start()
+
+
 class LocalExecutor:
-    """A pool of local worker processes (spawned, so no forked sampler threads)."""
+    """A pool of local worker processes (spawned, so no forked sampler threads), which end when
+    the main process ends, however it ends (:func:`_exit_with_parent`)."""
 
     def __init__(self, workers: int | None = None):
         self.workers = int(workers or os.cpu_count() or 1)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"))
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
+                                         initializer=_exit_with_parent)
 
     def imap(self, fn: Callable, items: Iterable) -> Iterator[tuple[int, Any]]:
         items = list(items)

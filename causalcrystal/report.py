@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from causalcrystal.cells import DESCRIPTORS
+from causalcrystal.jobs import status as job_status
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -131,7 +132,7 @@ def _companion(run_dir: Path, given, name: str, marker_files: tuple) -> tuple[Pa
         if not p.is_dir():
             raise ReportError(f"--{name} {p}: no such folder; run `causalcrystal {name} {run_dir} --out {p}` first "
                               f"or leave --{name} out.")
-        if not any((p / m).exists() for m in marker_files):
+        if job_status(p) == "absent" and not any((p / m).exists() for m in marker_files):
             raise ReportError(f"--{name} {p}: holds none of {list(marker_files)}; is it a `causalcrystal {name}` "
                               "output folder?")
         return p, True
@@ -148,6 +149,8 @@ def load_context(run_dir, concentration=None, compare=None, log=None) -> Context
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: no such folder; pass the --out folder of `causalcrystal run` or `demo`.")
     missing = [n for n in ("manifest.json", "summary.csv", "posterior.nc") if not (run_dir / n).is_file()]
+    if not missing and job_status(run_dir, "posterior.nc") != "finished":
+        missing = ["the finished status in manifest.json"]  # killed while writing its outputs
     if missing:
         raise ReportError(f"{run_dir}: {', '.join(missing)} missing; this is not a finished run. Finish it first "
                           f"(re-running the same `causalcrystal run ... --out {run_dir}` resumes it).")
@@ -624,9 +627,10 @@ def section_concentration(ctx: Context) -> str:
         return _note("No concentration output found (looked for "
                      f"<code>{_esc(ctx.run_dir / 'concentration')}</code>). Fit the LGD concentration model with the "
                      "command below, then re-run the report (or pass <code>--concentration DIR</code>):") + hint
-    if not (d / "curves.csv").is_file():
-        return _note(f"<code>{_esc(d)}</code> has no curves.csv (an unfinished concentration job?). Finish it with:",
-                     "warn") + hint
+    if job_status(d, "concentration.nc") != "finished" or not (d / "curves.csv").is_file():
+        # only a finished job's files are read: an interrupted one may hold some outputs and not others
+        return _note(f"<code>{_esc(d)}</code> holds an unfinished concentration job (its manifest does not say "
+                     "finished). Finish it by running the same command again:", "warn") + hint
     out = ""
     man = d / "manifest.json"
     if man.is_file():
@@ -780,8 +784,10 @@ def section_compare(ctx: Context) -> str:
                      "<code>--compare DIR</code>):") + hint
     files = sorted(d.glob("*.csv"), key=lambda p: ({"directions.csv": 0, "models.csv": 1, "averaged.csv": 2}
                                                    .get(p.name, 3), p.name))
-    if not files:
-        return _note(f"<code>{_esc(d)}</code> holds no CSV tables (an unfinished compare job?). Run:", "warn") + hint
+    if job_status(d, "models.csv") != "finished" or not files:
+        # only a finished job's tables are shown: an interrupted one may hold some tables and not others
+        return _note(f"<code>{_esc(d)}</code> holds an unfinished compare job (its manifest does not say finished). "
+                     "Finish it by running the same command again:", "warn") + hint
     out = _stale_note(ctx, d / "manifest.json", "discovery.nc", "compare")
     tables = {p.name: pd.read_csv(p) for p in files}
     dirs = tables.get("directions.csv")
@@ -1004,7 +1010,7 @@ def render(ctx: Context) -> str:
     now = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     title = f"causalcrystal report: {ctx.run_dir.resolve().name}"
     sections = "\n".join(f"<section id='{sid}'><h2>{_esc(t)}</h2>\n{body}\n</section>" for sid, t, body in parts)
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><meta name='generator' content='causalcrystal'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{_esc(title)}</title><style>{_CSS}</style></head>\n"
             f"<body data-images-total='{n_img}' data-sections-failed='{n_failed}'>\n"

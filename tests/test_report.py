@@ -73,8 +73,14 @@ def _concentration_output(run_dir: Path, spec_path: Path) -> None:
     cn.curves(idata, spec).to_dataframe().reset_index().to_csv(d / "curves.csv", index=False)
     cn.coupling_table(idata, spec, summ).to_csv(d / "couplings.csv", index=False)
     (d / "contraction.json").write_text(json.dumps(cn.contraction(idata, spec, n_prior=500)))
-    (d / "manifest.json").write_text(json.dumps({"settings": {"run_dir": str(run_dir.resolve())}}))
     idata.to_netcdf(str(d / "concentration.nc"), engine="h5netcdf")
+    _finished_manifest(d, "concentration", {"run_dir": str(run_dir.resolve())})
+
+
+def _finished_manifest(d: Path, job: str, settings: dict, status: str = "finished") -> None:
+    """The manifest a finished job writes last (causalcrystal.jobs.Job.finish)."""
+    (d / "manifest.json").write_text(json.dumps({"job": job, "causalcrystal": "test", "status": status,
+                                                 "settings": settings}))
 
 
 def _compare_output(run_dir: Path) -> None:
@@ -101,6 +107,7 @@ def _compare_output(run_dir: Path) -> None:
     pd.DataFrame(models).to_csv(d / "models.csv", index=False)
     pd.DataFrame(dirs).to_csv(d / "directions.csv", index=False)
     s[["tile", "image", "row0", "col0", "effect", "cause", "mean", "sd"]].to_csv(d / "averaged.csv", index=False)
+    _finished_manifest(d, "compare", {"run_dir": str(run_dir.resolve())})
 
 
 @pytest.fixture(scope="module")
@@ -281,3 +288,19 @@ def test_user_text_with_mathtext_specials_is_drawn_literally(run, tmp_path, monk
     text = rp.render(ctx)
     assert "report-error" not in text and "data-sections-failed='0'" in text, [m for m in logged if "WARN" in m]
     assert not any(t.get_usetex() for fig in figures for t in fig.findobj(Text))
+
+
+@pytest.mark.parametrize("job", ["compare", "concentration"])
+def test_an_unfinished_companion_job_is_shown_as_unfinished_not_as_results(run, tmp_path, job):
+    """Issue 11 (F14): a compare or concentration job killed after writing some of its tables (its
+    manifest not 'finished') must not be rendered as if finished."""
+    from causalcrystal import report as rp
+
+    d = shutil.copytree(run / job, tmp_path / job)
+    m = json.loads((d / "manifest.json").read_text())
+    (d / "manifest.json").write_text(json.dumps({**m, "status": "running"}))
+    ctx = rp.load_context(run, log=lambda m: None, **{job: d})
+    fn = {sid: f for sid, _, f in SECTIONS}[job]
+    html = fn(ctx)
+    assert "unfinished" in html and "same command" in html
+    assert "<table" not in html

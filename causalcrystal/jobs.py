@@ -1,0 +1,434 @@
+"""One set of rules for every output folder a job writes: ``run``, ``compare`` and ``concentration``.
+
+A job's folder holds its outputs, a ``manifest.json`` that says which job wrote them, with what
+settings and whether it finished, and (while it runs) a folder of resumable work parts
+(``tiles/`` for ``run``, ``parts/`` for ``compare``). :class:`Job` enforces, for all three jobs:
+
+* **Validate first.** A job is opened only after its caller has checked every option and the data
+  (the settings dict is the result of that check), so a typo never touches the folder.
+* **Never delete what the project did not write.** A folder is recognised as a job's by its
+  manifest (``"causalcrystal"`` and ``"job"`` keys). Files that merely share an output's name in a
+  folder without such a manifest are never replaced, even with ``overwrite``.
+* **Move aside, remove after.** ``overwrite`` moves the previous outputs into
+  ``.causalcrystal-previous/`` inside the folder; they are deleted only when the new job finishes
+  (until then they can be moved back by hand: the message says where they are).
+* **Atomic outputs, finished marker last.** Every output is written under a unique temporary name
+  and renamed into place (:meth:`Job.output`); the manifest's ``"status": "finished"`` is written
+  last (:meth:`Job.finish`). A kill at any point leaves either the finished job or a partial one
+  that the same command resumes.
+* **Resume only the same job.** A partial job resumes when its settings (which include a
+  fingerprint of the input data) are equal after a JSON round trip (tuples and lists compare
+  equal); other settings are refused unless ``overwrite``. A manifest that never got any work
+  done (a setup error) does not block a corrected command.
+* **One writer per folder.** An OS lock (:mod:`filelock`, released by the OS if the process dies)
+  is held while the job runs; a second job on the same folder is refused with the holder's pid
+  and command.
+
+:func:`status` tells a reader (``report``, :func:`causalcrystal.open_run`-style code) whether a
+folder holds a finished job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+LOCK = ".causalcrystal.lock"
+OWNER = ".causalcrystal.owner"
+PREVIOUS = ".causalcrystal-previous"
+#: Prefix of every temporary file a job writes (so a killed job's leftovers are recognised).
+TMP_PREFIX = ".cc-tmp-"
+
+
+class RunExistsError(FileExistsError):
+    """The output folder holds a finished job, another job's partial output, or files the project
+    did not write (the message says which and what to do)."""
+
+
+class FolderLockedError(RunExistsError):
+    """Another causalcrystal job is writing to the output folder right now."""
+
+
+class DamagedPartError(RuntimeError):
+    """A resumable work part (a tile's or a comparison's saved result) could not be read; it has been
+    removed so that the same command re-computes it."""
+
+
+def normalise(obj):
+    """``obj`` as it comes back from JSON (tuples become lists, numpy scalars plain numbers)."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def _json_default(x):
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """The job manifest of ``folder``, or ``None`` when it has none the project wrote."""
+    p = Path(folder) / MANIFEST
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and "causalcrystal" in m and isinstance(m.get("settings"), dict) else None
+
+
+def status(folder: str | os.PathLike, final: str | None = None) -> str:
+    """``"finished"``, ``"partial"`` or ``"absent"`` (no job manifest) for a job folder.
+
+    Manifests written before the status field existed count as finished when ``final`` (the file
+    those versions wrote last) exists.
+    """
+    m = read_manifest(folder)
+    if m is None:
+        return "absent"
+    if "status" in m:
+        return "finished" if m["status"] == "finished" else "partial"
+    return "finished" if final and (Path(folder) / final).exists() else "partial"
+
+
+def safe_name(path) -> str:
+    """A path as printable text, whatever bytes its name holds (undecodable bytes as ``\\xNN``)."""
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class Job:
+    """The output folder of one job.
+
+    ``kind``: ``"run"``, ``"compare"`` or ``"concentration"``. ``outputs``: the names (files or
+    folders) the job writes besides the manifest; ``work``: its folder of resumable parts (or
+    ``None``); ``final``: the file older versions wrote last (to read their manifests);
+    ``companions``: sub-folders holding jobs derived from this one (``run``: ``concentration``,
+    ``compare``) and files generated from it (``report.html``), moved aside with it on overwrite.
+    ``settings`` must be JSON-serialisable; it is compared after a JSON round trip.
+
+    Use as ``with Job(...).open(overwrite) as job:`` then :meth:`output` for each file and
+    :meth:`finish` at the end; the lock is released when the block ends.
+    """
+
+    def __init__(self, kind: str, out_dir, settings: dict, *, outputs: Iterable[str], work: str | None = None,
+                 final: str | None = None, companions: Iterable[str] = (), version: str = "", log=None):
+        self.kind, self.out_dir = kind, Path(out_dir)
+        self.settings = normalise(settings)
+        self.outputs = tuple(outputs)
+        self.work, self.final, self.companions = work, final, tuple(companions)
+        self.version = version
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.resumed = False
+        self._lock = None
+        self._moved: Path | None = None
+
+    # -- paths ----------------------------------------------------------------------------------
+
+    @property
+    def work_dir(self) -> Path | None:
+        return self.out_dir / self.work if self.work else None
+
+    def _where(self) -> str:
+        return safe_name(self.out_dir)
+
+    # -- opening --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def open(self, overwrite: bool = False):
+        """Lock the folder, decide fresh / resume / refuse, move old outputs aside on ``overwrite``
+        and write the manifest (status ``running``). Yields the job; releases the lock at the end."""
+        out = self.out_dir
+        if out.exists() and not out.is_dir():
+            raise RunExistsError(f"{self._where()} exists and is not a folder; choose another --out.")
+        out.mkdir(parents=True, exist_ok=True)
+        self._acquire()
+        try:
+            self._prepare(overwrite)
+            yield self
+        except BaseException:
+            if self._moved is not None and self._moved.exists():
+                self.log(f"the previous outputs of {self._where()} are kept in {safe_name(self._moved)} until this "
+                         f"job finishes (move them back by hand to restore the old {self.kind})")
+            raise
+        finally:
+            self._release()
+
+    def _acquire(self) -> None:
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.out_dir / LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise FolderLockedError(self._busy_message()) from None
+        self._lock = lock
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "job": self.kind,
+                  "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        _atomic_text(self.out_dir / OWNER, json.dumps(holder))
+
+    def _busy_message(self) -> str:
+        try:
+            h = json.loads((self.out_dir / OWNER).read_text(encoding="utf-8"))
+            who = f" (pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            who = ""
+        return (f"{self._where()} is being written by another causalcrystal job{who}; wait for it to finish, or "
+                "choose another --out. (The lock is released when that process ends, however it ends.)")
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                (self.out_dir / OWNER).unlink()
+            self._lock.release()
+            self._lock = None
+            if read_manifest(self.out_dir) is None:  # refused before anything was written: leave no trace
+                with contextlib.suppress(OSError):
+                    (self.out_dir / LOCK).unlink()
+
+    def _has_work(self) -> bool:
+        """Whether a partial job left anything worth resuming (beyond its manifest)."""
+        for name in self.outputs:
+            p = self.out_dir / name
+            if p.is_dir():
+                if any(p.iterdir()):
+                    return True
+            elif p.exists():
+                return True
+        return False
+
+    def _prepare(self, overwrite: bool) -> None:
+        out, old = self.out_dir, read_manifest(self.out_dir)
+        self._clean_tmp()
+        if old is None:
+            # Not (or not yet) a job folder: anything sharing an output's name is the user's.
+            clash = [n for n in (MANIFEST, *self.outputs, *self.companions) if (out / n).exists()]
+            if clash:
+                raise RunExistsError(
+                    f"{self._where()} holds {', '.join(clash)} but no causalcrystal manifest, so they were not written "
+                    f"by a causalcrystal {self.kind}; nothing is replaced (not even with --overwrite). Move them away "
+                    "or choose another --out.")
+        else:
+            kind = old.get("job", self.kind)
+            if kind != self.kind:
+                raise RunExistsError(f"{self._where()} holds the output of a causalcrystal {kind}, not a {self.kind}; "
+                                     "choose another --out.")
+            state = status(out, self.final)
+            if state == "finished" and not overwrite:
+                raise RunExistsError(
+                    f"{self._where()} already holds a finished {self.kind}; pass --overwrite to replace it (the old "
+                    "outputs are kept until the new job finishes) or choose another --out.")
+            same = normalise(old.get("settings")) == self.settings
+            if state == "partial" and same and not overwrite:
+                self.resumed = True
+            elif state == "partial" and not self._has_work():
+                pass  # a setup error left only a manifest: start afresh
+            elif state == "partial" and not overwrite:
+                diff = _diff(old.get("settings", {}), self.settings)
+                raise RunExistsError(
+                    f"{self._where()} holds a partial {self.kind} with other settings ({', '.join(diff)}); run the "
+                    "same command as before to resume it, pass --overwrite to start again (the partial outputs are "
+                    "kept until the new job finishes), or choose another --out.")
+            else:
+                self._move_aside()
+        if self.work_dir is not None:
+            self.work_dir.mkdir(exist_ok=True)
+        manifest = {"job": self.kind, "causalcrystal": self.version, "status": "running", "settings": self.settings,
+                    "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if self.resumed and old is not None:
+            manifest["started_at"] = old.get("started_at", manifest["started_at"])
+        _atomic_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+
+    def _move_aside(self) -> None:
+        """Move this job's previous outputs (and derived jobs and files) into ``PREVIOUS/<time>``."""
+        out = self.out_dir
+        names = [n for n in (*self.outputs, MANIFEST) if (out / n).exists()]
+        for c in self.companions:
+            p = out / c
+            if p.is_dir() and read_manifest(p) is not None:
+                _check_unlocked(p)
+                names.append(c)
+            elif p.is_file() and _generated_by_us(p):
+                names.append(c)
+        if not names:
+            return
+        dest = out / PREVIOUS / time.strftime("%Y%m%d-%H%M%S")
+        while dest.exists():
+            dest = dest.with_name(dest.name + "-1")
+        dest.mkdir(parents=True)
+        for n in names:
+            os.replace(out / n, dest / n)
+        self._moved = dest
+        self.log(f"--overwrite: moved the previous {', '.join(names)} of {self._where()} to {safe_name(dest)}; "
+                 "they are deleted when this job finishes")
+
+    def _clean_tmp(self) -> None:
+        """Remove temporary files a killed job of this folder left (they are never outputs)."""
+        for d in (self.out_dir, self.work_dir):
+            if d is not None and d.is_dir():
+                for p in d.glob(TMP_PREFIX + "*"):
+                    with contextlib.suppress(OSError):
+                        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def tmp_path(self, final: Path) -> Path:
+        """A unique temporary name beside ``final`` (same folder, so the rename is atomic)."""
+        return final.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}")
+
+    @contextlib.contextmanager
+    def output(self, name: str | os.PathLike):
+        """Yield a temporary path to write output ``name`` (relative to the folder) to; on success it
+        is renamed into place atomically, on failure removed."""
+        final = self.out_dir / name
+        tmp = self.tmp_path(final)
+        try:
+            yield tmp
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+    def finish(self, extra: dict | None = None, drop_work: bool = True) -> None:
+        """Mark the job finished (the manifest, written last), then remove the previous outputs moved
+        aside and, with ``drop_work``, the work parts (nothing needs them once the outputs exist)."""
+        m = read_manifest(self.out_dir) or {}
+        m.update({"job": self.kind, "causalcrystal": self.version, "settings": self.settings, "status": "finished",
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})})
+        _atomic_text(self.out_dir / MANIFEST, json.dumps(m, indent=1, sort_keys=True))
+        prev = self.out_dir / PREVIOUS
+        if prev.exists():
+            shutil.rmtree(prev, ignore_errors=True)
+        if drop_work and self.work_dir is not None and self.work_dir.exists():
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # -- resumable parts ------------------------------------------------------------------------
+
+    def pending(self, keys: Iterable, path: Callable) -> tuple[list, int]:
+        """The keys whose part file ``path(key)`` does not exist yet, and how many do."""
+        keys = list(keys)
+        todo = [k for k in keys if not path(k).exists()]
+        return todo, len(keys) - len(todo)
+
+    def execute(self, fn: Callable, tasks: Iterable, save: Callable, *, total: int, label: str, scheduler=None,
+                workers=None, progress: bool = True) -> None:
+        """Run ``fn`` over ``tasks`` on the executor (:func:`causalcrystal.executor.get_executor`)
+        and hand every result to ``save`` as soon as it arrives (``save`` writes one part
+        atomically, which is what makes the job resumable)."""
+        from causalcrystal.executor import Progress, get_executor
+
+        if total == 0:
+            return
+        executor = get_executor(scheduler, workers)
+        bar = Progress(total, label, enabled=progress)
+        try:
+            for _, result in executor.imap(fn, tasks(executor) if callable(tasks) else tasks):
+                note = save(result)
+                bar.update(note=note or "")
+        finally:
+            executor.close()
+
+    def load_part(self, path: Path, reader: Callable):
+        """``reader(path)``; see :func:`load_part`."""
+        return load_part(path, reader, self.kind)
+
+
+def load_part(path: Path, reader: Callable, kind: str = "job"):
+    """``reader(path)`` for a saved work part or output of a job, or :class:`DamagedPartError`
+    naming the file when it cannot be read (truncated, not a zip/HDF5/JSON file, an object array
+    that would need unpickling). The file is removed, so the same command re-computes it."""
+    try:
+        return reader(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise DamagedPartError(
+            f"{safe_name(path)} is damaged ({type(err).__name__}: {err}); it has been removed. Run the same command "
+            f"again: the {kind} resumes and re-computes only that part (with the same seed, so the same "
+            "numbers).") from err
+
+
+def data_fingerprint(ds) -> str:
+    """SHA-256 of an xarray Dataset's content: every variable's and coordinate's name, dtype, shape
+    and values, and its attrs (not a file's name or time: the same data read from a copy matches)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name in sorted(map(str, ds.variables)):
+        v = ds.variables[name]
+        a = np.ascontiguousarray(v.values)
+        # text hashes as text, whatever its numpy dtype (object after a netCDF read, <U in memory)
+        h.update(f"{name}|{v.dims}|{'text' if a.dtype.kind in 'OUS' else a.dtype.str}|{a.shape}|".encode())
+        if a.dtype.kind in "OUS":
+            h.update("\x1f".join(map(str, a.ravel().tolist())).encode("utf-8", "backslashreplace"))
+        else:
+            h.update(a.tobytes())
+    attrs = {k: v for k, v in ds.attrs.items() if k != "source"}
+    h.update(json.dumps(attrs, sort_keys=True, default=str).encode("utf-8", "backslashreplace"))
+    return h.hexdigest()
+
+
+def _diff(old: dict, new: dict) -> list[str]:
+    old, new = normalise(old), normalise(new)
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a unique temporary file, then a rename)."""
+    _atomic_text(Path(path), text)
+
+
+def _check_unlocked(folder: Path) -> None:
+    from filelock import FileLock, Timeout
+
+    if not (folder / LOCK).exists():
+        return
+    lock = FileLock(str(folder / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FolderLockedError(f"{safe_name(folder)} is being written by another causalcrystal job; wait for it "
+                                "before replacing the run it belongs to.") from None
+    lock.release()
+
+
+#: Written into every report.html, so --overwrite recognises a report the project generated.
+GENERATOR = "causalcrystal"
+
+
+def _generated_by_us(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return b'<meta name="generator" content="causalcrystal' in head or \
+        b"<meta name='generator' content='causalcrystal" in head

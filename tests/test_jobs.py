@@ -1,0 +1,314 @@
+"""The output-folder rules every job follows (causalcrystal.jobs.Job), as kinds, with real processes
+for kills, locks and orphaned workers.
+
+Issue 11's faults, one test per kind: ``--overwrite`` never deletes before the new settings are
+checked, nor files the project did not write; old outputs stay until the new job finishes; a kill
+at any point leaves a folder that the same command finishes with the same numbers (and that
+``report`` does not take for a finished run); one writer per folder; resume on the same settings
+(after a JSON round trip) and the same data only; a setup error does not block the corrected
+command; damaged work parts are named and re-computed; workers die with their main process.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from conftest import fixed_seed
+
+from causalcrystal import jobs
+from causalcrystal.jobs import DamagedPartError, FolderLockedError, Job, RunExistsError
+
+# ---------------------------------------------------------------------------------------------
+# the Job rules on their own (no sampling)
+
+
+def _job(out, settings=None, **kw):
+    return Job("demo", out, settings if settings is not None else {"a": 1}, outputs=("result.csv", "parts"),
+               work="parts", log=kw.pop("log", lambda m: None), **kw)
+
+
+def _finished(out, settings=None, text="old"):
+    with _job(out, settings).open() as job:
+        with job.output("result.csv") as tmp:
+            tmp.write_text(text)
+        job.finish()
+
+
+def test_settings_compare_after_a_json_round_trip(tmp_path):
+    """Tuples come back from manifest.json as lists (the concentration job could never resume):
+    the settings are normalised, so the same command resumes."""
+    settings = {"couplings": (("a", "b"), ("Px", "Py")), "prior": (0.1, 0.05), "n": np.int64(3)}
+    with _job(tmp_path, settings).open() as job:
+        (job.work_dir / "part_0.json").write_text("{}")  # some work done, then interrupted
+    with _job(tmp_path, settings).open() as job:
+        assert job.resumed
+
+
+def test_finished_job_is_refused_and_overwrite_moves_it_aside_until_the_new_one_finishes(tmp_path):
+    _finished(tmp_path)
+    with pytest.raises(RunExistsError, match="finished demo; pass --overwrite"):
+        with _job(tmp_path, {"a": 2}).open():
+            pass
+    assert (tmp_path / "result.csv").read_text() == "old"
+    # the new job fails half way: the old outputs are still there, aside, and the message says where
+    messages = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with _job(tmp_path, {"a": 2}, log=messages.append).open(overwrite=True):
+            raise RuntimeError("boom")
+    aside = list((tmp_path / jobs.PREVIOUS).glob("*/result.csv"))
+    assert len(aside) == 1 and aside[0].read_text() == "old"
+    assert any(str(aside[0].parent) in m for m in messages)
+    # the new job finishes: now (and only now) the old outputs are gone
+    with _job(tmp_path, {"a": 2}).open(overwrite=True) as job:
+        assert len(list((tmp_path / jobs.PREVIOUS).glob("*/result.csv"))) >= 1
+        with job.output("result.csv") as tmp:
+            tmp.write_text("new")
+        job.finish()
+    assert (tmp_path / "result.csv").read_text() == "new"
+    assert not (tmp_path / jobs.PREVIOUS).exists()
+    assert jobs.status(tmp_path) == "finished"
+
+
+@pytest.mark.parametrize("name", ["result.csv", "parts", "manifest.json"])
+def test_files_the_project_did_not_write_are_never_replaced(tmp_path, name):
+    p = tmp_path / name
+    if name == "parts":
+        p.mkdir()
+        (p / "mine.txt").write_text("mine")
+    else:
+        p.write_text('{"mine": true}' if name == "manifest.json" else "mine")
+    for overwrite in (False, True):
+        with pytest.raises(RunExistsError, match="no causalcrystal manifest"):
+            with _job(tmp_path).open(overwrite=overwrite):
+                pass
+    assert sorted(q.name for q in tmp_path.iterdir()) == [name]  # not even a lock file left
+
+
+def test_partial_job_resumes_only_with_the_same_settings_and_a_bare_manifest_does_not_block(tmp_path):
+    # a setup error after the manifest was written left no work: the corrected command proceeds
+    with _job(tmp_path, {"a": 1}).open():
+        pass
+    with _job(tmp_path, {"a": 2}).open() as job:
+        assert not job.resumed
+        (job.work_dir / "part_0.json").write_text("{}")
+    with pytest.raises(RunExistsError, match=r"other settings \(a\)"):
+        with _job(tmp_path, {"a": 3}).open():
+            pass
+    with _job(tmp_path, {"a": 2}).open() as job:
+        assert job.resumed and (job.work_dir / "part_0.json").exists()
+
+
+def test_outputs_are_atomic_and_a_killed_jobs_temporary_files_are_cleaned(tmp_path):
+    with _job(tmp_path).open() as job:
+        with pytest.raises(ValueError):
+            with job.output("result.csv") as tmp:
+                tmp.write_text("half")
+                raise ValueError("killed mid-write")
+        assert not (tmp_path / "result.csv").exists()
+        leftover = job.tmp_path(tmp_path / "result.csv")
+        leftover.write_text("left by a kill -9")
+    with _job(tmp_path).open():
+        assert not leftover.exists()
+
+
+def test_damaged_part_is_named_and_removed_so_the_same_command_recomputes_it(tmp_path):
+    bad = tmp_path / "tile_00003.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DamagedPartError, match="tile_00003.npz is damaged.*same command"):
+        jobs.load_part(bad, lambda p: dict(np.load(p, allow_pickle=False)), "run")
+    assert not bad.exists()
+    # an npz holding an object array would need unpickling: refused the same way, naming the file
+    obj = tmp_path / "tile_00004.npz"
+    np.savez(obj, B=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(DamagedPartError, match="tile_00004.npz"):
+        jobs.load_part(obj, lambda p: {k: v for k, v in np.load(p, allow_pickle=False).items()}, "run")
+
+
+def test_legacy_manifests_without_a_status_are_read_by_their_final_file(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"settings": {}, "causalcrystal": "0.0.9"}))
+    assert jobs.status(tmp_path, "posterior.nc") == "partial"
+    (tmp_path / "posterior.nc").write_text("x")
+    assert jobs.status(tmp_path, "posterior.nc") == "finished"
+    assert jobs.status(tmp_path / "nowhere") == "absent"
+
+
+_HOLD = textwrap.dedent("""
+    import sys, time
+    from causalcrystal.jobs import Job
+    job = Job("demo", sys.argv[1], {"a": 1}, outputs=("result.csv",), log=lambda m: None)
+    with job.open():
+        print("holding", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "holding"
+        with pytest.raises(FolderLockedError, match=f"pid {p.pid}.*another --out"):
+            with _job(tmp_path).open():
+                pass
+    finally:
+        p.kill()
+        p.wait()
+    # the OS released the lock of the killed process: no stale lock to clean by hand
+    with _job(tmp_path).open() as job:
+        assert job.resumed  # the same settings: the killed job's folder is resumed, not refused
+
+
+_POOL = textwrap.dedent("""
+    import time
+    from causalcrystal.executor import LocalExecutor
+    if __name__ == "__main__":
+        ex = LocalExecutor(2)
+        for _ in ex.imap(time.sleep, [0.1, 0.1]):
+            pass
+        print(" ".join(str(p) for p in ex._pool._processes), flush=True)
+        time.sleep(60)
+""")
+
+
+def test_workers_end_when_the_main_process_is_killed(tmp_path):
+    script = tmp_path / "pool.py"
+    script.write_text(_POOL)
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(x) for x in p.stdout.readline().split()]
+    assert len(pids) == 2
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    deadline = time.time() + 20
+    alive = pids
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [q for q in pids if _alive(q)]
+    assert not alive, f"workers {alive} outlived their killed main process"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# the same rules through run_pipeline (mog noise, exact Gibbs: a few seconds per run)
+
+
+def _fast():
+    from causalcrystal.sem import load_spec
+
+    return load_spec("mog").with_(draws=100, tune=100)
+
+
+@pytest.fixture(scope="module")
+def small_cells():
+    from causalcrystal.simulator import simulate
+
+    return simulate((0.0, 0.2), shape=(12, 12), seed=fixed_seed(21))
+
+
+def _kw():
+    return dict(tile_size=12, stride=6, n_bootstrap=2, image_bootstrap=5, spec=_fast(), workers=1, progress=False,
+                seed=fixed_seed(2), log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def finished_run(small_cells, tmp_path_factory):
+    from causalcrystal.engine import run_pipeline
+
+    out = tmp_path_factory.mktemp("jobs") / "run"
+    res = run_pipeline(small_cells, out, **_kw())
+    assert res["finished"]
+    return out
+
+
+@pytest.mark.parametrize("bad", [{"exogenous": ["I14", "foo"]}, {"seed": -1}, {"stride": 0}, {"tile_size": -3},
+                                 {"min_cells": 4}, {"n_bootstrap": -1}, {"standardize": "imgae"},
+                                 {"exogenous": ["I14", "I5", "a", "b", "alpha", "Vol", "Px", "Py"]}])
+def test_overwrite_with_a_bad_option_leaves_the_finished_run_untouched(small_cells, finished_run, bad):
+    from causalcrystal.engine import run_pipeline
+
+    before = {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()}
+    with pytest.raises(ValueError) as err:
+        run_pipeline(small_cells, finished_run, overwrite=True, **{**_kw(), **bad})
+    option = next(iter(bad)).replace("n_bootstrap", "bootstrap").replace("tile_size", "tile size")
+    assert option.split("_")[0] in str(err.value) or "--" in str(err.value)
+    assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == before
+
+
+def test_a_finished_run_has_no_work_files_and_its_manifest_says_finished(finished_run):
+    m = json.loads((finished_run / "manifest.json").read_text())
+    assert m["status"] == "finished" and m["job"] == "run" and len(m["settings"]["input_sha256"]) == 64
+    assert not (finished_run / "tiles").exists()  # ~57 % of a run's disk, not needed once posterior.nc exists
+    assert {"discovery.nc", "posterior.nc", "summary.csv"} <= {p.name for p in finished_run.iterdir()}
+
+
+def test_a_partial_run_does_not_resume_on_changed_data(small_cells, tmp_path):
+    from causalcrystal.engine import run_pipeline
+
+    out = tmp_path / "r"
+    run_pipeline(small_cells, out, stop_after=1, **_kw())
+    changed = small_cells.copy(deep=True)
+    changed["Px"].values[5] += 0.01  # same size, shape, paths and settings: only the content differs
+    with pytest.raises(RunExistsError, match="input_sha256"):
+        run_pipeline(changed, out, **_kw())
+
+
+def test_no_fittable_tile_is_a_clear_error_before_the_folder_is_touched(small_cells, tmp_path):
+    from causalcrystal.engine import run_pipeline
+
+    out = tmp_path / "small"
+    with pytest.raises(ValueError, match="no tile of size 4 has at least 32 cells"):
+        run_pipeline(small_cells, out, **{**_kw(), "tile_size": 4, "stride": 4})
+    assert not out.exists()
+
+
+_KILL_AFTER_POSTERIOR = textwrap.dedent("""
+    import os, signal, sys
+    import xarray as xr
+    from causalcrystal import engine
+    from causalcrystal.sem import load_spec
+    kw = {kw!r}
+    kw["spec"] = load_spec("mog").with_(draws=100, tune=100)
+    real = engine.write_posterior
+    def write_then_die(*a, **k):
+        out = real(*a, **k)
+        os.kill(os.getpid(), signal.SIGKILL)  # between posterior.nc and summary.csv
+    engine.write_posterior = write_then_die
+    cells = xr.load_dataset(sys.argv[1])
+    engine.run_pipeline(cells, sys.argv[2], **kw)
+""")
+
+
+def test_a_kill_while_outputs_are_written_leaves_a_run_the_same_command_finishes(small_cells, finished_run,
+                                                                                   tmp_path):
+    from causalcrystal.engine import run_pipeline
+    from causalcrystal.report import ReportError, load_context
+
+    src = tmp_path / "cells.nc"
+    small_cells.to_netcdf(src)
+    out = tmp_path / "killed"
+    kw = {k: v for k, v in _kw().items() if k not in ("spec", "log")}
+    p = subprocess.run([sys.executable, "-c", _KILL_AFTER_POSTERIOR.format(kw=kw), str(src), str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert jobs.status(out) == "partial"
+    with pytest.raises(ReportError, match="not a finished run"):
+        load_context(out)
+    res = run_pipeline(xr.load_dataset(src), out, **_kw())  # the same command
+    assert res["finished"] and res["sampled"] == 0
+    a = pd.read_csv(out / "summary.csv")
+    b = pd.read_csv(finished_run / "summary.csv")
+    pd.testing.assert_frame_equal(a, b)
