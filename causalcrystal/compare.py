@@ -118,9 +118,19 @@ def load_run(run_dir: str | Path) -> dict:
     if not mpath.is_file() or not dpath.is_file():
         raise CompareError(f"{run_dir} is not a causalcrystal run folder (needs manifest.json and discovery.nc); "
                            "run `causalcrystal run INPUTS --out DIR` first.")
-    settings = json.loads(mpath.read_text())["settings"]
-    disc = xr.load_dataset(dpath, engine="h5netcdf")
-    disc_images = xr.load_dataset(dpath, engine="h5netcdf", group="images")
+    from causalcrystal.jobs import read_manifest, safe_name
+
+    manifest = read_manifest(run_dir)
+    if manifest is None or manifest.get("job", "run") != "run":
+        raise CompareError(f"{safe_name(mpath)} is not the manifest of a causalcrystal run (unreadable, or written by "
+                           f"another job); pass the --out folder of `causalcrystal run`.")
+    settings = manifest["settings"]
+    try:
+        disc = xr.load_dataset(dpath, engine="h5netcdf")
+        disc_images = xr.load_dataset(dpath, engine="h5netcdf", group="images")
+    except (OSError, ValueError, KeyError) as err:
+        raise CompareError(f"{safe_name(dpath)} cannot be read ({type(err).__name__}: {err}); re-create the run "
+                           f"(`causalcrystal run ... --out {safe_name(run_dir)} --overwrite`).") from err
     return {"dir": run_dir, "settings": settings, "spec": ModelSpec.from_dict(settings["spec"]), "disc": disc,
             "disc_images": disc_images}
 

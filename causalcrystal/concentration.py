@@ -975,6 +975,7 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
     else:
         log(f"stage 1: tile posteriors of {len(spec.couplings)} couplings from {run_dir}/posterior.nc")
         summ = tile_summaries(run_dir, spec)
+        check_series(summ)  # before saving: a series that cannot be fitted leaves no work to resume
         with job.output("tile_summaries.nc") as tmp:
             summ.to_netcdf(tmp, engine="h5netcdf")
     check_series(summ)

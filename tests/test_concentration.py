@@ -2,6 +2,7 @@
 y0 / y_star where the identifiability analysis says they are identified, universality evidence,
 bad series, and the `concentration` command on a real (small) run."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -257,6 +258,35 @@ def test_concentration_command_on_a_run(small_run, tmp_path):
     assert "earlier version of this run" in html
 
 
+
+
+_KILL_IN_STAGE_2 = """
+import os, signal, sys
+from causalcrystal import concentration as cn
+def die(*a, **k):
+    os.kill(os.getpid(), signal.SIGKILL)  # stage 1 saved, stage 2 never finishes
+cn._sample = die
+from causalcrystal.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_an_interrupted_concentration_job_resumes_with_the_same_command(small_run, tmp_path, capsys):
+    """Issue 11 (F15): its settings hold tuples, which came back from manifest.json as lists, so the
+    same command was always refused. A real kill in stage 2, then the same command."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "conc"
+    spec = tmp_path / "small.toml"
+    lgd_spec_file(spec, ["a<-Px", "Vol<-a"])
+    args = ["concentration", str(small_run), "--out", str(out), "--spec", str(spec), "--no-universality"]
+    p = subprocess.run([sys.executable, "-c", _KILL_IN_STAGE_2, *args], capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr
+    assert (out / "tile_summaries.nc").exists() and not (out / "concentration.nc").exists()
+    assert main(args) == 0
+    assert "stage 1: reusing" in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
 
 
 def test_a_coupling_no_tile_allows_is_left_out_with_a_warning(small_run, tmp_path):
