@@ -12,7 +12,25 @@ those four A corners plus the one B centre::
 
 :func:`descriptors_from_atoms` finds those neighbourhoods in plain arrays of column positions and
 intensities and turns each into the eight descriptors of the cell table (see
-:mod:`causalcrystal.cells`). Everything is vectorised (a k-d tree and sorted integer keys), so
+:mod:`causalcrystal.cells`).
+
+Viewed along [110] (``projection="110"``) the A columns form a rectangular lattice ``a`` x
+``a sqrt(2) / 2`` (``a`` along [001], ``a sqrt(2) / 2`` along [1-10]) and each B column sits at the
+mid-point of an A-A edge along [001] (the rectangle centres hold oxygen columns, which ADF does not
+show). The cell is then the ``a`` x ``a sqrt(2)`` rectangle of two A rectangles whose shared edge
+holds the B column::
+
+    A(i, j+2) ------- A(i+1, j+2)
+        |                 |
+    A(i, j+1) -- B -- A(i+1, j+1)         a1: the [001] direction (the B edges)
+        |                 |               a2: the [1-10] direction
+    A(i, j) --------- A(i+1, j)
+
+Every A row starts a cell (both row parities are kept: consecutive cells share a half), so each
+B column belongs to exactly one cell. ``projection="auto"`` (the default) tells the two apart from
+the median fractional position of the B columns in the A lattice: (0.5, 0.5) is [001], (0.5, 0)
+or (0, 0.5) is [110]; anything else is an error that reports the position. Everything is
+vectorised (a k-d tree and sorted integer keys), so
 a field of view with 10^5 columns takes about a second.
 """
 
@@ -27,9 +45,19 @@ from scipy.spatial import cKDTree
 
 from .cells import CellTableError, make_cells, validate
 
-__all__ = ["descriptors_from_atoms", "estimate_lattice_vectors", "AtomIndexingWarning"]
+__all__ = ["descriptors_from_atoms", "estimate_lattice_vectors", "b_site_position", "AtomIndexingWarning"]
 
 ANGLE_UNITS = ("deg", "rad")
+PROJECTIONS = ("auto", "001", "110")
+POSITION_ORDERS = ("xy", "rc")
+#: Length units a pixel size may be given in, and their size in angstrom (the cell table's unit
+#: for lengths once the pixel size is known).
+ANGSTROM_PER = {"angstrom": 1.0, "A": 1.0, "Å": 1.0, "nm": 10.0, "pm": 0.01}
+#: Fractional B positions in the A lattice are classified within this distance (in lattice units).
+SITE_TOL = 0.15
+#: A cell whose B column lies beyond this fraction of the acceptance radius counts as "near the
+#: radius"; when more than PILE_UP_SHARE of the cells do, the offsets are piling up at the radius.
+PILE_UP_RADIUS, PILE_UP_SHARE = 0.8, 0.1
 
 #: A column further than this fraction of the shorter lattice spacing from its rounded lattice
 #: site is not on the lattice (a spurious detection, a defect, or a different phase).
@@ -196,6 +224,55 @@ def _index(pos, origin, a1, a2):
     return idx, resid
 
 
+def b_site_position(a_xy, b_xy, a1=None, a2=None) -> tuple[np.ndarray, str]:
+    """Where the B columns sit in the A lattice: their median fractional position ``(f1, f2)``
+    (each in ``[0, 1)``, a circular median so that 0.98 and 0.02 average to 0) along the A lattice
+    vectors, and the projection it implies: ``"001"`` (B at the cell centre, (0.5, 0.5)),
+    ``"110"`` (B at the mid-point of an A-A edge, (0.5, 0) or (0, 0.5)) or ``"unknown"``.
+    Positions ``(N, 2)`` in one unit; ``a1``/``a2`` as in :func:`descriptors_from_atoms`."""
+    a_pos, b_pos = _positions(a_xy, "a_xy", min_rows=4), _positions(b_xy, "b_xy")
+    v1, v2 = estimate_lattice_vectors(a_pos) if a1 is None else (_vector(a1, "a1"), _vector(a2, "a2"))
+    _, on, origin, v1, v2 = _fit_lattice(a_pos, v1, v2)
+    return _b_fraction(b_pos, origin, v1, v2)
+
+
+def _b_fraction(b_pos, origin, a1, a2) -> tuple[np.ndarray, str]:
+    if not b_pos.shape[0]:
+        return np.array([np.nan, np.nan]), "unknown"
+    frac = np.linalg.solve(np.column_stack([a1, a2]), (b_pos - origin).T).T
+    ang = 2.0 * np.pi * np.mod(frac, 1.0)
+    # circular mean direction, then the median of the wrapped deviations from it: robust to the
+    # few spurious B detections a peak finder always adds
+    centre = np.angle(np.exp(1j * ang).mean(axis=0))
+    dev = np.angle(np.exp(1j * (ang - centre)))
+    med = np.mod((centre + np.median(dev, axis=0)) / (2.0 * np.pi), 1.0)
+    med = np.where(med > 1.0 - 1e-9, 0.0, med)
+
+    def near(x, target):
+        return abs(np.mod(x - target + 0.5, 1.0) - 0.5) < SITE_TOL
+
+    if near(med[0], 0.5) and near(med[1], 0.5):
+        kind = "001"
+    elif (near(med[0], 0.5) and near(med[1], 0.0)) or (near(med[0], 0.0) and near(med[1], 0.5)):
+        kind = "110"
+    else:
+        kind = "unknown"
+    return med, kind
+
+
+def _projection_text(med, kind) -> str:
+    f = [round(float(x), 2) % 1.0 for x in med]  # 0.998 reads as 0.00, not 1.00
+    where = f"({f[0]:.2f}, {f[1]:.2f})"
+    if kind == "001":
+        return f"the B columns sit at fractional position {where} of the A cell, its centre: the [001] projection"
+    if kind == "110":
+        return (f"the B columns sit at fractional position {where} of the A cell, the mid-point of an A-A edge: the "
+                "[110] projection")
+    return (f"the B columns sit at fractional position {where} of the A cell, neither its centre (0.5, 0.5, "
+            "[001]) nor an edge mid-point ((0.5, 0) or (0, 0.5), [110]); check that b_xy holds the B columns "
+            "in the same frame and position order as a_xy (position_order='xy' or 'rc')")
+
+
 def _fit_lattice(pos, a1, a2):
     """Index the A columns on the lattice (origin, a1, a2), refining all three by least squares.
 
@@ -249,6 +326,10 @@ def descriptors_from_atoms(
     angle_units: str = "deg",
     source: str = "atoms",
     length_units: str = "px",
+    projection: str = "auto",
+    position_order: str = "xy",
+    pixel_size: float | None = None,
+    pixel_unit: str = "nm",
 ) -> xr.Dataset:
     """Build the cell table of one image from A-site and B-site column positions and intensities.
 
@@ -311,10 +392,29 @@ def descriptors_from_atoms(
     ``row`` is the vertical index and grows with y); ``x, y`` = the A-corner centroid. Cells are
     ordered by ``(row, col)``.
 
+    **[110] projection** (``projection="110"``, or found by ``"auto"``; see the module
+    docstring): ``a1`` is the lattice direction of the A-A edges that hold the B columns ([001],
+    spacing ``a``), ``a2`` the other ([1-10], spacing ``a sqrt(2) / 2``). A cell with lower-left
+    corner ``(i, j)`` needs the six A columns ``(i..i+1, j..j+2)`` and exactly one B column within
+    the radius of the mid-point ``M = (A(i, j+1) + A(i+1, j+1)) / 2`` of its middle edge; ``a``,
+    ``b``, ``alpha``, ``Vol`` and ``I14`` come from the four corners as above (so ``b`` ~
+    ``a sqrt(2)``), ``Px, Py = B - M``, and ``x, y = M``. ``attrs['atoms']`` records the projection
+    used and the median fractional B position (:func:`b_site_position`).
+
     Parameters beyond the arrays: ``image`` (label), ``sm_fraction`` (composition of this image,
     0..1), ``a1``/``a2`` (both or neither), ``max_offset``, ``angle_units`` (``"deg"`` or
     ``"rad"``), ``source`` (recorded in attrs and error messages), ``length_units`` (unit label
-    for a, b, Vol, Px, Py).
+    for a, b, Vol, Px, Py), ``projection`` (``"auto"``, ``"001"``, ``"110"``),
+    ``position_order`` (``"xy"``: column 0 is x, the horizontal image axis; ``"rc"``: column 0 is
+    the row, as array-index peak finders such as ``skimage.feature.peak_local_max`` return them;
+    ``a1``/``a2`` are given in the same order), ``pixel_size`` (size of one position unit, e.g. a
+    pixel, in ``pixel_unit``: ``"nm"``, ``"angstrom"`` or ``"pm"``; then lengths are converted to
+    angstrom and ``length_units`` is ``"angstrom"``, the pixel size recorded in
+    ``attrs['pixel_size']`` / ``attrs['pixel_unit']``).
+
+    Warns (:class:`AtomIndexingWarning`) when more than 10 % of the accepted B columns lie beyond
+    0.8 of the acceptance radius: the offsets are piling up at the radius, so the B columns are
+    probably not where this projection expects them (the message gives their fractional position).
 
     Raises :class:`~causalcrystal.cells.CellTableError` for malformed input (naming the
     argument) or when no complete cell is found.
@@ -325,6 +425,28 @@ def descriptors_from_atoms(
     b_int = _intensities(b_intensity, "b_intensity", b_pos.shape[0], "b_xy")
     if angle_units not in ANGLE_UNITS:
         raise CellTableError(f"angle_units: {angle_units!r} unknown; use one of {ANGLE_UNITS}.")
+    if projection not in PROJECTIONS:
+        raise CellTableError(f"projection: {projection!r} unknown; use one of {PROJECTIONS} ('001': B at the A-cell "
+                             "centre; '110': B at the mid-point of an A-A edge; 'auto': find out).")
+    if position_order not in POSITION_ORDERS:
+        raise CellTableError(f"position_order: {position_order!r} unknown; use 'xy' (x, y: column 0 horizontal) or "
+                             "'rc' (row, column: as array-index peak finders return them).")
+    if position_order == "rc":  # everything below works in x, y
+        a_pos, b_pos = a_pos[:, ::-1].copy(), b_pos[:, ::-1].copy()
+        a1 = None if a1 is None else np.asarray(a1, dtype=np.float64).reshape(-1)[::-1]
+        a2 = None if a2 is None else np.asarray(a2, dtype=np.float64).reshape(-1)[::-1]
+    scale = 1.0
+    if pixel_size is not None:
+        if pixel_unit not in ANGSTROM_PER:
+            raise CellTableError(f"pixel_unit: {pixel_unit!r} unknown; use one of {sorted(set(ANGSTROM_PER) - {'A'})}.")
+        if not (np.isfinite(pixel_size) and pixel_size > 0):
+            raise CellTableError(f"pixel_size: {pixel_size!r} must be a positive number (the size of one position "
+                                 f"unit in {pixel_unit}).")
+        scale = float(pixel_size) * ANGSTROM_PER[pixel_unit]
+        a_pos, b_pos = a_pos * scale, b_pos * scale
+        a1 = None if a1 is None else np.asarray(a1, dtype=np.float64) * scale
+        a2 = None if a2 is None else np.asarray(a2, dtype=np.float64) * scale
+        length_units = "angstrom"
     if not (np.isfinite(max_offset) and 0 < max_offset < 0.5):
         raise CellTableError(
             f"max_offset: {max_offset!r} must lie in (0, 0.5) (a fraction of the shorter lattice "
@@ -345,6 +467,20 @@ def descriptors_from_atoms(
             )
 
     idx, on_lattice, origin, v1, v2 = _fit_lattice(a_pos, v1, v2)
+    b_frac, found = _b_fraction(b_pos, origin, v1, v2)
+    used = found if projection == "auto" else projection
+    if used == "unknown" and not b_pos.shape[0]:
+        used = "001"  # no B column at all: the error below says so
+    if used == "unknown":
+        raise CellTableError(f"{source}: no complete unit cell found: {_projection_text(b_frac, found)}. Pass "
+                             "projection='001' or '110' to force one, or check the B positions.")
+    step = 1
+    if used == "110":
+        step = 2  # the cell spans two A rows; the B column sits on the middle edge
+        # the B edges must run along a1: swap the roles when they run along a2
+        if abs(np.mod(b_frac[0] + 0.5, 1.0) - 0.5) < abs(np.mod(b_frac[1] + 0.5, 1.0) - 0.5):
+            v1, v2 = v2, v1
+            idx = idx[:, ::-1]
 
     if on_lattice.sum() < 4:
         raise CellTableError(
@@ -357,7 +493,7 @@ def descriptors_from_atoms(
     members = np.flatnonzero(on_lattice)
     lo = site.min(axis=0)
     shifted = site - lo
-    width = int(shifted[:, 1].max()) + 2  # +2: key of (i, j+1) never wraps into column i+1
+    width = int(shifted[:, 1].max()) + 1 + step  # key of (i, j+step) never wraps into column i+1
     keys = shifted[:, 0] * width + shifted[:, 1]
     uniq, first, counts = np.unique(keys, return_index=True, return_counts=True)
     single = counts == 1
@@ -373,14 +509,20 @@ def descriptors_from_atoms(
         return np.where(found, site_atom[pos], -1)
 
     c00 = site_atom
-    c10, c01, c11 = lookup(1, 0), lookup(0, 1), lookup(1, 1)
+    c10, c01, c11 = lookup(1, 0), lookup(0, step), lookup(1, step)
     complete = (c10 >= 0) & (c01 >= 0) & (c11 >= 0)
+    if step == 2:  # [110]: the middle edge's two A columns too
+        m0, m1 = lookup(0, 1), lookup(1, 1)
+        complete &= (m0 >= 0) & (m1 >= 0)
+        m0, m1 = m0[complete], m1[complete]
     c00, c10, c01, c11 = c00[complete], c10[complete], c01[complete], c11[complete]
     cell_ij = site_ij[complete]
     n_complete = int(complete.sum())
 
     p00, p10, p01, p11 = a_pos[c00], a_pos[c10], a_pos[c01], a_pos[c11]
-    centroid = (p00 + p10 + p01 + p11) / 4.0
+    # the point the B column is displaced from: the corner centroid ([001]), the middle edge's
+    # mid-point ([110])
+    centroid = (p00 + p10 + p01 + p11) / 4.0 if step == 1 else (a_pos[m0] + a_pos[m1]) / 2.0
 
     # B assignment: exactly one B column within the radius of the corner centroid.
     radius = max_offset * min(np.hypot(*v1), np.hypot(*v2))
@@ -398,9 +540,10 @@ def descriptors_from_atoms(
         raise CellTableError(
             f"{source}: no complete unit cell found ({a_pos.shape[0]} A columns, {int(on_lattice.sum())} "
             f"on the lattice a1={np.round(v1, 4).tolist()}, a2={np.round(v2, 4).tolist()}; "
-            f"{n_complete} complete A squares, {n_no_b} with no B column within {radius:.4g} of the "
-            f"centre, {n_two_b} with several). Check that a_xy/b_xy hold x, y in the same units and "
-            "frame, that b_xy are the B columns inside the A squares, and adjust max_offset or pass a1, a2."
+            f"{n_complete} complete A cells, {n_no_b} with no B column within {radius:.4g} of where "
+            f"projection {used} puts it, {n_two_b} with several); {_projection_text(b_frac, found)}. Check that "
+            "a_xy/b_xy hold positions in the same units, frame and order, and adjust projection, max_offset or "
+            "pass a1, a2."
         )
 
     p00, p10, p01, p11, centroid = p00[ok], p10[ok], p01[ok], p11[ok], centroid[ok]
@@ -450,9 +593,16 @@ def descriptors_from_atoms(
         units=units,
         source=source,
     )
+    if pixel_size is not None:
+        ds.attrs.update(pixel_size=float(pixel_size), pixel_unit=str(pixel_unit))
 
     n_off = int((~on_lattice).sum())
+    dist_ok = np.hypot(offset[:, 0], offset[:, 1])
+    pile_up = float((dist_ok > PILE_UP_RADIUS * radius).mean())
     report = {
+        "projection": used,
+        "b_fraction": [round(float(x), 4) for x in b_frac],
+        "length_scale": scale,
         "a1": v1.tolist(),
         "a2": v2.tolist(),
         "origin": np.asarray(origin).tolist(),
@@ -473,9 +623,20 @@ def descriptors_from_atoms(
         "complete A squares with several B columns": n_two_b,
     }
     problems = {k: v for k, v in problems.items() if v}
+    if pile_up > PILE_UP_SHARE:
+        # offsets spread evenly up to the radius are what a B column elsewhere (e.g. a [110] image
+        # read as [001] with max_offset near 0.5) gives: Py of half a lattice spacing, silently
+        warnings.warn(
+            f"{source} (image {str(image)!r}): {pile_up:.0%} of the {n_cells} accepted B columns lie beyond "
+            f"{PILE_UP_RADIUS:g} of the acceptance radius {radius:.4g} (projection {used}): the offsets pile up at the "
+            f"radius, so they are probably not displacements from this site; {_projection_text(b_frac, found)}. "
+            "Check the projection and lower max_offset.",
+            AtomIndexingWarning,
+            stacklevel=2,
+        )
     if problems:
         warnings.warn(
-            f"{source} (image {image!r}): {n_cells} cells built; ignored "
+            f"{source} (image {str(image)!r}): {n_cells} cells built; ignored "
             + "; ".join(f"{v} {k}" for k, v in problems.items())
             + ". Counts are in attrs['atoms'].",
             AtomIndexingWarning,

@@ -284,3 +284,88 @@ def test_no_complete_cell_is_an_error():
     row = np.column_stack([np.arange(6) * 3.9, np.zeros(6)])
     with pytest.raises(CellTableError, match="a_xy"):
         descriptors_from_atoms(row, np.ones(6), b_xy, b_int)
+
+
+# ---------------------------------------------------------------------------------------------
+# the [110] projection, position order and physical units (issue 12)
+
+
+def lattice_110(n_rows=8, n_cols=7, a=3.905, rot=12.0, shear=1.5, seed=0):
+    """SrTiO3-like [110] projection: A columns on an a x a sqrt(2)/2 lattice (a1 along [001]), a B
+    column at the mid-point of every A-A edge along a1 plus a known offset. The cell (i, j) is the
+    a x a sqrt(2) rectangle whose middle edge (row j+1) holds its B column."""
+    rng = np.random.default_rng(seed)
+    t, s = np.deg2rad(rot), np.deg2rad(rot + 90.0 - shear)
+    a1 = a * np.array([np.cos(t), np.sin(t)])
+    a2 = a * np.sqrt(2) / 2 * np.array([np.cos(s), np.sin(s)])
+    origin = np.array([30.0, 25.0])
+    j, i = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    a_xy = origin + np.column_stack([i.ravel(), j.ravel()]) @ np.vstack([a1, a2])
+    a_int = rng.uniform(800.0, 1200.0, size=len(a_xy))
+    cj, ci = np.meshgrid(np.arange(n_rows - 2), np.arange(n_cols - 1), indexing="ij")
+    cells = np.column_stack([ci.ravel(), cj.ravel()])
+    offsets = rng.uniform(-0.2, 0.2, size=(len(cells), 2))
+    mid = origin + (cells + [0.5, 1.0]) @ np.vstack([a1, a2])
+    b_xy = mid + offsets
+    b_int = rng.uniform(300.0, 500.0, size=len(b_xy))
+    return a_xy, a_int, b_xy, b_int, dict(cells=cells, offsets=offsets, a1=a1, a2=a2, mid=mid)
+
+
+@pytest.mark.parametrize("order", ["xy", "rc"])
+@pytest.mark.parametrize("projection", ["auto", "110"])
+def test_110_projection_recovers_the_cell_and_the_b_offsets(order, projection):
+    a_xy, a_int, b_xy, b_int, truth = lattice_110()
+    flip = (lambda p: p[:, ::-1]) if order == "rc" else (lambda p: p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AtomIndexingWarning)  # a clean lattice: nothing skipped
+        ds = descriptors_from_atoms(flip(a_xy), a_int, flip(b_xy), b_int, projection=projection,
+                                    position_order=order)
+    assert ds.sizes["cell"] == len(truth["cells"])  # every B column in exactly one cell (both row parities)
+    assert json.loads(ds.attrs["atoms"])["projection"] == "110"
+    np.testing.assert_allclose(ds["a"], np.hypot(*truth["a1"]), rtol=1e-9)
+    np.testing.assert_allclose(ds["b"], 2 * np.hypot(*truth["a2"]), rtol=1e-9)  # a sqrt(2)
+    np.testing.assert_allclose(ds["alpha"], 90.0 - 1.5, atol=1e-9)
+    # the offsets are x, y displacements from the middle edge's mid-point, whatever the position order
+    got = {(round(float(x), 6), round(float(y), 6)): (float(px), float(py))
+           for x, y, px, py in zip(ds["x"], ds["y"], ds["Px"], ds["Py"])}
+    for m, off in zip(truth["mid"], truth["offsets"]):
+        np.testing.assert_allclose(got[(round(m[0], 6), round(m[1], 6))], off, atol=1e-9)
+
+
+def test_projection_auto_tells_001_from_110_and_a_wrong_projection_is_diagnosed():
+    a_xy, a_int, b_xy, b_int, _ = lattice()
+    assert json.loads(descriptors_from_atoms(a_xy, a_int, b_xy, b_int).attrs["atoms"])["projection"] == "001"
+    a_xy, a_int, b_xy, b_int, _ = lattice_110()
+    # forced [001] on a [110] image: the error gives the B columns' fractional position and the cause
+    with pytest.raises(CellTableError, match=r"\(0\.50, 0\.0\d\).*edge.*\[110\]"):
+        descriptors_from_atoms(a_xy, a_int, b_xy, b_int, projection="001")
+    # ... and with max_offset near 0.5 cells are built, but the offset pile-up is named
+    with pytest.warns(AtomIndexingWarning, match="pile up.*\\[110\\] projection"):
+        descriptors_from_atoms(a_xy, a_int, b_xy, b_int, projection="001", max_offset=0.49)
+    # B columns at neither site: refused with the position, not silently indexed
+    with pytest.raises(CellTableError, match=r"\(0\.25, 0\.25\).*neither"):
+        a_xy, a_int, b_xy, b_int, truth = lattice()
+        quarter = b_xy - 0.25 * (truth["a1"] + truth["a2"]) - np.asarray(truth["offsets"])
+        descriptors_from_atoms(a_xy, a_int, quarter, b_int)
+
+
+def test_row_col_positions_are_read_in_their_order():
+    """Peak finders that return (row, col) used to swap a <-> b and Px <-> Py silently."""
+    a_xy, a_int, b_xy, b_int, _ = lattice()
+    xy = descriptors_from_atoms(a_xy, a_int, b_xy, b_int)
+    rc = descriptors_from_atoms(a_xy[:, ::-1], a_int, b_xy[:, ::-1], b_int, position_order="rc")
+    for v in ("a", "b", "alpha", "Vol", "Px", "Py", "x", "y"):
+        np.testing.assert_allclose(rc[v].values, xy[v].values, rtol=1e-12, atol=1e-12)
+
+
+def test_pixel_size_gives_angstrom_and_is_recorded():
+    a_xy, a_int, b_xy, b_int, _ = lattice()
+    px = descriptors_from_atoms(a_xy, a_int, b_xy, b_int)
+    nm = descriptors_from_atoms(a_xy, a_int, b_xy, b_int, pixel_size=0.02, pixel_unit="nm")
+    np.testing.assert_allclose(nm["a"].values, px["a"].values * 0.2)
+    np.testing.assert_allclose(nm["Vol"].values, px["Vol"].values * 0.04)
+    np.testing.assert_allclose(nm["alpha"].values, px["alpha"].values)
+    assert nm["a"].attrs["units"] == "angstrom" and nm["Vol"].attrs["units"] == "angstrom^2"
+    assert nm.attrs["pixel_size"] == 0.02 and nm.attrs["pixel_unit"] == "nm"
+    with pytest.raises(CellTableError, match="pixel_unit"):
+        descriptors_from_atoms(a_xy, a_int, b_xy, b_int, pixel_size=0.02, pixel_unit="inch")
