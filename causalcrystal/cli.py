@@ -7,6 +7,7 @@ Heavy modules are imported inside the verbs so that ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,67 @@ def _floats(text: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0,0.07,0.1, got {text!r}")
+
+
+def _tile_size(text: str):
+    if text.strip().lower() == "whole":
+        return "whole"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give cells per side (e.g. 16) or 'whole'") from None
+
+
+def _cmd_columns(args) -> int:
+    from causalcrystal.columns import descriptors_from_columns, find_columns, image_data, plot_columns, save_columns
+
+    out = Path(args.out)
+    fig_path = Path(args.figure) if args.figure else out.with_suffix(".png")
+    for p in (out, fig_path):
+        if p.exists() and not args.overwrite:
+            print(f"error: {p} exists; pass --overwrite to replace it or choose another --out/--figure.", file=sys.stderr)
+            return 2
+    try:
+        cols = find_columns(args.image, projection=args.projection, pixel_size=args.pixel_size, pixel_unit=args.unit,
+                            separation=args.separation)
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    save_columns(cols, out, overwrite=args.overwrite)
+    lab = cols["sublattice"].values.astype(str)
+    print(f"wrote {out}: {(lab == 'A').sum()} A and {(lab == 'B').sum()} B columns "
+          f"(pixel size {cols.attrs.get('pixel_size', 'unknown')} {cols.attrs.get('pixel_unit', '')})")
+    cells = None
+    try:
+        cells = descriptors_from_columns(cols, projection=args.projection)
+    except ValueError as err:  # the figure is how a user sees what went wrong
+        print(f"warning: no cells from these columns yet: {err}", file=sys.stderr)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = plot_columns(cols, image_data(cols), cells)
+    fig.savefig(fig_path, dpi=110, bbox_inches="tight")
+    print(f"wrote {fig_path}: the columns{' and each cell' + chr(39) + 's B offset' if cells is not None else ''} "
+          "over the image; check the lattice there before going on")
+    return 0
+
+
+def _cmd_descriptors(args) -> int:
+    from causalcrystal.columns import descriptors_from_columns, read_columns
+    from causalcrystal.io import write_netcdf
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        print(f"error: {out} exists; pass --overwrite to replace it or choose another --out.", file=sys.stderr)
+        return 2
+    cols = read_columns(args.columns)
+    label = args.label or Path(args.columns).stem
+    cells = descriptors_from_columns(cols, image=label, sm_fraction=args.sm_fraction, projection=args.projection,
+                                     max_offset=args.max_offset)
+    write_netcdf(cells, out, overwrite=args.overwrite)
+    print(f"wrote {out}: {cells.sizes['cell']} cells of image {label!s} "
+          f"(projection {json.loads(cells.attrs['atoms'])['projection']}, lengths in {cells['a'].attrs.get('units')})")
+    return 0
 
 
 def _cmd_simulate(args) -> int:
@@ -108,7 +170,8 @@ def _cmd_inspect(args) -> int:
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (discovery.nc, posterior.nc, summary.csv)")
-    p.add_argument("--tile-size", type=int, default=16, help="tile side in unit cells (default 16)")
+    p.add_argument("--tile-size", type=_tile_size, default=16,
+                   help="tile side in unit cells (default 16), or 'whole': one tile per image (small images)")
     p.add_argument("--stride", type=int, default=None, help="tile stride (default: half the tile size)")
     p.add_argument("--min-cells", type=int, default=None, help="smallest tile kept (default: half a full tile)")
     p.add_argument("--bootstrap", type=int, default=5,
@@ -275,6 +338,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute Vol = a b sin(alpha) exactly per cell, as real unit-cell tables do")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("columns", help="atom columns (A and B sites) from an ADF/HAADF image (Atomap)",
+                       description="Find the A- and B-site atom columns of a perovskite ADF/HAADF image with Atomap "
+                                   "(pip install -e '.[atomap]'); write them to a netCDF file and a figure of the "
+                                   "columns and cells over the image.")
+    p.add_argument("image", help="image file HyperSpy reads (.hspy, .hdf5, .dm3/.dm4, .emd, .tif, ...)")
+    p.add_argument("--out", required=True, help="columns file to write (.nc)")
+    p.add_argument("--projection", choices=["110", "001"], default="110",
+                   help="zone axis: 110 (B at the A-A mid-points along [001]) or 001 (B at the A-square centres)")
+    p.add_argument("--pixel-size", type=float, default=None,
+                   help="pixel size (default: the image's calibration), in --unit")
+    p.add_argument("--unit", choices=["nm", "angstrom", "pm"], default=None,
+                   help="unit of the pixel size (needed when the image's calibration has none)")
+    p.add_argument("--separation", type=float, default=None,
+                   help="peak search distance in pixels (default: 1.5 angstrom for 110, 2.1 for 001)")
+    p.add_argument("--figure", default=None, help="figure to write (default: --out with .png)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out and --figure if they exist")
+    p.set_defaults(func=_cmd_columns)
+
+    p = sub.add_parser("descriptors", help="the cell table (8 descriptors per unit cell) from a columns file",
+                       description="Per-unit-cell descriptors from the A and B columns of `causalcrystal columns`, "
+                                   "in angstrom and degrees when the pixel size is known; writes a netCDF cell table "
+                                   "for `run`.")
+    p.add_argument("columns", help="columns file from `causalcrystal columns`")
+    p.add_argument("--out", required=True, help="cell table to write (.nc)")
+    p.add_argument("--label", default=None, help="image label (default: the columns file's name)")
+    p.add_argument("--sm-fraction", type=float, default=0.0, help="Sm fraction of this image, 0-1 (default 0)")
+    p.add_argument("--projection", choices=["auto", "110", "001"], default="auto",
+                   help="where the B columns sit (default auto: from their position in the A lattice)")
+    p.add_argument("--max-offset", type=float, default=0.35,
+                   help="largest accepted B offset, as a fraction of the shorter A spacing (default 0.35)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_cmd_descriptors)
 
     p = sub.add_parser("inspect", help="summarise input files (images, compositions, cells, ranges)",
                        description="Summarise inputs: images, Sm fractions, cells, non-finite counts, ranges.")

@@ -142,7 +142,8 @@ def run_cells(cells: xr.Dataset, run: dict) -> tuple[xr.Dataset, xr.Dataset, xr.
     Returns ``(tiles, image_tiles, std_cells)``; raises :class:`CompareError` naming the mismatch.
     """
     from causalcrystal import discovery
-    from causalcrystal.tiling import SmallTileWarning, image_tiles, make_tiles
+    from causalcrystal.engine import run_tiles, tile_min_cells
+    from causalcrystal.tiling import SmallTileWarning, image_tiles
 
     from causalcrystal.cells import canonical
 
@@ -155,7 +156,8 @@ def run_cells(cells: xr.Dataset, run: dict) -> tuple[xr.Dataset, xr.Dataset, xr.
         raise CompareError(f"the cells given have {n} cells but {where} was made from {s['n_cells']}; {fix}.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SmallTileWarning)  # the run reported those already
-        tiles = make_tiles(cells, s["tile_size"], s["stride"], s["min_cells"])
+        warnings.simplefilter("ignore", UserWarning)
+        tiles = run_tiles(cells, s["tile_size"], s["stride"], tile_min_cells(s["tile_size"], s["min_cells"]))
     images = image_tiles(cells)
     for name, ours, theirs in (("tiles", tiles, disc), ("images", images, disc_images)):
         if ours.sizes["tile"] != theirs.sizes["tile"]:

@@ -70,18 +70,45 @@ COMPANIONS = ("report.html", "concentration", "compare")
 MIN_CELLS_FLOOR = len(DESCRIPTORS) + 2
 
 
-def tile_min_cells(tile_size: int, min_cells: int | None) -> int:
+#: ``tile_size`` value that makes every whole image one tile (small images, e.g. 10 x 6 cells).
+WHOLE = "whole"
+
+
+def tile_min_cells(tile_size, min_cells: int | None) -> int:
     """The run's minimum number of cells per tile, used by tiling *and* discovery (one number):
     ``min_cells`` when given, else the larger of half a full tile and discovery's default of 4
-    cells per descriptor (32). Raises ``ValueError`` below :data:`MIN_CELLS_FLOOR`."""
+    cells per descriptor (32; whole-image tiles: 32). Raises ``ValueError`` below
+    :data:`MIN_CELLS_FLOOR`."""
     from causalcrystal.discovery import MIN_CELLS_PER_VARIABLE
 
     if min_cells is None:
-        return max(int(tile_size) ** 2 // 2, MIN_CELLS_PER_VARIABLE * len(DESCRIPTORS))
+        half = 0 if tile_size == WHOLE else int(tile_size) ** 2 // 2
+        return max(half, MIN_CELLS_PER_VARIABLE * len(DESCRIPTORS))
     if int(min_cells) < MIN_CELLS_FLOOR:
         raise ValueError(f"--min-cells {min_cells} is below {MIN_CELLS_FLOOR}, the fewest cells a tile's regressions "
                          f"can be fitted with (8 coefficients per equation); use --min-cells {MIN_CELLS_FLOOR} or more.")
     return int(min_cells)
+
+
+def run_tiles(cells: xr.Dataset, tile_size, stride, min_cells: int) -> xr.Dataset:
+    """The run's tiles: ``make_tiles`` windows, or with ``tile_size="whole"`` one tile per image
+    (images with fewer than ``min_cells`` cells left out with a warning; none left is an error)."""
+    if tile_size != WHOLE:
+        if isinstance(tile_size, str):
+            raise ValueError(f"tile size (--tile-size) {tile_size!r}: give a number of cells per side or 'whole'.")
+        return make_tiles(cells, int(tile_size), stride, min_cells)
+    tiles = image_tiles(cells)
+    n = tiles["n_cells"].values
+    keep = np.flatnonzero(n >= min_cells)
+    if keep.size == 0:
+        raise ValueError(f"no image has {min_cells} cells (the largest has {int(n.max())}); lower --min-cells (>= "
+                         f"{MIN_CELLS_FLOOR}) or use larger images.")
+    if keep.size < n.size:
+        warnings.warn(f"{n.size - keep.size} image(s) with fewer than {min_cells} cells left out (--min-cells)",
+                      UserWarning, stacklevel=3)
+        tiles = tiles.isel(tile=keep).assign_coords(tile=np.arange(keep.size))
+    tiles.attrs.update(min_cells=int(min_cells))
+    return tiles
 
 
 @dataclass
@@ -243,6 +270,7 @@ def run_pipeline(
     likelihood), with a warning naming the relation; a list of names declares them derived
     everywhere (and still looks for others); ``"none"`` keeps every descriptor in the SEM and
     only warns.
+    ``tile_size``: cells per tile side, or ``"whole"`` (one tile per image; for small images).
     ``min_cells``: fewest cells per tile, for tiling and discovery alike (:func:`tile_min_cells`).
     ``stop_after`` samples at most that many new tiles and returns (a partial, resumable run).
     ``keep_tiles`` keeps the per-tile work files (``tiles/``, ~2 MB per tile) after ``posterior.nc``
@@ -345,7 +373,7 @@ def _plan_run(cells, *, tile_size, stride, min_cells, n_bootstrap, image_bootstr
         raise ValueError(f"every descriptor is exogenous ({exogenous}) or derived ({declared}): there is no edge to "
                          "estimate; make fewer descriptors exogenous or derived.")
     eff_min = tile_min_cells(tile_size, min_cells)
-    tiles = make_tiles(cells, tile_size, stride, eff_min)
+    tiles = run_tiles(cells, tile_size, stride, eff_min)
     settings = {"tile_size": tile_size, "stride": stride, "min_cells": min_cells, "n_bootstrap": n_bootstrap,
                 "image_bootstrap": image_bootstrap, "exogenous": exogenous, "standardize": standardize,
                 "spec": spec.to_dict(), "seed": seed, "n_orders": int(n_orders),

@@ -85,19 +85,19 @@ def make_tiles(cells: xr.Dataset, size: int, stride: int | None = None, min_cell
                     continue
                 recs.append(rec)
                 members.append(np.sort(m))
+    # one piece of advice in the warning and the error (they used to point opposite ways)
+    advice = ("a smaller --tile-size, a lower --min-cells (min_cells), or --tile-size whole (one tile per image, "
+              "for images smaller than a tile)")
+    if not recs:
+        shown = "; ".join(extents[:5]) + (f"; ... {len(extents) - 5} more" if len(extents) > 5 else "")
+        raise ValueError(f"no tile of size {size} has at least {min_cells} cells (image grids: {shown}); use {advice}.")
     if dropped:
         warnings.warn(
             f"{len(dropped)} tile(s) with fewer than {min_cells} cells left out "
             f"(e.g. image {dropped[0]['image']} row0={dropped[0]['row0']} col0={dropped[0]['col0']}: "
-            f"{dropped[0]['n_cells']} cells). Lower min_cells or use a larger tile to keep them.",
+            f"{dropped[0]['n_cells']} cells; clipped by an image edge or holes). To keep them use {advice}.",
             SmallTileWarning,
             stacklevel=2,
-        )
-    if not recs:
-        shown = "; ".join(extents[:5]) + (f"; ... {len(extents) - 5} more" if len(extents) > 5 else "")
-        raise ValueError(
-            f"no tile of size {size} has at least {min_cells} cells (image grids: {shown}); use a smaller "
-            "--tile-size or min_cells."
         )
     width = max(m.size for m in members)
     padded = np.full((len(members), width), -1, dtype=np.int64)
