@@ -900,6 +900,56 @@ def coupling_table(idata, spec: ConcentrationSpec, summ: xr.Dataset, evidence=No
     return table
 
 
+#: Units the LGD reference numbers, hence every ``amplitude = "lgd"`` and the amplitudes of the
+#: shipped specifications, are in (those of the simulator, :data:`causalcrystal.simulator.UNITS`).
+AMPLITUDE_UNITS = {"I14": "a.u.", "I5": "a.u.", "a": "angstrom", "b": "angstrom", "alpha": "deg",
+                   "Vol": "angstrom^2", "Px": "angstrom", "Py": "angstrom"}
+_SAME_UNIT = {"a.u.": "counts", "counts": "counts", "Å": "angstrom", "A": "angstrom", "degree": "deg",
+              "degrees": "deg"}
+
+
+def check_units(spec: ConcentrationSpec, run_dir, log=None) -> None:
+    """Refuse a spec whose amplitude priors are in other units than the run's data.
+
+    A coupling ``effect <- cause`` with a prior amplitude is in ``unit(effect) / unit(cause)`` of
+    :data:`AMPLITUDE_UNITS`; the run records its descriptors' units (``manifest.json``,
+    ``settings["units"]``). They must agree (or both be unit-free: ``a <- Px`` is px/px or
+    angstrom/angstrom alike); pixel data against angstrom priors is off by the pixel size (10.7x on
+    the Atomap test image). Couplings without an amplitude (wide priors) are not affected. Runs
+    made before units were recorded are not checked (``log`` says so). Raises
+    :class:`ConcentrationError` naming the couplings, the units and the fix.
+    """
+    from causalcrystal.jobs import read_manifest
+
+    m = read_manifest(run_dir) or {}
+    units = m.get("settings", {}).get("units")
+    if not units:
+        if log:
+            log(f"note: {run_dir} records no descriptor units (an older run); the amplitude priors' units "
+                "(angstrom, deg) are not checked against the data")
+        return
+
+    def norm(u):
+        return _SAME_UNIT.get(str(u).strip(), str(u).strip())
+
+    bad = []
+    for c in spec.couplings:
+        if c.amplitude is None:
+            continue
+        data = (norm(units.get(c.effect, "")), norm(units.get(c.cause, "")))
+        prior = (norm(AMPLITUDE_UNITS[c.effect]), norm(AMPLITUDE_UNITS[c.cause]))
+        if data == prior or (data[0] == data[1] and prior[0] == prior[1]):
+            continue
+        bad.append(f"{c.label} (data {data[0]}/{data[1]}, prior {prior[0]}/{prior[1]})")
+    if bad:
+        raise ConcentrationError(
+            f"spec {spec.name!r}: the amplitude priors of {', '.join(bad)} are in other units than the run's "
+            "descriptors, so they would be wrong by the unit conversion. Give the descriptors in angstrom and "
+            "degrees (from atom columns: `causalcrystal descriptors` with a pixel size, or `causalcrystal columns "
+            "--pixel-size S --unit nm`), or use a spec without amplitudes for these couplings (leave 'amplitude' "
+            "out: a wide prior).")
+
+
 def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: ConcentrationSpec | str = "lgd", *,
                       seed: int = 0, universality_check: bool = True, against=(), overwrite: bool = False,
                       params: lgd.LGDParams | None = None, log=None) -> dict:
@@ -940,6 +990,9 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
             raise ConcentrationError(f"--against {a.name}: its couplings {[c.label for c in a.couplings]} differ from "
                                      f"{spec.name!r}'s; give a link name (e.g. universal) or a spec with the same "
                                      "couplings.")
+    check_units(spec, run_dir, log)
+    for a in alternatives:
+        check_units(a, run_dir, log)
     # the run's identity is a setting: a partial job is not resumed (stale stage 1) after a re-run
     settings = {"run_dir": str(run_dir.resolve()), "run_fingerprint": run_fingerprint(run_dir),
                 "spec": spec.to_dict(), "seed": seed, "universality": universality_check,

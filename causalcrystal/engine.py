@@ -380,7 +380,10 @@ def _plan_run(cells, *, tile_size, stride, min_cells, n_bootstrap, image_bootstr
                 "derived": derived if isinstance(derived, str) else list(derived),
                 "n_cells": int(cells.sizes["cell"]), "source": safe_name(cells.attrs.get("source", "")),
                 # the data's content, so a partial run never resumes on changed input files
-                "input_sha256": data_fingerprint(cells)}
+                "input_sha256": data_fingerprint(cells),
+                # the descriptors' units: B_raw is in effect units per cause unit, and the
+                # concentration model's amplitude priors are in physical units (checked there)
+                "units": {v: str(cells[v].attrs.get("units", "")) for v in DESCRIPTORS}}
     return RunPlan(cells, tiles, spec, settings, declared, detect, eff_min, exogenous, standardize, int(n_bootstrap),
                    int(image_bootstrap), int(n_orders), int(seed), derived)
 

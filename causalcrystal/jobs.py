@@ -377,6 +377,7 @@ def data_fingerprint(ds) -> str:
         a = np.ascontiguousarray(v.values)
         # text hashes as text, whatever its numpy dtype (object after a netCDF read, <U in memory)
         h.update(f"{name}|{v.dims}|{'text' if a.dtype.kind in 'OUS' else a.dtype.str}|{a.shape}|".encode())
+        h.update(json.dumps(v.attrs, sort_keys=True, default=str).encode("utf-8", "backslashreplace"))  # units
         if a.dtype.kind in "OUS":
             h.update("\x1f".join(map(str, a.ravel().tolist())).encode("utf-8", "backslashreplace"))
         else:

@@ -405,3 +405,28 @@ def test_two_images_are_not_a_test_of_universality():
     assert table["note"].str.contains("2 image").all()
     with pytest.raises(cn.ConcentrationError, match=">= 3 images"):
         cn.compare_links(summ, [spec, cn.all_links(spec, "universal")])
+
+
+def test_amplitude_priors_in_other_units_than_the_data_are_refused(tmp_path):
+    """Issue 12: the LGD amplitudes are in angstrom and degrees; pixel data would be off by the pixel
+    size (10.7x on the Atomap test image). Unit-free couplings (a <- Px: px/px) are unaffected."""
+    from causalcrystal.simulator import UNITS
+
+    spec = cn.load_spec("lgd")
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def manifest(units):
+        (run / "manifest.json").write_text(json.dumps({"job": "run", "causalcrystal": "t", "status": "finished",
+                                                       "settings": {"units": units}}))
+
+    manifest(dict(UNITS))
+    cn.check_units(spec, run)  # the simulator's units are the priors' units
+    px = {**UNITS, "a": "px", "b": "px", "Vol": "px^2", "Px": "px", "Py": "px"}
+    manifest(px)
+    with pytest.raises(cn.ConcentrationError, match=r"alpha<-Py \(data deg/px, prior deg/angstrom\)") as err:
+        cn.check_units(spec, run)
+    assert "a<-Px" not in str(err.value)  # px/px is as unit-free as angstrom/angstrom
+    # a spec without amplitudes (wide priors) has nothing to check
+    wide = replace(spec, couplings=tuple(replace(c, amplitude=None) for c in spec.couplings))
+    cn.check_units(wide, run)

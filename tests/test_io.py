@@ -440,3 +440,29 @@ def test_folder_of_tables_and_mixed_list(tmp_path, series):
     np.testing.assert_array_equal(ds["I14"], series["I14"])
     with pytest.raises(CellTableError, match="sm_fraction= only applies"):
         read(tables, sm_fraction=0.1)
+
+
+@pytest.mark.parametrize("ext", ["csv", "parquet"])
+def test_tables_keep_the_descriptors_units(tmp_path, ext):
+    """Issue 12: a CSV written in nm (or angstrom) used to read back labelled px."""
+    from causalcrystal.io import read, write_table
+    from causalcrystal.simulator import simulate
+
+    cells = simulate((0.0,), shape=(6, 6), seed=1)
+    cells["a"].attrs["units"] = "nm"
+    p = write_table(cells, tmp_path / f"t.{ext}")
+    back = read(p)
+    assert back["a"].attrs["units"] == "nm" and back["Vol"].attrs["units"] == "angstrom^2"
+    np.testing.assert_allclose(back["a"].values, cells["a"].values)
+
+
+def test_a_damaged_units_line_is_named(tmp_path):
+    from causalcrystal.cells import CellTableError
+    from causalcrystal.io import read, write_table
+    from causalcrystal.simulator import simulate
+
+    p = write_table(simulate((0.0,), shape=(6, 6), seed=1), tmp_path / "t.csv")
+    text = p.read_text().splitlines()
+    p.write_text("\n".join(['# causalcrystal units: {"a": "angstrom", "zz": "px"}'] + text[1:]) + "\n")
+    with pytest.raises(CellTableError, match=r"t\.csv.*units.*\['zz'\]"):
+        read(p)

@@ -1,12 +1,16 @@
 """CSV and Parquet cell tables: one row per unit cell, one column per descriptor.
 
 Columns: ``image, sm_fraction, row, col, I14, I5, a, b, alpha, Vol, Px, Py`` and optionally
-``x, y`` (cell centre). Other columns are ignored. Units are not stored in these formats; the
-defaults of :data:`causalcrystal.cells.DEFAULT_UNITS` apply (use netCDF to keep units and attrs).
+``x, y`` (cell centre). Other columns are ignored. The descriptors' units travel with the table:
+a CSV written here starts with one comment line ``# causalcrystal units: {"a": "angstrom", ...}``
+(JSON), a Parquet file keeps them in its metadata (``df.attrs["units"]``); a table without them
+gets the defaults of :data:`causalcrystal.cells.DEFAULT_UNITS` (pixels: the public files' unit).
+Other attrs are not kept (use netCDF for those).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,6 +21,8 @@ import xarray as xr
 from causalcrystal.cells import DESCRIPTORS, CellTableError, make_cells, safe_text
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image", "sm_fraction", "row", "col") + DESCRIPTORS
+#: First line of a CSV written by :func:`write_table`: the descriptors' units as JSON.
+UNITS_LINE = "# causalcrystal units: "
 OPTIONAL_COLUMNS: tuple[str, ...] = ("x", "y")
 TABLE_SUFFIXES = (".csv", ".parquet")
 #: Grid indices beyond this are not exact in float64 (CSV numbers are parsed as floats).
@@ -97,12 +103,20 @@ def read_table(path: str | os.PathLike) -> xr.Dataset:
     kind = _kind(p)
     if not p.is_file():
         raise CellTableError(f"{src}: no such file; check the path.")
+    units, skip = None, 0
     try:
         if kind == "csv":
+            with open(p, "rb") as f:
+                first = f.readline(4096).decode("utf-8", "replace")
+            if first.startswith(UNITS_LINE):
+                units, skip = _parse_units(first[len(UNITS_LINE):], src, "its first line"), 1
             # Image labels such as "7" or "010" must stay strings.
-            df = pd.read_csv(p, dtype={"image": str})
+            df = pd.read_csv(p, dtype={"image": str}, skiprows=skip)
         else:
             df = pd.read_parquet(p)
+            if "units" in df.attrs:
+                units = _parse_units(json.dumps(df.attrs["units"]) if not isinstance(df.attrs["units"], str)
+                                     else df.attrs["units"], src, "its metadata")
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise CellTableError(
             f"{src}: cannot read as {kind.upper()} ({type(exc).__name__}: {exc}). The file is corrupt or "
@@ -135,7 +149,7 @@ def read_table(path: str | os.PathLike) -> xr.Dataset:
     if kind == "csv" and df["image"].isna().any():
         # pandas reads the labels "NA", "None", "null", "nan" as missing; an image may be called that.
         try:
-            labels = pd.read_csv(p, usecols=["image"], dtype=str, keep_default_na=False)["image"]
+            labels = pd.read_csv(p, usecols=["image"], dtype=str, keep_default_na=False, skiprows=skip)["image"]
             if len(labels) == len(df):
                 df["image"] = labels.where(labels.str.strip() != "", None).to_numpy(dtype=object)
         except (OSError, ValueError, pd.errors.ParserError):
@@ -154,8 +168,26 @@ def read_table(path: str | os.PathLike) -> xr.Dataset:
         col=_integer(df, "col", kind, src),
         x=xy["x"],
         y=xy["y"],
+        units=units,
         source=src,
     )
+
+
+def _parse_units(text: str, src: str, where: str) -> dict:
+    """The units JSON of a table, checked: descriptor names to unit strings."""
+    try:
+        units = json.loads(text)
+    except ValueError as err:
+        raise CellTableError(f"{src}: the units in {where} are not JSON ({err}); fix or delete that line "
+                             f"(it reads {UNITS_LINE}{{\"a\": \"angstrom\", ...}}).") from None
+    if not isinstance(units, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in units.items()):
+        raise CellTableError(f"{src}: the units in {where} must map descriptor names to unit strings, e.g. "
+                             '{"a": "angstrom", "alpha": "deg"}.')
+    unknown = sorted(set(units) - set(DESCRIPTORS))
+    if unknown:
+        raise CellTableError(f"{src}: the units in {where} name {unknown}, which are not descriptors "
+                             f"({list(DESCRIPTORS)}).")
+    return units
 
 
 def to_frame(ds: xr.Dataset) -> pd.DataFrame:
@@ -168,19 +200,24 @@ def to_frame(ds: xr.Dataset) -> pd.DataFrame:
 
 def write_table(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a cell table as CSV or Parquet (by suffix); refuses to replace a file unless
-    ``overwrite=True``. Units and attrs are not kept (use netCDF for that)."""
+    ``overwrite=True``. The descriptors' units are kept (see the module docstring); other attrs are
+    not (use netCDF for those)."""
     p = Path(path)
     kind = _kind(p)
     if p.exists() and not overwrite:
         raise CellTableError(f"{safe_text(p)}: file exists; pass overwrite=True to replace it.")
     p.parent.mkdir(parents=True, exist_ok=True)
     df = to_frame(ds)
+    units = {v: str(ds[v].attrs["units"]) for v in DESCRIPTORS if "units" in ds[v].attrs}
     tmp = p.with_name(f".{p.name}.tmp")
     # Write next to the target and rename, so a failed write never leaves a half file at `path`.
     try:
         if kind == "csv":
-            df.to_csv(tmp, index=False)
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                f.write(UNITS_LINE + json.dumps(units) + "\n")  # a table in angstrom reads back in angstrom
+                df.to_csv(f, index=False)
         else:
+            df.attrs["units"] = units
             df.to_parquet(tmp, index=False)
         os.replace(tmp, p)
     finally:
