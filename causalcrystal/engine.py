@@ -2,6 +2,8 @@
 
 ``run_pipeline(cells, out_dir, ...)`` writes into ``out_dir``:
 
+``cells.nc``
+    the cell table the run was made from (validated, in canonical order; the project's netCDF).
 ``discovery.nc``
     LiNGAM per tile (adjacency, bootstrap probabilities, orders, candidate DAGs), and the
     image-level discovery in the netCDF group ``images``.
@@ -62,7 +64,7 @@ from causalcrystal.sem import DEFAULT_SPEC, ORDER_KEYS, RHAT_MAX, ModelSpec, loa
 from causalcrystal.tiling import image_tiles, make_tiles, tile_members
 
 #: What a run writes into its folder besides ``manifest.json`` (``tiles/`` only while it runs).
-OUTPUTS = ("discovery.nc", "posterior.nc", "summary.csv", "tiles")
+OUTPUTS = ("cells.nc", "discovery.nc", "posterior.nc", "summary.csv", "tiles")
 #: Jobs and files derived from a run that live in its folder; ``--overwrite`` moves them aside with it.
 COMPANIONS = ("report.html", "concentration", "compare")
 #: Fewest cells a tile may have: an equation regresses a descriptor on up to 7 others (8 coefficients
@@ -426,6 +428,12 @@ def _discovery_phase(job: Job, plan: RunPlan, scheduler, workers, progress, log)
         raise ValueError(f"no tile can be fitted ({top}); use a larger --tile-size, a lower --min-cells (>= "
                          f"{MIN_CELLS_FLOOR}) or clean the input (see `causalcrystal inspect`).")
     _report_derived(cells, disc_images, disc, plan.derived, log)
+    # the cells the run was made from (canonical order): plots over the image, and re-analysis
+    # without the input files
+    from causalcrystal.io import write_netcdf
+
+    with job.output("cells.nc") as tmp:
+        write_netcdf(cells, tmp, overwrite=True)
     with job.output("discovery.nc") as tmp:
         disc.to_netcdf(tmp, engine="h5netcdf")
         disc_images.to_netcdf(tmp, engine="h5netcdf", group="images", mode="a")

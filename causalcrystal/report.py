@@ -92,6 +92,7 @@ class Context:
     log: object
     edges: pd.DataFrame | None = None  # per edge: mean inclusion etc. over all tiles
     selected: list = field(default_factory=list)
+    cells: object = None  # the run's cells.nc (xarray Dataset) when the run stored it
 
 
 def _read_tiles(path: Path):
@@ -178,6 +179,10 @@ def load_context(run_dir, concentration=None, compare=None, log=None) -> Context
     comp, comp_given = _companion(run_dir, compare, "compare", ("models.csv", "averaged.csv", "directions.csv"))
     ctx = Context(run_dir, manifest, summary, tiles, images, post_attrs, disc_attrs, disc_image_attrs, conc,
                   conc_given, comp, comp_given, log)
+    if (run_dir / "cells.nc").is_file():
+        import xarray as xr
+
+        ctx.cells = xr.load_dataset(run_dir / "cells.nc", engine="h5netcdf")
     ctx.edges = edge_table(summary, len(tiles))
     ctx.selected = select_couplings(ctx.edges)
     return ctx
@@ -525,6 +530,83 @@ def section_maps(ctx: Context) -> str:
     out += _img(_map_figure(ctx, widths), "maps of 90 % HDI widths",
                 "Width of each tile's 90 % highest-density interval (hdi_95% - hdi_5% of summary.csv).")
     return out
+
+
+#: At most this many images get a polarisation figure.
+MAX_POLARISATION_IMAGES = 6
+
+
+def _background(cells, image: str):
+    """(image array, pixels per cell-coordinate unit) of an image's micrograph, or (None, 1)."""
+    import warnings
+
+    from causalcrystal.io import load_haadf
+
+    try:
+        if image in json.loads(cells.attrs.get("haadf", "{}") or "{}"):
+            return np.asarray(load_haadf(cells, image), dtype=float), 1.0  # Sm-BFO x, y are in pixels
+        cols = json.loads(cells.attrs.get("columns", "{}") or "{}")
+        if cols.get("source") and Path(cols["source"]).is_file():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # HyperSpy's import-time deprecation chatter
+                from causalcrystal.columns import _load_image, _need_atomap
+
+                _, hs = _need_atomap()
+                data = _load_image(cols["source"], hs)[0].data
+            scale = float(json.loads(cells.attrs.get("atoms", "{}")).get("length_scale", 1.0)) or 1.0
+            return data, 1.0 / scale  # descriptors in angstrom, image in pixels
+    except (ImportError, ValueError, OSError):
+        pass
+    return None, 1.0
+
+
+def polarisation_data(cells, image: str):
+    """The arrows of one image: cell x, y (in the micrograph's pixels when it is known) and Px, Py
+    (same units as x, y), the background image (or ``None``) and the units' name."""
+    m = cells["image"].values.astype(str) == str(image)
+    bg, per = _background(cells, image)
+    x = cells["x"].values[m] if "x" in cells else cells["col"].values[m].astype(float)
+    y = cells["y"].values[m] if "y" in cells else cells["row"].values[m].astype(float)
+    unit = "px" if bg is not None else str(cells["a"].attrs.get("units", ""))
+    return {"x": x * per, "y": y * per, "Px": cells["Px"].values[m] * per, "Py": cells["Py"].values[m] * per,
+            "image": bg, "units": unit}
+
+
+def section_polarisation(ctx: Context) -> str:
+    cells = ctx.cells
+    if cells is None:
+        return _note("This run did not store its cells (cells.nc; runs made before it did): re-run it to see the "
+                     "polarisation over the image.")
+    images = list(ctx.images.index)[:MAX_POLARISATION_IMAGES]
+    n = len(images)
+    ncol = min(3, n)
+    nrow = (n + ncol - 1) // ncol
+    fig = _fig(4.2 * ncol, 4.2 * nrow)
+    axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+    with_image = 0
+    for ax, img in zip(axes, images):
+        d = polarisation_data(cells, img)
+        if d["image"] is not None:
+            with_image += 1
+            ax.imshow(d["image"], cmap="gray", origin="upper")
+        else:
+            ax.invert_yaxis()  # image convention: y (rows) grows downwards
+        angle = np.degrees(np.arctan2(d["Py"], d["Px"]))
+        q = ax.quiver(d["x"], d["y"], d["Px"], d["Py"], angle, cmap="hsv", clim=(-180, 180), angles="xy",
+                      pivot="middle")
+        ax.set_title(_image_title(ctx, img), fontsize=9)
+        ax.set_aspect("equal")
+        ax.set_xlabel(f"x ({_mpl(d['units'])})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes[n:]:
+        ax.axis("off")
+    fig.colorbar(q, ax=list(axes[:n]), shrink=0.6, label="direction of (Px, Py) (deg)")
+    cap = ("B-site offset (Px, Py) of every cell as an arrow from the cell's reference point, coloured by its "
+           "direction; arrow lengths are scaled for visibility (compare them within a panel). "
+           + (f"{with_image} panel(s) over the micrograph (its pixels); " if with_image else "")
+           + ("others over the cell positions" if with_image < n else "") + ".")
+    more = f" Showing {n} of {len(ctx.images)} images." if len(ctx.images) > n else ""
+    return _note("Polarisation of each cell (from cells.nc)." + more) + _img(fig, "polarisation vector maps", cap)
 
 
 def pca(X: np.ndarray):
@@ -956,6 +1038,7 @@ SECTIONS = (
     ("provenance", "Data provenance", section_provenance),
     ("graphs", "Causal graphs per image", section_graphs),
     ("maps", "Coupling maps", section_maps),
+    ("polarisation", "Polarisation over the image", section_polarisation),
     ("pca", "PCA of the coupling maps", section_pca),
     ("concentration", "Couplings against Sm fraction (LGD)", section_concentration),
     ("compare", "Model comparison and edge directions", section_compare),

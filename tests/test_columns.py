@@ -81,6 +81,8 @@ def test_real_image_whole_path_to_the_report(columns, tmp_path):
     assert main(["report", str(run), "--quiet"]) == 0
     html = (run / "report.html").read_text(encoding="utf-8")
     assert "data-sections-failed='0'" in html and "STO_110" in html
+    # the polarisation of every cell drawn over the micrograph the columns came from
+    assert "1 panel(s) over the micrograph" in html
 
 
 def test_whole_image_tiles_for_small_images(tmp_path):

@@ -304,3 +304,19 @@ def test_an_unfinished_companion_job_is_shown_as_unfinished_not_as_results(run, 
     html = fn(ctx)
     assert "unfinished" in html and "same command" in html
     assert "<table" not in html
+
+
+def test_polarisation_is_drawn_per_cell_from_the_runs_cells(run, report):
+    """Issue 12: the report shows (Px, Py) of every cell (over the micrograph when there is one;
+    the simulated run has none, so over the cell positions)."""
+    from causalcrystal import report as rp
+
+    _, html = report
+    assert (run / "cells.nc").is_file()
+    assert "id='polarisation'" in html and "over the cell positions" in html
+    ctx = rp.load_context(run, log=lambda m: None)
+    img = str(ctx.images.index[0])
+    d = rp.polarisation_data(ctx.cells, img)
+    m = ctx.cells["image"].values.astype(str) == img
+    assert d["image"] is None and len(d["x"]) == int(m.sum())
+    np.testing.assert_array_equal(d["Px"], ctx.cells["Px"].values[m])
