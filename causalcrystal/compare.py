@@ -530,8 +530,12 @@ def _plan_compare(run_dir, out_dir, cells, *, candidates, families, pairs, tiles
     specs = {}
     for f in families:
         spec = load_spec(f)
-        # the run's sampler settings: every model keeps the same number of draws
-        specs[spec.name] = replace(spec, sampler=run_spec.sampler)
+        # the run's sampler settings: every model keeps the same number of draws; a family the
+        # run's sampler cannot fit (the Gibbs sampler serves mixture noise only) keeps its own
+        sampler = run_spec.sampler
+        if sampler.name == "gibbs" and spec.noise != "mog":
+            sampler = replace(sampler, name=spec.sampler.name)
+        specs[spec.name] = replace(spec, sampler=sampler)
     pairs = _parse_pairs(pairs)  # checked even when unused, so a typo is caught before hours of fits
     exo = list(s.get("exogenous") or [])
     for a, b in pairs:

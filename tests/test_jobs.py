@@ -312,3 +312,16 @@ def test_a_kill_while_outputs_are_written_leaves_a_run_the_same_command_finishes
     a = pd.read_csv(out / "summary.csv")
     b = pd.read_csv(finished_run / "summary.csv")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_compare_on_a_default_run_fits_every_family_with_the_runs_draws(small_cells, finished_run, tmp_path):
+    """The default run samples mixture noise with the Gibbs sampler, which cannot fit the other
+    families: compare used to give every family the run's sampler and fail on `laplace`."""
+    from causalcrystal.compare import _plan_compare
+
+    plan = _plan_compare(finished_run, tmp_path / "cmp", small_cells, candidates=1, families=("mog", "laplace"),
+                         pairs=[("Px", "Py")], tiles=None, max_tiles=None, directions=True, image_directions=True,
+                         seed=0)
+    mog, lap = plan["specs"]["mog"].sampler, plan["specs"]["laplace"].sampler
+    assert mog.name == "gibbs" and lap.name == "nutpie"
+    assert (lap.draws, lap.tune, lap.chains) == (mog.draws, mog.tune, mog.chains) == (100, 100, 2)
