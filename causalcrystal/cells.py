@@ -93,6 +93,14 @@ class CellTableError(ValueError):
     """A cell table (or the input it was built from) breaks the data contract."""
 
 
+class GridGapWarning(UserWarning):
+    """Some cells of an image sit beyond a gap of empty grid rows/columns (a stray lattice index?)."""
+
+
+#: A gap of empty rows (columns) with fewer than this share of an image's cells beyond it is named.
+STRAY_SHARE = 0.05
+
+
 class NonFiniteWarning(UserWarning):
     """Cells with NaN/inf descriptors were dropped (the default non-finite policy)."""
 
@@ -388,6 +396,20 @@ def _check_grid(src: str, labels: np.ndarray, inverse: np.ndarray, rows: np.ndar
                 "(neighbouring unit cells differ by 1), and tiles would hold almost no cells. Give the lattice "
                 f"indices (here: divide {div}); Sm-BFO files: dataset 'ab'."
             )
+        for axis, v in (("row", r), ("col", c)):
+            # a few cells beyond a gap of empty rows or columns: a stray index, which silently widens
+            # the grid and adds tiles (a 24 x 24 image read as 29 x 24)
+            u = np.unique(v)
+            d = np.diff(u)
+            for j in np.flatnonzero(d > 1):
+                below = int((v <= u[j]).sum())
+                few = min(below, n - below)
+                if 0 < few <= STRAY_SHARE * n:
+                    warnings.warn(
+                        f"{src}: image {quoted(lab)}: {axis} indices jump from {int(u[j])} to {int(u[j + 1])} "
+                        f"({int(d[j]) - 1} empty {axis}s), with only {few} of {n} cells on one side: stray lattice "
+                        "indices? They widen the grid and add tiles; correct or remove those cells.",
+                        GridGapWarning, stacklevel=3)
 
 
 def check_sm_fraction_plausible(ds: xr.Dataset, source: str | None = None) -> xr.Dataset:

@@ -92,8 +92,8 @@ def standardize(cells: xr.Dataset, mode: str = "image") -> xr.Dataset:
         return out
     if done != "none":
         raise CellTableError(
-            f"{src}: the table is already standardised (attrs['standardize'] = {done!r}); pass the raw "
-            f"cell table to standardize(..., {mode!r}), or use mode 'none' to keep it as it is."
+            f"{src}: the table is already standardised (attrs['standardize'] = {done!r}); give the raw cell "
+            "table, or keep these values as they are with --standardize none (standardize='none')."
         )
     out = cells.copy(deep=True)
     out.attrs = dict(cells.attrs)
@@ -116,14 +116,14 @@ def standardize(cells: xr.Dataset, mode: str = "image") -> xr.Dataset:
             n_bad = int((~np.isfinite(v)).sum())
             if n_bad:
                 raise CellTableError(
-                    f"{src}: image {lab!r}, variable {name!r} has {n_bad} non-finite value(s) and cannot "
+                    f"{src}: image {str(lab)!r}, variable {name!r} has {n_bad} non-finite value(s) and cannot "
                     "be standardised; drop those cells first (causalcrystal.cells.apply_nonfinite_policy, "
                     "read(..., nonfinite='drop'))."
                 )
             mu, sd = float(v.mean()), float(v.std())
             if _is_constant(sd, mu):
                 raise CellTableError(
-                    f"{src}: image {lab!r} has no variation in {name!r} (all {v.size} cells = {mu:g}), so it "
+                    f"{src}: image {str(lab)!r} has no variation in {name!r} (all {v.size} cells = {mu:g}), so it "
                     "cannot be z-scored and carries no causal information; exclude that image or check "
                     "the input that produced it."
                 )

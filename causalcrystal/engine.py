@@ -290,8 +290,8 @@ def run_pipeline(
     plan = _plan_run(cells, tile_size=tile_size, stride=stride, min_cells=min_cells, n_bootstrap=n_bootstrap,
                      image_bootstrap=image_bootstrap, exogenous=exogenous, standardize=standardize, spec=spec,
                      n_orders=n_orders, derived=derived, seed=seed)
-    job = Job("run", out_dir, plan.settings, outputs=OUTPUTS, work="tiles", final="posterior.nc",
-              companions=COMPANIONS, version=__version__, log=log)
+    job = Job("run", out_dir, plan.settings, outputs=OUTPUTS, work="tiles", parts="tile_[0-9]*.npz",
+              final="posterior.nc", companions=COMPANIONS, version=__version__, log=log)
     timings = {"discovery": 0.0, "sampling": 0.0, "writing": 0.0}  # seconds, this call only
     with job.open(overwrite):
         clock = time.perf_counter()
@@ -374,6 +374,9 @@ def _plan_run(cells, *, tile_size, stride, min_cells, n_bootstrap, image_bootstr
     if len(set(exo_idx) | {DESCRIPTORS.index(v) for v in declared}) >= len(DESCRIPTORS):
         raise ValueError(f"every descriptor is exogenous ({exogenous}) or derived ({declared}): there is no edge to "
                          "estimate; make fewer descriptors exogenous or derived.")
+    from causalcrystal.discovery import standardize as _standardize
+
+    _standardize(cells, standardize)  # constant or already-standardised columns: refused before --out is touched
     eff_min = tile_min_cells(tile_size, min_cells)
     tiles = run_tiles(cells, tile_size, stride, eff_min)
     settings = {"tile_size": tile_size, "stride": stride, "min_cells": min_cells, "n_bootstrap": n_bootstrap,
@@ -488,25 +491,33 @@ def _write_phase(job: Job, plan: RunPlan, disc, priors, done, progress):
     std_cells = discovery.standardize(plan.cells, plan.standardize)
     with job.output("posterior.nc") as tmp:
         summary = write_posterior(tmp, plan.tiles, disc, priors, done, job.work_dir, plan.spec, plan.standardize,
-                                  progress, constants=tile_constants(plan.cells, std_cells, plan.tiles, done))
+                                  progress, constants=tile_constants(plan.cells, std_cells, plan.tiles, done,
+                                                                     plan.standardize))
     with job.output("summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     return summary
 
 
 def _warn_identifiability(summary, log) -> None:
-    """Say where edge directions are not identified (both noises Gaussian-looking)."""
+    """Say which well-supported edges have no identified direction (both residuals Gaussian-looking).
+
+    Per edge, not averaged over a tile: a tile with a few identified edges used to hide its
+    reversed, Gaussian-noise edges at inclusion 0.99 behind a tile-level mean."""
     if summary.empty or "direction_identified" not in summary:
         return
-    per_tile = summary.groupby("tile")["direction_identified"].mean()
-    weak = per_tile[per_tile < 0.5]
-    if weak.size:
-        share = weak.size / per_tile.size
-        log(f"WARNING: in {weak.size} of {per_tile.size} tile(s) most edges join two variables whose residuals look "
-            f"Gaussian (Shapiro-Wilk p > {GAUSS_ALPHA}): their directions are not identified by the data (LiNGAM needs "
-            "non-Gaussian noise), so read those tiles' inclusion probabilities as about association, not direction"
-            + (" -- this is most of the run: the data look Gaussian." if share > 0.5 else
-               "; see 'direction_identified' in summary.csv."))
+    strong = summary[summary["inclusion_prob"] >= 0.5]
+    weak = strong[~strong["direction_identified"].astype(bool)]
+    if weak.empty:
+        return
+    top = weak.sort_values("inclusion_prob", ascending=False).head(3)
+    examples = "; ".join(f"tile {t} {e}<-{c} (inclusion {p:.2f})"
+                         for t, e, c, p in zip(top["tile"], top["effect"], top["cause"], top["inclusion_prob"]))
+    share = len(weak) / len(strong)
+    log(f"WARNING: {len(weak)} of {len(strong)} edge(s) with inclusion probability >= 0.5 join two variables whose "
+        f"residuals look Gaussian (Shapiro-Wilk p > {GAUSS_ALPHA}): the data do not identify their direction (LiNGAM "
+        "needs non-Gaussian noise), so read them as association, not as which causes which; e.g. " + examples
+        + ". See 'direction_identified' in summary.csv."
+        + (" This is most of the run: the data look Gaussian." if share > 0.5 else ""))
 
 
 def _hdi(x: np.ndarray, prob: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
@@ -552,7 +563,8 @@ def _load_tile(tile_dir: Path, k: int) -> dict:
     return load_part(_tile_path(tile_dir, k), _read_npz, "run")
 
 
-def tile_constants(cells: xr.Dataset, std_cells: xr.Dataset, tiles: xr.Dataset, done) -> xr.Dataset:
+def tile_constants(cells: xr.Dataset, std_cells: xr.Dataset, tiles: xr.Dataset, done, mode: str | None = None
+                   ) -> xr.Dataset:
     """Per tile: the Sm fraction, the raw descriptor means and the scales that ``B`` is in.
 
     ``B_raw[i, j] = B[i, j] * scale_i / scale_j`` converts a tile's coefficients to raw units;
@@ -562,7 +574,9 @@ def tile_constants(cells: xr.Dataset, std_cells: xr.Dataset, tiles: xr.Dataset, 
     """
     X = np.column_stack([cells[v].values.astype(np.float64) for v in DESCRIPTORS])
     y = cells["sm_fraction"].values
-    standardize = std_cells.attrs.get("standardize", "none")
+    # the run's own mode: an input that says it is standardised already, run with mode "none", has
+    # no per-image scales (its B is in the input's units)
+    standardize = mode or std_cells.attrs.get("standardize", "none")
     sds = json.loads(std_cells.attrs.get("standardize_sd", "{}"))
     mean, scale, frac = [], [], []
     for k in done:

@@ -118,21 +118,25 @@ class Job:
     ``None``); ``final``: the file older versions wrote last (to read their manifests);
     ``companions``: sub-folders holding jobs derived from this one (``run``: ``concentration``,
     ``compare``) and files generated from it (``report.html``), moved aside with it on overwrite.
-    ``settings`` must be JSON-serialisable; it is compared after a JSON round trip.
+    ``parts``: glob of the files the job writes into ``work`` (only those are ever moved or
+    removed there). ``settings`` must be JSON-serialisable; it is compared after a JSON round trip.
 
     Use as ``with Job(...).open(overwrite) as job:`` then :meth:`output` for each file and
     :meth:`finish` at the end; the lock is released when the block ends.
     """
 
     def __init__(self, kind: str, out_dir, settings: dict, *, outputs: Iterable[str], work: str | None = None,
-                 final: str | None = None, companions: Iterable[str] = (), version: str = "", log=None):
+                 parts: str = "*", final: str | None = None, companions: Iterable[str] = (), version: str = "",
+                 log=None):
         self.kind, self.out_dir = kind, Path(out_dir)
         self.settings = normalise(settings)
         self.outputs = tuple(outputs)
         self.work, self.final, self.companions = work, final, tuple(companions)
+        self.parts = parts  # glob of the work files this job writes (others in work/ are the user's)
         self.version = version
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.resumed = False
+        self._replaces: list[str] = []  # PREVIOUS/<name> folders this job deletes when it finishes
         self._lock = None
         self._moved: Path | None = None
 
@@ -204,11 +208,17 @@ class Job:
         for name in self.outputs:
             p = self.out_dir / name
             if p.is_dir():
-                if any(p.iterdir()):
+                if any(p.glob(self.parts) if name == self.work else p.iterdir()):
                     return True
             elif p.exists():
                 return True
         return False
+
+    def _own_parts(self) -> list[Path]:
+        """The work files this job wrote (by name; anything else in the work folder is left alone)."""
+        if self.work_dir is None or not self.work_dir.is_dir():
+            return []
+        return sorted(p for p in self.work_dir.glob(self.parts) if p.is_file())
 
     def _prepare(self, overwrite: bool) -> None:
         out, old = self.out_dir, read_manifest(self.out_dir)
@@ -234,8 +244,12 @@ class Job:
             same = normalise(old.get("settings")) == self.settings
             if state == "partial" and same and not overwrite:
                 self.resumed = True
+                self._replaces = list(old.get("replaces", []))
             elif state == "partial" and not self._has_work():
-                pass  # a setup error left only a manifest: start afresh
+                # a setup error left only a manifest: start afresh. What an earlier --overwrite moved
+                # aside stays until a job started with --overwrite finishes.
+                if overwrite:
+                    self._replaces = list(old.get("replaces", []))
             elif state == "partial" and not overwrite:
                 diff = _diff(old.get("settings", {}), self.settings)
                 raise RunExistsError(
@@ -243,11 +257,22 @@ class Job:
                     "same command as before to resume it, pass --overwrite to start again (the partial outputs are "
                     "kept until the new job finishes), or choose another --out.")
             else:
+                self._replaces = list(old.get("replaces", []))
                 self._move_aside()
         if self.work_dir is not None:
             self.work_dir.mkdir(exist_ok=True)
+        if self._moved is not None:
+            self._replaces.append(self._moved.name)
+        prev = out / PREVIOUS
+        orphans = sorted(d.name for d in prev.iterdir() if d.name not in self._replaces) if prev.is_dir() else []
+        if orphans:
+            self.log(f"note: {self._where()}/{PREVIOUS} holds outputs an earlier --overwrite moved aside and whose job "
+                     f"never finished ({', '.join(orphans)}); they are kept: move them back or delete them by hand")
+        import shlex
+
         manifest = {"job": self.kind, "causalcrystal": self.version, "status": "running", "settings": self.settings,
-                    "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": shlex.join(sys.argv),
+                    "replaces": self._replaces}
         if self.resumed and old is not None:
             manifest["started_at"] = old.get("started_at", manifest["started_at"])
         _atomic_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
@@ -255,7 +280,8 @@ class Job:
     def _move_aside(self) -> None:
         """Move this job's previous outputs (and derived jobs and files) into ``PREVIOUS/<time>``."""
         out = self.out_dir
-        names = [n for n in (*self.outputs, MANIFEST) if (out / n).exists()]
+        names = [n for n in (*self.outputs, MANIFEST) if (out / n).exists() and n != self.work]
+        parts = self._own_parts()
         for c in self.companions:
             p = out / c
             if p.is_dir() and read_manifest(p) is not None:
@@ -263,7 +289,7 @@ class Job:
                 names.append(c)
             elif p.is_file() and _generated_by_us(p):
                 names.append(c)
-        if not names:
+        if not names and not parts:
             return
         dest = out / PREVIOUS / time.strftime("%Y%m%d-%H%M%S")
         while dest.exists():
@@ -271,6 +297,11 @@ class Job:
         dest.mkdir(parents=True)
         for n in names:
             os.replace(out / n, dest / n)
+        if parts:  # only the job's own work files: a user's file in the work folder stays where it is
+            (dest / self.work).mkdir()
+            for p in parts:
+                os.replace(p, dest / self.work / p.name)
+            names.append(f"{self.work}/ ({len(parts)} work files)")
         self._moved = dest
         self.log(f"--overwrite: moved the previous {', '.join(names)} of {self._where()} to {safe_name(dest)}; "
                  "they are deleted when this job finishes")
@@ -311,10 +342,17 @@ class Job:
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})})
         _atomic_text(self.out_dir / MANIFEST, json.dumps(m, indent=1, sort_keys=True))
         prev = self.out_dir / PREVIOUS
-        if prev.exists():
-            shutil.rmtree(prev, ignore_errors=True)
+        for name in self._replaces:  # only what this job (or the one it resumed) moved aside
+            if name and "/" not in name and (prev / name).is_dir():
+                shutil.rmtree(prev / name, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            prev.rmdir()  # only when empty
         if drop_work and self.work_dir is not None and self.work_dir.exists():
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+            for p in self._own_parts():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            with contextlib.suppress(OSError):
+                self.work_dir.rmdir()  # only when empty: a user's file there keeps the folder
 
     # -- resumable parts ------------------------------------------------------------------------
 

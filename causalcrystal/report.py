@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from causalcrystal.cells import DESCRIPTORS
+from causalcrystal.jobs import read_manifest
 from causalcrystal.jobs import status as job_status
 
 if TYPE_CHECKING:
@@ -699,6 +700,18 @@ def _conc_theta(path: Path):
     return {"mean": flat.mean("s"), "lo": flat.quantile(0.05, "s"), "hi": flat.quantile(0.95, "s")}
 
 
+def _resume_hint(d: Path, job: str) -> str:
+    """How to finish the unfinished job in ``d``: the command line its manifest recorded when it was
+    the ``causalcrystal`` command, otherwise what to call (the job's own --out is ``d``)."""
+    m = read_manifest(d) or {}
+    command = str(m.get("command", ""))
+    first = command.split(" ", 1)[0]
+    if first.endswith("causalcrystal") and f" {job} " in f" {command} ":
+        return _cmd(command)
+    return _note(f"the same <code>causalcrystal {job}</code> command (or Python call) that started it, with "
+                 f"<code>--out {_esc(d)}</code>.")
+
+
 def section_concentration(ctx: Context) -> str:
     import pandas as pd
     import xarray as xr
@@ -712,7 +725,7 @@ def section_concentration(ctx: Context) -> str:
     if job_status(d, "concentration.nc") != "finished" or not (d / "curves.csv").is_file():
         # only a finished job's files are read: an interrupted one may hold some outputs and not others
         return _note(f"<code>{_esc(d)}</code> holds an unfinished concentration job (its manifest does not say "
-                     "finished). Finish it by running the same command again:", "warn") + hint
+                     "finished). Finish it by running the same command again:", "warn") + _resume_hint(d, "concentration")
     out = ""
     man = d / "manifest.json"
     if man.is_file():
@@ -869,7 +882,7 @@ def section_compare(ctx: Context) -> str:
     if job_status(d, "models.csv") != "finished" or not files:
         # only a finished job's tables are shown: an interrupted one may hold some tables and not others
         return _note(f"<code>{_esc(d)}</code> holds an unfinished compare job (its manifest does not say finished). "
-                     "Finish it by running the same command again:", "warn") + hint
+                     "Finish it by running the same command again:", "warn") + _resume_hint(d, "compare")
     out = _stale_note(ctx, d / "manifest.json", "discovery.nc", "compare")
     tables = {p.name: pd.read_csv(p) for p in files}
     dirs = tables.get("directions.csv")

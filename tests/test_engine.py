@@ -159,3 +159,22 @@ def test_cli_demo_end_to_end(tmp_path, capsys):
     assert not (out / "concentration").exists()
     assert main(["demo", "--out", str(out), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_included_edges_without_an_identified_direction_are_named():
+    """Gaussian-noise data (F07): a tile with a few identified edges hid its reversed edges at
+    inclusion 0.99 behind a tile-level mean; the warning is per edge now."""
+    from causalcrystal.engine import _warn_identifiability
+
+    rows = [dict(tile=0, effect="Py", cause="alpha", inclusion_prob=0.99, direction_identified=False),
+            dict(tile=0, effect="Py", cause="Px", inclusion_prob=0.98, direction_identified=False),
+            dict(tile=0, effect="a", cause="Px", inclusion_prob=0.99, direction_identified=True),
+            dict(tile=0, effect="Vol", cause="a", inclusion_prob=0.99, direction_identified=True),
+            dict(tile=0, effect="b", cause="a", inclusion_prob=0.99, direction_identified=True),
+            dict(tile=0, effect="b", cause="Px", inclusion_prob=0.10, direction_identified=False)]
+    logged = []
+    _warn_identifiability(pd.DataFrame(rows), logged.append)
+    assert len(logged) == 1 and "2 of 5 edge(s)" in logged[0] and "tile 0 Py<-alpha (inclusion 0.99)" in logged[0]
+    logged.clear()
+    _warn_identifiability(pd.DataFrame(rows[2:5]), logged.append)
+    assert not logged

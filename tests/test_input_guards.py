@@ -437,3 +437,29 @@ def test_guards_do_not_warn_on_a_clean_series(tmp_path):
         ds = read(folder)
     assert json.loads(ds.attrs["nonfinite_dropped"]) == {}
     assert cells.images(ds)["sm_fraction"].values.tolist() == [0.0, 0.2]
+
+
+def test_a_stray_row_index_beyond_empty_rows_is_named():
+    """c18b: one cell with row -5 made a 24 x 24 image a 29 x 24 grid (and an extra tile), silently."""
+    from causalcrystal.cells import GridGapWarning, validate
+    from causalcrystal.simulator import simulate
+
+    cells = simulate((0.0,), shape=(24, 24), seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GridGapWarning)
+        validate(cells)  # a clean grid: nothing to say
+    cells["row"].values[0] = -5
+    with pytest.warns(GridGapWarning, match=r"row indices jump from -5 to 0 \(4 empty rows\), with only 1 of 576"):
+        validate(cells)
+
+
+def test_netcdf_round_trip_does_not_decode_packing_attrs_twice(tmp_path):
+    """A 'scale_factor' left in a variable's attrs (the values in memory are decoded) multiplied the
+    values on the next read."""
+    from causalcrystal.io import read, write_netcdf
+    from causalcrystal.simulator import simulate
+
+    cells = simulate((0.0,), shape=(6, 6), seed=1)
+    cells["Vol"].attrs["scale_factor"] = 1000.0
+    back = read(write_netcdf(cells, tmp_path / "rt.nc"))
+    np.testing.assert_allclose(back["Vol"].values, cells["Vol"].values)

@@ -33,7 +33,7 @@ from causalcrystal.jobs import DamagedPartError, FolderLockedError, Job, RunExis
 
 def _job(out, settings=None, **kw):
     return Job("demo", out, settings if settings is not None else {"a": 1}, outputs=("result.csv", "parts"),
-               work="parts", log=kw.pop("log", lambda m: None), **kw)
+               work="parts", parts="part_*.json", log=kw.pop("log", lambda m: None), **kw)
 
 
 def _finished(out, settings=None, text="old"):
@@ -76,6 +76,40 @@ def test_finished_job_is_refused_and_overwrite_moves_it_aside_until_the_new_one_
     assert (tmp_path / "result.csv").read_text() == "new"
     assert not (tmp_path / jobs.PREVIOUS).exists()
     assert jobs.status(tmp_path) == "finished"
+
+
+def test_a_users_file_in_the_work_folder_survives_overwrite(tmp_path):
+    with _job(tmp_path).open() as job:
+        (job.work_dir / "part_00001.json").write_text("{}")
+        (job.work_dir / "my_notes.txt").write_text("mine")
+        job.finish(drop_work=False)
+    with _job(tmp_path, {"a": 2}).open(overwrite=True) as job:
+        assert (job.work_dir / "my_notes.txt").read_text() == "mine"  # not moved aside with the parts
+        assert not (job.work_dir / "part_00001.json").exists()
+        (job.work_dir / "part_00002.json").write_text("{}")
+        job.finish()  # drops its own parts only
+    assert (tmp_path / "parts" / "my_notes.txt").read_text() == "mine"
+    assert not (tmp_path / "parts" / "part_00002.json").exists()
+
+
+def test_previous_outputs_are_deleted_only_by_the_job_that_moved_them_aside(tmp_path):
+    _finished(tmp_path)
+    with pytest.raises(RuntimeError):
+        with _job(tmp_path, {"a": 2}).open(overwrite=True):
+            raise RuntimeError("a data error found after the folder was opened")
+    aside = list((tmp_path / jobs.PREVIOUS).glob("*/result.csv"))
+    assert len(aside) == 1
+    # another command without --overwrite starts afresh (nothing worth resuming was made) and
+    # finishes: the run an earlier --overwrite moved aside is not its to delete
+    notes = []
+    with _job(tmp_path, {"a": 3}, log=notes.append).open() as job:
+        job.finish()
+    assert aside[0].read_text() == "old" and any(jobs.PREVIOUS in n for n in notes)
+    # nor is it a later --overwrite's (that one replaces the finished {"a": 3} job only)
+    notes.clear()
+    with _job(tmp_path, {"a": 4}, log=notes.append).open(overwrite=True) as job:
+        job.finish()
+    assert aside[0].read_text() == "old" and any("never finished" in n for n in notes)
 
 
 @pytest.mark.parametrize("name", ["result.csv", "parts", "manifest.json"])
@@ -245,6 +279,22 @@ def test_overwrite_with_a_bad_option_leaves_the_finished_run_untouched(small_cel
         run_pipeline(small_cells, finished_run, overwrite=True, **{**_kw(), **bad})
     option = next(iter(bad)).replace("n_bootstrap", "bootstrap").replace("tile_size", "tile size")
     assert option.split("_")[0] in str(err.value) or "--" in str(err.value)
+    assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == before
+
+
+def test_overwrite_with_bad_data_leaves_the_finished_run_untouched(small_cells, finished_run):
+    """Data checks (a constant descriptor, a table standardised already) run before --out is opened."""
+    from causalcrystal.engine import run_pipeline
+
+    before = {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()}
+    const = small_cells.copy(deep=True)
+    const["alpha"].values[const["image"].values == const["image"].values[0]] = 90.0
+    with pytest.raises(ValueError, match="no variation in 'alpha'"):
+        run_pipeline(const, finished_run, overwrite=True, **_kw())
+    std = small_cells.copy()
+    std.attrs["standardize"] = "image"
+    with pytest.raises(ValueError, match="already standardised.*--standardize none"):
+        run_pipeline(std, finished_run, overwrite=True, **_kw())
     assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == before
 
 

@@ -298,12 +298,14 @@ def test_an_unfinished_companion_job_is_shown_as_unfinished_not_as_results(run, 
 
     d = shutil.copytree(run / job, tmp_path / job)
     m = json.loads((d / "manifest.json").read_text())
-    (d / "manifest.json").write_text(json.dumps({**m, "status": "running"}))
+    command = f"/somewhere/bin/causalcrystal {job} {run} --out {d} --seed 3"
+    (d / "manifest.json").write_text(json.dumps({**m, "status": "running", "command": command}))
     ctx = rp.load_context(run, log=lambda m: None, **{job: d})
     fn = {sid: f for sid, _, f in SECTIONS}[job]
     html = fn(ctx)
     assert "unfinished" in html and "same command" in html
     assert "<table" not in html
+    assert f"--out {d} --seed 3" in html  # the command that started it (its --out, its options), not a default
 
 
 def test_polarisation_is_drawn_per_cell_from_the_runs_cells(run, report):

@@ -76,6 +76,11 @@ def read_netcdf(path: str | os.PathLike) -> xr.Dataset:
     return ds
 
 
+#: CF attributes that describe how stored values are encoded, not what they mean.
+CF_ENCODING_ATTRS = ("scale_factor", "add_offset", "_FillValue", "missing_value", "_Unsigned", "valid_range",
+                     "valid_min", "valid_max")
+
+
 def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write a cell table (or any dataset) to netCDF4 with h5netcdf.
 
@@ -92,7 +97,14 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, *, overwrite: bool = F
         # for a small write-time cost; values are stored exactly.
         encoding = {name: {"zlib": True, "complevel": 1} for name, var in ds.variables.items()
                     if var.dtype.kind in "fiub" and var.ndim > 0}
-        ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
+        # The values in memory are decoded: CF packing attrs left in attrs (scale_factor,
+        # add_offset, _FillValue, ...) would make a reader decode them a second time (a round trip
+        # multiplied Vol by its scale_factor). Drop them from the copy that is written.
+        out = ds.copy()
+        for var in out.variables.values():
+            for key in CF_ENCODING_ATTRS:
+                var.attrs.pop(key, None)
+        out.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
         os.replace(tmp, p)
     except (TypeError, ValueError) as exc:
         raise CellTableError(
