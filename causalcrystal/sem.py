@@ -72,8 +72,11 @@ class SamplerSpec:
     def __post_init__(self):
         if self.name not in SAMPLERS:
             raise ValueError(f"sampler {self.name!r} unknown; use one of {SAMPLERS}.")
-        if self.chains < 1 or self.draws < 10 or self.tune < 0 or self.thin < 1:
-            raise ValueError("sampler: chains >= 1, draws >= 10, tune >= 0 and thin >= 1 required.")
+        bad = [f"{name} {value} (--{name}: needs >= {low})" for name, value, low in
+               (("chains", self.chains, 1), ("draws", self.draws, 10), ("tune", self.tune, 0), ("thin", self.thin, 1))
+               if value < low]
+        if bad:
+            raise ValueError(f"sampler: {'; '.join(bad)}.")
 
 
 @dataclass(frozen=True)
