@@ -94,6 +94,7 @@ class Context:
     edges: pd.DataFrame | None = None  # per edge: mean inclusion etc. over all tiles
     selected: list = field(default_factory=list)
     cells: object = None  # the run's cells.nc (xarray Dataset) when the run stored it
+    frames: dict = field(default_factory=dict)  # per image: (row, col) -> (x, y), see _image_frame
 
 
 def _read_tiles(path: Path):
@@ -321,11 +322,35 @@ def _grid(ctx: Context, img: str, values):
     return re, ce, Z
 
 
+def _image_frame(ctx: Context, img: str):
+    """The affine map from an image's (row, col) grid to its own (x, y) coordinates, least squares
+    over its cells (``cells.nc``): ``(coef (3, 2), unit)`` with ``[1, row, col] @ coef = [x, y]``,
+    or ``None`` (no cells stored, no x/y, or a degenerate grid)."""
+    cells = ctx.cells
+    if cells is None or "x" not in cells or "y" not in cells:
+        return None
+    cache = ctx.frames
+    if img not in cache:
+        m = cells["image"].values.astype(str) == str(img)
+        r, c = cells["row"].values[m].astype(float), cells["col"].values[m].astype(float)
+        xy = np.column_stack([cells["x"].values[m], cells["y"].values[m]]).astype(float)
+        ok = np.isfinite(xy).all(1)
+        design = np.column_stack([np.ones(ok.sum()), r[ok], c[ok]])
+        frame = None
+        if ok.sum() >= 3 and np.linalg.matrix_rank(design) == 3:
+            coef = np.linalg.lstsq(design, xy[ok], rcond=None)[0]
+            unit = str(cells["Px"].attrs.get("units", "")) if "Px" in cells else ""
+            frame = (coef, unit)
+        cache[img] = frame
+    return cache[img]
+
+
 def _map_figure(ctx: Context, rows: list[dict], images=None):
     """Maps over every image: one subplot row per entry of ``rows`` (``label``, ``values`` a
     pandas Series indexed by tile, ``cmap``, ``vmin``, ``vmax``, optional ``title``), one column per
-    image (wrapped after :data:`MAX_COLS`); axes in unit cells, row 0 at the top. Grey: no value
-    (e.g. edge not allowed in that tile)."""
+    image (wrapped after :data:`MAX_COLS`); axes in the image's own x, y (from the run's cells.nc:
+    :func:`_image_frame`), else in unit cells, y / row 0 at the top. Grey: no value (e.g. edge not
+    allowed in that tile)."""
     images = list(ctx.images.index[ctx.images["n_tiles"] > 0]) if images is None else images
     ncol = max(1, min(len(images), MAX_COLS))
     blocks = int(np.ceil(len(images) / ncol))
@@ -354,10 +379,22 @@ def _map_figure(ctx: Context, rows: list[dict], images=None):
                 img = images[k]
                 re, ce, Z = _grid(ctx, img, spec["values"])
                 ax.set_facecolor("#d9d9d9")
-                mappable = ax.pcolormesh(ce, re, np.ma.masked_invalid(Z), cmap=spec["cmap"], vmin=spec["vmin"],
-                                         vmax=spec["vmax"], shading="flat")
-                ax.set_xlim(ce[0], ce[-1])
-                ax.set_ylim(re[-1], re[0])  # row 0 at the top, as in the image
+                frame = _image_frame(ctx, img)
+                if frame is not None:
+                    # the image's own coordinates (x right, y down, in the cells' length unit), so
+                    # a map lines up with the micrograph and the polarisation figure
+                    C, R = np.meshgrid(ce - 0.5, re - 0.5)
+                    corners = np.stack([np.ones_like(R), R, C], axis=-1) @ frame[0]
+                    X, Y = corners[..., 0], corners[..., 1]
+                    mappable = ax.pcolormesh(X, Y, np.ma.masked_invalid(Z), cmap=spec["cmap"], vmin=spec["vmin"],
+                                             vmax=spec["vmax"], shading="flat")
+                    ax.set_xlim(X.min(), X.max())
+                    ax.set_ylim(Y.max(), Y.min())  # y grows downwards, as in the image
+                else:
+                    mappable = ax.pcolormesh(ce, re, np.ma.masked_invalid(Z), cmap=spec["cmap"], vmin=spec["vmin"],
+                                             vmax=spec["vmax"], shading="flat")
+                    ax.set_xlim(ce[0], ce[-1])
+                    ax.set_ylim(re[-1], re[0])  # row 0 at the top, as in the image
                 ax.set_aspect("equal")
                 ax.locator_params(nbins=4)
                 ax.tick_params(labelsize=7, labelleft=(j == 0), labelbottom=(r == len(rows) - 1))
@@ -366,7 +403,7 @@ def _map_figure(ctx: Context, rows: list[dict], images=None):
                 if j == 0:
                     ax.set_ylabel(_mpl(spec["label"]), fontsize=10, fontweight="bold")
                 if r == len(rows) - 1:
-                    ax.set_xlabel("column (unit cells)", fontsize=8)
+                    ax.set_xlabel(f"x ({_mpl(frame[1])})" if frame is not None else "column (unit cells)", fontsize=8)
             if mappable is not None:
                 cax = fig.add_axes([(left + ncol * pw + (ncol - 1) * gx + 0.15) / W, (y + 0.1 * ph) / H, cbw / W,
                                     0.8 * ph / H])
