@@ -514,8 +514,8 @@ def _warn_identifiability(summary, log) -> None:
                          for t, e, c, p in zip(top["tile"], top["effect"], top["cause"], top["inclusion_prob"]))
     share = len(weak) / len(strong)
     log(f"WARNING: {len(weak)} of {len(strong)} edge(s) with inclusion probability >= 0.5 join two variables whose "
-        f"residuals look Gaussian (Shapiro-Wilk p > {GAUSS_ALPHA}): the data do not identify their direction (LiNGAM "
-        "needs non-Gaussian noise), so read them as association, not as which causes which; e.g. " + examples
+        f"residuals look Gaussian (Shapiro-Wilk p > {GAUSS_ALPHA}): their direction is not identified by the data "
+        "(LiNGAM needs non-Gaussian noise), so read them as association, not as which causes which; e.g. " + examples
         + ". See 'direction_identified' in summary.csv."
         + (" This is most of the run: the data look Gaussian." if share > 0.5 else ""))
 
