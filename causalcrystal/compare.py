@@ -453,7 +453,7 @@ def compare_run(
     log = log or (lambda msg: print(msg, file=sys.stderr))
     plan = _plan_compare(run_dir, out_dir, cells, candidates=candidates, families=families, pairs=pairs, tiles=tiles,
                          max_tiles=max_tiles, directions=directions, image_directions=image_directions, seed=seed)
-    job = Job("compare", out_dir, plan["settings"], outputs=OUTPUTS, work="parts", parts="*_[0-9]*.json",
+    job = Job("compare", out_dir, plan["settings"], outputs=OUTPUTS, work="parts", parts="*_[0-9][0-9][0-9][0-9][0-9].json",
               final=FINAL, version=__version__, log=log)
     with job.open(overwrite):
         jobs, make_task = _compare_tasks(plan)

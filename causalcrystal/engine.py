@@ -290,7 +290,7 @@ def run_pipeline(
     plan = _plan_run(cells, tile_size=tile_size, stride=stride, min_cells=min_cells, n_bootstrap=n_bootstrap,
                      image_bootstrap=image_bootstrap, exogenous=exogenous, standardize=standardize, spec=spec,
                      n_orders=n_orders, derived=derived, seed=seed)
-    job = Job("run", out_dir, plan.settings, outputs=OUTPUTS, work="tiles", parts="tile_[0-9]*.npz",
+    job = Job("run", out_dir, plan.settings, outputs=OUTPUTS, work="tiles", parts="tile_[0-9][0-9][0-9][0-9][0-9].npz",
               final="posterior.nc", companions=COMPANIONS, version=__version__, log=log)
     timings = {"discovery": 0.0, "sampling": 0.0, "writing": 0.0}  # seconds, this call only
     with job.open(overwrite):
