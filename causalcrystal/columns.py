@@ -207,22 +207,14 @@ def find_columns(image, *, projection: str = "110", pixel_size: float | None = N
 
 
 def save_columns(columns: xr.Dataset, path, overwrite: bool = False) -> Path:
-    """Write a columns Dataset to ``path`` (netCDF, atomically); never replaces a file without
-    ``overwrite``."""
-    from causalcrystal.jobs import TMP_PREFIX
+    """Write a columns Dataset to ``path`` (netCDF, atomically: :func:`causalcrystal.io.write_netcdf`);
+    never replaces a file without ``overwrite``."""
+    from causalcrystal.io import write_netcdf
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it or choose another --out.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        columns.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_netcdf(columns, path, overwrite=True)
 
 
 def read_columns(path) -> xr.Dataset:
