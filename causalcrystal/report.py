@@ -35,7 +35,6 @@ import base64
 import html
 import io
 import json
-import os
 import sys
 import time
 import traceback
@@ -46,7 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from causalcrystal.cells import DESCRIPTORS
-from causalcrystal.jobs import read_manifest
+from causalcrystal.jobs import atomic_text, read_manifest
 from causalcrystal.jobs import status as job_status
 
 if TYPE_CHECKING:
@@ -1173,12 +1172,6 @@ def write_report(run_dir, out=None, *, concentration=None, compare=None, overwri
     ctx = load_context(run_dir, concentration, compare, log)
     text = render(ctx)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_text(out, text)
     log(f"report: wrote {out} ({len(text) / 1e6:.1f} MB, {time.perf_counter() - clock:.1f}s)")
     return out
