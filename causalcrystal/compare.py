@@ -98,6 +98,8 @@ from causalcrystal.priors import DagPrior, forbidden_into, inclusion_weights
 from causalcrystal.sem import ModelSpec, load_spec
 
 OUTPUTS = ("models.csv", "averaged.csv", "directions.csv", "parts")
+#: The resumable work folder and the names of the part files compare writes there.
+WORK, PARTS = "parts", "*_[0-9][0-9][0-9][0-9][0-9].json"
 #: Written last by versions before the manifest's finished status (how their folders are read).
 FINAL = "models.csv"
 QUANTILES = (0.05, 0.5, 0.95)
@@ -450,10 +452,13 @@ def compare_run(
     from causalcrystal import __version__
     from causalcrystal.jobs import Job
 
+    from causalcrystal.executor import check_workers
+
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    check_workers(workers)
     plan = _plan_compare(run_dir, out_dir, cells, candidates=candidates, families=families, pairs=pairs, tiles=tiles,
                          max_tiles=max_tiles, directions=directions, image_directions=image_directions, seed=seed)
-    job = Job("compare", out_dir, plan["settings"], outputs=OUTPUTS, work="parts", parts="*_[0-9][0-9][0-9][0-9][0-9].json",
+    job = Job("compare", out_dir, plan["settings"], outputs=OUTPUTS, work=WORK, parts=PARTS,
               final=FINAL, version=__version__, log=log)
     with job.open(overwrite):
         jobs, make_task = _compare_tasks(plan)
@@ -476,7 +481,7 @@ def compare_run(
 
         def save(result):
             kind, idx, res = result
-            with job.output(Path("parts") / _part_path(parts, kind, idx).name) as tmp:
+            with job.output(Path(WORK) / _part_path(parts, kind, idx).name) as tmp:
                 tmp.write_text(json.dumps(res, default=float))
             return f"({kind} {idx})"
 

@@ -85,6 +85,7 @@ def standardize(cells: xr.Dataset, mode: str = "image") -> xr.Dataset:
     validate(cells, allow_nonfinite=True)
     src = cells.attrs.get("source") or "cell table"
     done = cells.attrs.get("standardize", "none")
+    check_variation(cells)  # in every mode: a constant descriptor carries no causal information
     if mode == "none":
         out = cells.copy()
         out.attrs = dict(cells.attrs)
@@ -121,12 +122,6 @@ def standardize(cells: xr.Dataset, mode: str = "image") -> xr.Dataset:
                     "read(..., nonfinite='drop'))."
                 )
             mu, sd = float(v.mean()), float(v.std())
-            if _is_constant(sd, mu):
-                raise CellTableError(
-                    f"{src}: image {str(lab)!r} has no variation in {name!r} (all {v.size} cells = {mu:g}), so it "
-                    "cannot be z-scored and carries no causal information; exclude that image or check "
-                    "the input that produced it."
-                )
             new[m] = (v - mu) / sd
             means[lab][name], sds[lab][name] = mu, sd
         attrs = dict(cells[name].attrs)
@@ -136,6 +131,25 @@ def standardize(cells: xr.Dataset, mode: str = "image") -> xr.Dataset:
     out.attrs["standardize_mean"] = json.dumps(means)
     out.attrs["standardize_sd"] = json.dumps(sds)
     return out
+
+
+def check_variation(cells: xr.Dataset) -> None:
+    """Raise :class:`~causalcrystal.cells.CellTableError` naming the image and descriptor if a
+    descriptor is constant within an image (non-finite values ignored): it cannot be z-scored, and in
+    any standardisation mode it carries no causal information (every tile of that image would have
+    a constant column, which no regression can use)."""
+    src = cells.attrs.get("source") or "cell table"
+    img = cells["image"].values.astype(str)
+    for lab in dict.fromkeys(img.tolist()):
+        m = img == lab
+        for name in DESCRIPTORS:
+            v = cells[name].values[m].astype(np.float64)
+            v = v[np.isfinite(v)]
+            if v.size and _is_constant(float(v.std()), float(v.mean())):
+                raise CellTableError(
+                    f"{src}: image {str(lab)!r} has no variation in {name!r} (all {v.size} cells = {v[0]:g}), so it "
+                    "carries no causal information (and cannot be z-scored); exclude that image or check the "
+                    "input that produced it.")
 
 
 _standardize = standardize  # discover() has a parameter of that name

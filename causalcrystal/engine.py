@@ -56,7 +56,7 @@ import xarray as xr
 from causalcrystal import __version__
 from causalcrystal.cells import DESCRIPTORS, canonical, validate
 from causalcrystal.checks import GAUSS_ALPHA, PIT_ALPHA
-from causalcrystal.executor import Progress, get_executor
+from causalcrystal.executor import Progress, check_workers, get_executor
 from causalcrystal.jobs import (  # noqa: F401  (RunExistsError, FolderLockedError: part of this module's API)
     FolderLockedError, Job, RunExistsError, data_fingerprint, load_part, safe_name)
 from causalcrystal.priors import DagPrior, dag_prior, forbidden_into, inclusion_weights
@@ -65,6 +65,8 @@ from causalcrystal.tiling import image_tiles, make_tiles, tile_members
 
 #: What a run writes into its folder besides ``manifest.json`` (``tiles/`` only while it runs).
 OUTPUTS = ("cells.nc", "discovery.nc", "posterior.nc", "summary.csv", "tiles")
+#: The resumable work folder and the names of the tile files written there.
+WORK, PARTS = "tiles", "tile_[0-9][0-9][0-9][0-9][0-9].npz"
 #: Jobs and files derived from a run that live in its folder; ``--overwrite`` moves them aside with it.
 COMPANIONS = ("report.html", "concentration", "compare")
 #: Fewest cells a tile may have: an equation regresses a descriptor on up to 7 others (8 coefficients
@@ -287,10 +289,11 @@ def run_pipeline(
     :class:`~causalcrystal.jobs.FolderLockedError` (another job is writing to it).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    check_workers(workers)
     plan = _plan_run(cells, tile_size=tile_size, stride=stride, min_cells=min_cells, n_bootstrap=n_bootstrap,
                      image_bootstrap=image_bootstrap, exogenous=exogenous, standardize=standardize, spec=spec,
                      n_orders=n_orders, derived=derived, seed=seed)
-    job = Job("run", out_dir, plan.settings, outputs=OUTPUTS, work="tiles", parts="tile_[0-9][0-9][0-9][0-9][0-9].npz",
+    job = Job("run", out_dir, plan.settings, outputs=OUTPUTS, work=WORK, parts=PARTS,
               final="posterior.nc", companions=COMPANIONS, version=__version__, log=log)
     timings = {"discovery": 0.0, "sampling": 0.0, "writing": 0.0}  # seconds, this call only
     with job.open(overwrite):
@@ -474,7 +477,7 @@ def _sampling_phase(job: Job, plan: RunPlan, disc, disc_images, scheduler, worke
 
     def save(result):
         k, arrays = result
-        with job.output(Path("tiles") / f"tile_{k:05d}.npz") as tmp:
+        with job.output(Path(WORK) / f"tile_{k:05d}.npz") as tmp:
             np.savez(tmp, **arrays)
         return f"(tile {k})"
 

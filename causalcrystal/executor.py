@@ -23,6 +23,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from typing import Any
 
+import numpy as np
+
 
 class InlineExecutor:
     """Run tasks one after another in this process."""
@@ -115,10 +117,21 @@ class DaskExecutor:
         self.client.close()
 
 
+def check_workers(workers) -> None:
+    """Raise ``ValueError`` naming ``--workers`` unless it is ``None`` (every core) or a whole number >= 1."""
+    if workers is None:
+        return
+    ok = isinstance(workers, (int, np.integer)) and not isinstance(workers, bool) and workers >= 1
+    if not ok:
+        raise ValueError(f"workers (--workers) {workers!r} must be a whole number of processes >= 1 (1 = run in "
+                         f"this process); leave it out to use every core ({os.cpu_count()} here).")
+
+
 def get_executor(scheduler: str | None = None, workers: int | None = None):
     """The executor for ``scheduler`` (a Dask address) or local ``workers`` (1 = in-process)."""
     if scheduler:
         return DaskExecutor(scheduler)
+    check_workers(workers)
     if workers == 1:
         return InlineExecutor()
     return LocalExecutor(workers)

@@ -225,7 +225,10 @@ class Job:
         self._clean_tmp()
         if old is None:
             # Not (or not yet) a job folder: anything sharing an output's name is the user's.
-            clash = [n for n in (MANIFEST, *self.outputs, *self.companions) if (out / n).exists()]
+            # A work folder is only a clash when it holds files named like this job's parts (which
+            # it would take for its own); a user's other files there are left alone, as always.
+            clash = [n for n in (MANIFEST, *self.outputs, *self.companions) if (out / n).exists()
+                     and not (n == self.work and (out / n).is_dir() and not self._own_parts())]
             if clash:
                 raise RunExistsError(
                     f"{self._where()} holds {', '.join(clash)} but no causalcrystal manifest, so they were not written "
@@ -242,14 +245,15 @@ class Job:
                     f"{self._where()} already holds a finished {self.kind}; pass --overwrite to replace it (the old "
                     "outputs are kept until the new job finishes) or choose another --out.")
             same = normalise(old.get("settings")) == self.settings
+            if state == "partial" and same:
+                # the same job again (resumed, or restarted with --overwrite): what its own --overwrite
+                # moved aside is its to delete. A job with other settings never inherits that: it stays
+                # (named below) until the user decides.
+                self._replaces = list(old.get("replaces", []))
             if state == "partial" and same and not overwrite:
                 self.resumed = True
-                self._replaces = list(old.get("replaces", []))
             elif state == "partial" and not self._has_work():
-                # a setup error left only a manifest: start afresh. What an earlier --overwrite moved
-                # aside stays until a job started with --overwrite finishes.
-                if overwrite:
-                    self._replaces = list(old.get("replaces", []))
+                pass  # a setup error left only a manifest: start afresh
             elif state == "partial" and not overwrite:
                 diff = _diff(old.get("settings", {}), self.settings)
                 raise RunExistsError(
@@ -257,7 +261,6 @@ class Job:
                     "same command as before to resume it, pass --overwrite to start again (the partial outputs are "
                     "kept until the new job finishes), or choose another --out.")
             else:
-                self._replaces = list(old.get("replaces", []))
                 self._move_aside()
         if self.work_dir is not None:
             self.work_dir.mkdir(exist_ok=True)
@@ -268,11 +271,18 @@ class Job:
         if orphans:
             self.log(f"note: {self._where()}/{PREVIOUS} holds outputs an earlier --overwrite moved aside and whose job "
                      f"never finished ({', '.join(orphans)}); they are kept: move them back or delete them by hand")
+        inherited = [n for n in self._replaces if self._moved is None or n != self._moved.name]
+        if inherited:
+            self.log(f"{'resuming' if self.resumed else 'restarting'}: when this {self.kind} finishes it deletes "
+                     f"{', '.join(inherited)} in {self._where()}/{PREVIOUS} (the outputs an earlier --overwrite "
+                     "with these settings moved aside); move them elsewhere first to keep them")
         import shlex
 
         manifest = {"job": self.kind, "causalcrystal": self.version, "status": "running", "settings": self.settings,
                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": shlex.join(sys.argv),
-                    "replaces": self._replaces}
+                    "replaces": self._replaces,
+                    # what this job writes, so a job replacing it (run --overwrite) moves only these
+                    "files": {"outputs": list(self.outputs), "work": self.work, "parts": self.parts}}
         if self.resumed and old is not None:
             manifest["started_at"] = old.get("started_at", manifest["started_at"])
         _atomic_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
@@ -282,26 +292,31 @@ class Job:
         out = self.out_dir
         names = [n for n in (*self.outputs, MANIFEST) if (out / n).exists() and n != self.work]
         parts = self._own_parts()
+        moves = [(out / n, n) for n in names]
+        if parts:  # only the job's own work files: a user's file in the work folder stays where it is
+            moves += [(p, f"{self.work}/{p.name}") for p in parts]
+            names.append(f"{self.work}/ ({len(parts)} work files)")
         for c in self.companions:
             p = out / c
             if p.is_dir() and read_manifest(p) is not None:
                 _check_unlocked(p)
-                names.append(c)
+                own = _job_files(p)  # only the derived job's own files: the user's stay in the folder
+                moves += [(f, f"{c}/{f.relative_to(p).as_posix()}") for f in own]
+                names.append(f"{c}/ ({len(own)} files)")
             elif p.is_file() and _generated_by_us(p):
+                moves.append((p, c))
                 names.append(c)
-        if not names and not parts:
+        if not moves:
             return
         dest = out / PREVIOUS / time.strftime("%Y%m%d-%H%M%S")
         while dest.exists():
             dest = dest.with_name(dest.name + "-1")
         dest.mkdir(parents=True)
-        for n in names:
-            os.replace(out / n, dest / n)
-        if parts:  # only the job's own work files: a user's file in the work folder stays where it is
-            (dest / self.work).mkdir()
-            for p in parts:
-                os.replace(p, dest / self.work / p.name)
-            names.append(f"{self.work}/ ({len(parts)} work files)")
+        for src, rel in moves:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest / rel)
+        for src, _ in moves:  # folders the move emptied go; a user's file keeps its folder
+            _remove_if_only_ours(src.parent, stop=out)
         self._moved = dest
         self.log(f"--overwrite: moved the previous {', '.join(names)} of {self._where()} to {safe_name(dest)}; "
                  "they are deleted when this job finishes")
@@ -443,6 +458,58 @@ def _atomic_text(path: Path, text: str) -> None:
 def atomic_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a unique temporary file, then a rename)."""
     _atomic_text(Path(path), text)
+
+
+def _job_files(folder: Path) -> list[Path]:
+    """The files and folders the job in ``folder`` wrote: its manifest, its outputs (not its work
+    folder) and its own parts in the work folder, as its manifest records them (older manifests:
+    the outputs the job's module declares). Nothing else in ``folder`` is the job's."""
+    m = read_manifest(folder) or {}
+    spec = m.get("files")
+    if not isinstance(spec, dict):
+        spec = _declared_files(m.get("job"))
+    outputs = [str(n) for n in spec.get("outputs", [])]
+    work, parts = spec.get("work"), spec.get("parts") or "*"
+    found = [folder / MANIFEST, *folder.glob(TMP_PREFIX + "*")]  # (a killed job's temporaries are its too)
+    for n in outputs:
+        p = folder / n
+        if "/" in n or n in ("", ".", "..") or not p.exists():
+            continue
+        if p.is_dir():
+            # an output folder of the job (e.g. compare's parts/): only its own part files
+            found += sorted(f for f in p.glob(parts if n == work else "*") if f.is_file())
+        else:
+            found.append(p)
+    if work and work not in outputs and (folder / work).is_dir():
+        found += sorted(f for f in (folder / work).glob(parts) if f.is_file())
+    return found
+
+
+def _remove_if_only_ours(d: Path, stop: Path) -> None:
+    """Remove ``d`` and its parents up to (not including) ``stop`` while they hold nothing but a
+    job's lock files."""
+    while d != stop and stop in d.parents and d.is_dir():
+        rest = [p for p in d.iterdir() if p.name not in (LOCK, OWNER)]
+        if rest:
+            return
+        with contextlib.suppress(OSError):
+            for n in (LOCK, OWNER):
+                (d / n).unlink(missing_ok=True)
+            d.rmdir()
+        d = d.parent
+
+
+def _declared_files(kind) -> dict:
+    """What a job of ``kind`` writes, from its module (for manifests written before they recorded it)."""
+    import importlib
+
+    modules = {"compare": "causalcrystal.compare", "concentration": "causalcrystal.concentration",
+               "run": "causalcrystal.engine"}
+    if kind not in modules:
+        return {"outputs": []}
+    module = importlib.import_module(modules[kind])
+    return {"outputs": list(module.OUTPUTS), "work": getattr(module, "WORK", None),
+            "parts": getattr(module, "PARTS", "*")}
 
 
 def _check_unlocked(folder: Path) -> None:

@@ -202,6 +202,8 @@ def test_other_cells_or_bad_settings_are_refused(run, cells, tmp_path):
         compare_run(run, tmp_path / "x", cells, **{**CMP, "tiles": [99]})
     with pytest.raises(CompareError, match="run folder itself"):
         compare_run(run, run, cells, **CMP)
+    with pytest.raises(ValueError, match=r"--workers.*>= 1"):
+        compare_run(run, tmp_path / "x", cells, **{**CMP, "workers": -1})
     assert not (tmp_path / "x").exists()
 
 

@@ -151,8 +151,9 @@ def test_standardize_refuses_a_constant_descriptor_naming_image_and_variable(sma
     bad = small.copy(deep=True)
     m = bad["image"].values == "Sm_10_0"
     bad["I5"].values[m] = 1.0
-    with pytest.raises(CellTableError, match=r"'Sm_10_0' has no variation in 'I5'.*exclude that image"):
-        standardize(bad)
+    for mode in ("image", "tile", "none"):
+        with pytest.raises(CellTableError, match=r"'Sm_10_0' has no variation in 'I5'.*exclude that image"):
+            standardize(bad, mode)
     bad = small.copy(deep=True)
     bad["Py"].values[3] = np.nan
     with pytest.raises(CellTableError, match=r"'Sm_0_0', variable 'Py'.*non-finite"):

@@ -112,12 +112,93 @@ def test_previous_outputs_are_deleted_only_by_the_job_that_moved_them_aside(tmp_
     assert aside[0].read_text() == "old" and any("never finished" in n for n in notes)
 
 
+def test_only_the_job_that_moved_outputs_aside_deletes_them_whichever_route_follows(tmp_path):
+    """What --overwrite moved aside belongs to that job: a resume of it deletes it (and says so
+    first); a different later job, with or without --overwrite, keeps it and names it."""
+    def aside():
+        prev = tmp_path / jobs.PREVIOUS
+        return sorted(p.name for p in prev.iterdir()) if prev.exists() else []
+
+    _finished(tmp_path)
+    # --overwrite with {"a": 2} is interrupted after some work
+    with _job(tmp_path, {"a": 2}).open(overwrite=True) as job:
+        (job.work_dir / "part_00001.json").write_text("{}")
+    first = aside()
+    assert len(first) == 1
+    # a third setting replaces the partial job: it moves the partial work aside, keeps the old run
+    notes = []
+    with _job(tmp_path, {"a": 3}, log=notes.append).open(overwrite=True) as job:
+        assert len(aside()) == 2  # the old run and the partial one
+        job.finish()
+    assert aside() == first and any("never finished" in n and first[0] in n for n in notes)
+    # a setup error under --overwrite leaves a bare manifest; the next --overwrite does not inherit
+    time.sleep(1.1)  # a new time stamp for the folder moved aside
+    with pytest.raises(RuntimeError):
+        with _job(tmp_path, {"a": 4}).open(overwrite=True):
+            raise RuntimeError("bad option found late")
+    second = sorted(set(aside()) - set(first))
+    assert len(second) == 1
+    notes.clear()
+    with _job(tmp_path, {"a": 5}, log=notes.append).open(overwrite=True) as job:
+        job.finish()
+    assert aside() == sorted(first + second) and any(second[0] in n for n in notes)
+    # the true resume route: the job that moved them deletes them, and says so when it resumes
+    for name in first + second:
+        import shutil
+        shutil.rmtree(tmp_path / jobs.PREVIOUS / name)
+    with _job(tmp_path, {"a": 6}).open(overwrite=True) as job:
+        (job.work_dir / "part_00001.json").write_text("{}")
+    mine = aside()
+    notes.clear()
+    with _job(tmp_path, {"a": 6}, log=notes.append).open() as job:
+        assert job.resumed
+        job.finish()
+    assert any("resuming" in n and mine[0] in n and "deletes" in n for n in notes)
+    assert aside() == []
+
+
+def test_overwrite_moves_only_a_derived_jobs_own_files_not_the_users(tmp_path):
+    """run --overwrite moves its compare/ and concentration/ jobs aside: only the files those jobs
+    wrote, never a user's notes kept beside them."""
+    def parent(settings):
+        return Job("run", tmp_path, settings, outputs=("result.csv",), companions=("derived",),
+                   log=lambda m: None)
+
+    with parent({"a": 1}).open() as job:
+        with job.output("result.csv") as tmp:
+            tmp.write_text("old run")
+        job.finish()
+    sub = tmp_path / "derived"
+    with _job(sub).open() as job:
+        (job.work_dir / "part_00001.json").write_text("{}")
+        with job.output("result.csv") as tmp:
+            tmp.write_text("derived")
+        job.finish(drop_work=False)
+    (sub / "my_notes.md").write_text("mine")
+    (sub / "parts" / "my_plot.png").write_text("mine too")
+    with parent({"a": 2}).open(overwrite=True) as job:
+        aside = next((tmp_path / jobs.PREVIOUS).iterdir())
+        assert (aside / "derived" / "result.csv").read_text() == "derived"
+        assert (aside / "derived" / "parts" / "part_00001.json").exists()
+        assert not (aside / "derived" / "my_notes.md").exists()
+        with job.output("result.csv") as tmp:
+            tmp.write_text("new run")
+        job.finish()
+    assert not (tmp_path / jobs.PREVIOUS).exists()
+    assert (sub / "my_notes.md").read_text() == "mine" and (sub / "parts" / "my_plot.png").read_text() == "mine too"
+    assert not (sub / "result.csv").exists() and not (sub / jobs.MANIFEST).exists()
+    # the derived job's folder can be used again at once (no stale manifest, the user's files kept)
+    with _job(sub, {"a": 9}).open() as job:
+        job.finish()
+    assert (sub / "my_notes.md").read_text() == "mine"
+
+
 @pytest.mark.parametrize("name", ["result.csv", "parts", "manifest.json"])
 def test_files_the_project_did_not_write_are_never_replaced(tmp_path, name):
     p = tmp_path / name
     if name == "parts":
         p.mkdir()
-        (p / "mine.txt").write_text("mine")
+        (p / "part_00001.json").write_text("mine")  # named like a part: it would be taken for one
     else:
         p.write_text('{"mine": true}' if name == "manifest.json" else "mine")
     for overwrite in (False, True):
@@ -125,6 +206,15 @@ def test_files_the_project_did_not_write_are_never_replaced(tmp_path, name):
             with _job(tmp_path).open(overwrite=overwrite):
                 pass
     assert sorted(q.name for q in tmp_path.iterdir()) == [name]  # not even a lock file left
+
+
+def test_a_users_own_folder_named_like_the_work_folder_is_used_and_kept(tmp_path):
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "mine.txt").write_text("mine")
+    with _job(tmp_path).open() as job:
+        (job.work_dir / "part_00001.json").write_text("{}")
+        job.finish()
+    assert [q.name for q in (tmp_path / "parts").iterdir()] == ["mine.txt"]
 
 
 def test_partial_job_resumes_only_with_the_same_settings_and_a_bare_manifest_does_not_block(tmp_path):
@@ -270,7 +360,8 @@ def finished_run(small_cells, tmp_path_factory):
 
 @pytest.mark.parametrize("bad", [{"exogenous": ["I14", "foo"]}, {"seed": -1}, {"stride": 0}, {"tile_size": -3},
                                  {"min_cells": 4}, {"n_bootstrap": -1}, {"standardize": "imgae"},
-                                 {"exogenous": ["I14", "I5", "a", "b", "alpha", "Vol", "Px", "Py"]}])
+                                 {"exogenous": ["I14", "I5", "a", "b", "alpha", "Vol", "Px", "Py"]},
+                                 {"workers": -1}, {"workers": 0}, {"workers": 1.5}])
 def test_overwrite_with_a_bad_option_leaves_the_finished_run_untouched(small_cells, finished_run, bad):
     from causalcrystal.engine import run_pipeline
 
@@ -289,8 +380,9 @@ def test_overwrite_with_bad_data_leaves_the_finished_run_untouched(small_cells, 
     before = {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()}
     const = small_cells.copy(deep=True)
     const["alpha"].values[const["image"].values == const["image"].values[0]] = 90.0
-    with pytest.raises(ValueError, match="no variation in 'alpha'"):
-        run_pipeline(const, finished_run, overwrite=True, **_kw())
+    for mode in ("image", "tile", "none"):  # no mode can use it: found before the folder, in every mode
+        with pytest.raises(ValueError, match="no variation in 'alpha'"):
+            run_pipeline(const, finished_run, overwrite=True, **{**_kw(), "standardize": mode})
     std = small_cells.copy()
     std.attrs["standardize"] = "image"
     with pytest.raises(ValueError, match="already standardised.*--standardize none"):
