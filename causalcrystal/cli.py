@@ -283,19 +283,29 @@ def _cmd_concentration(args) -> int:
 def _cmd_compare(args) -> int:
     from causalcrystal.compare import compare_run, load_run
 
-    if args.demo == bool(args.inputs):
-        print("error: give the input files the run was made from, or --demo for a `causalcrystal demo` folder "
-              "(not both).", file=sys.stderr)
+    if args.demo and args.inputs:
+        print("error: give the input files the run was made from or --demo, not both (or neither: the run's own "
+              "cells.nc is used).", file=sys.stderr)
         return 2
+    stored = Path(args.run_dir) / "cells.nc"
     if args.demo:
         from causalcrystal.simulator import simulate
 
         # the demo simulates with its --seed, which is also the run's seed in the manifest
         cells = simulate(args.compositions, shape=tuple(args.shape), seed=load_run(args.run_dir)["settings"]["seed"])
-    else:
+    elif args.inputs:
         from causalcrystal.io import read
 
         cells = read(args.inputs, xy_order=args.xy_order)
+    elif stored.is_file():
+        from causalcrystal.io import read
+
+        cells = read(stored)  # the cells the run was made from, as the run stored them
+    else:
+        print(f"error: {args.run_dir} has no cells.nc (runs made before it was stored): give the input files the "
+              "run was made from, or --demo for a `causalcrystal demo` folder.", file=sys.stderr)
+        return 2
+    out = args.out if args.out is not None else str(Path(args.run_dir) / "compare")
     tiles = None
     if args.tiles is not None:
         try:
@@ -303,7 +313,7 @@ def _cmd_compare(args) -> int:
         except ValueError:
             print(f"error: --tiles expects comma-separated tile indices like 0,3,5, got {args.tiles!r}", file=sys.stderr)
             return 2
-    res = compare_run(args.run_dir, args.out, cells, candidates=args.candidates,
+    res = compare_run(args.run_dir, out, cells, candidates=args.candidates,
                       families=[f.strip() for f in args.families.split(",") if f.strip()],
                       pairs=[p.strip() for p in args.pairs.split(",") if p.strip()], tiles=tiles,
                       max_tiles=args.max_tiles, directions=not args.no_directions,
@@ -435,15 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="compare candidate DAGs x noise families per tile; model averaging; edge directions",
         description="For each tile of a finished run: the SEM under each of the top --candidates LiNGAM causal orders "
                     "x each --families noise family, compared by PSIS-LOO with stacking weights; coefficients "
-                    "averaged over the models; P(a -> b) per tile and per whole image for each --pairs pair. Needs "
-                    "the run's inputs (the run folder does not store the cells). Cost: per tile (distinct orders <= "
+                    "averaged over the models; P(a -> b) per tile and per whole image for each --pairs pair, from "
+                    "the cells the run stored (RUN_DIR/cells.nc; or the input files given). Cost: per tile (distinct orders <= "
                     "K) x families SEM fits + 2 per pair, plus 2 per pair and image; per 256-cell fit ~3 s "
                     "(laplace) or ~6 s (studentt) per worker after a 10-30 s compile per family and worker: with the "
                     "defaults ~35 s of worker time per tile, ~30 min for 100 tiles on 2 cores (use --max-tiles for a "
                     "first look). Outputs in --out: models.csv, averaged.csv, directions.csv, manifest.json; "
                     "an interrupted compare resumes.")
     p.add_argument("run_dir", help="folder of a `causalcrystal run` or `demo` (has discovery.nc)")
-    p.add_argument("inputs", nargs="*", help="the input files the run was made from (as given to `run`)")
+    p.add_argument("inputs", nargs="*", help="the input files the run was made from (as given to `run`; default: "
+                                             "the run's own RUN_DIR/cells.nc)")
     p.add_argument("--demo", action="store_true",
                    help="re-create the cells of a `causalcrystal demo` folder instead of reading inputs "
                         "(use the demo's --compositions/--shape; the seed is the run's)")
@@ -451,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), default=[24, 24],
                    help="with --demo: the demo's cells per image")
     p.add_argument("--xy-order", choices=["xy", "yx"], default="xy", help="row order of xy_COM in Sm-BFO files")
-    p.add_argument("--out", required=True, help="output folder (not the run folder)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default RUN_DIR/compare, where `report` looks; not the run folder itself)")
     p.add_argument("--candidates", type=int, default=3,
                    help="LiNGAM candidate DAGs per tile to compare, most frequent first (default 3; equal orders "
                         "count once)")

@@ -846,17 +846,11 @@ def section_concentration(ctx: Context) -> str:
 
 
 def compare_command(ctx: Context) -> str:
-    """The `causalcrystal compare` command line for this run (``--demo`` for a simulated demo run)."""
-    out = ctx.run_dir / "compare"
-    src = str(ctx.manifest.get("settings", {}).get("source", ""))
-    if "simulator" in src:
-        im = ctx.images
-        comps = ",".join(f"{v:g}" for v in im["sm_fraction"]) if "sm_fraction" in im else ""
-        shape = ""
-        if {"height", "width"} <= set(im.columns) and len(im):
-            shape = f" --shape {int(im['height'].max())} {int(im['width'].max())}"
-        return f"causalcrystal compare {ctx.run_dir} --demo --compositions {comps}{shape} --out {out}"
-    return f"causalcrystal compare {ctx.run_dir} INPUT_FILES... --out {out}"
+    """The `causalcrystal compare` command line for this run (it reads the run's own cells.nc;
+    older runs without one need their input files or ``--demo``)."""
+    if ctx.cells is not None:
+        return f"causalcrystal compare {ctx.run_dir}"
+    return f"causalcrystal compare {ctx.run_dir} INPUT_FILES... (or --demo --compositions ... --shape ...)"
 
 
 def _weights_figure(models):

@@ -219,7 +219,8 @@ def test_cli_compare(run, cells, tmp_path, capsys):
     nc = tmp_path / "cells.nc"
     write_netcdf(cells, nc)
     out = tmp_path / "cli"
-    args = ["compare", str(run), str(nc), "--out", str(out), "--families", "laplace", "--candidates", "1",
+    # no inputs: the cells the run stored (RUN/cells.nc)
+    args = ["compare", str(run), "--out", str(out), "--families", "laplace", "--candidates", "1",
             "--tiles", "7", "--pairs", "a:b,Px:Py", "--no-directions", "--workers", "1", "--quiet"]
     assert main(args) == 0
     m = pd.read_csv(out / "models.csv")
@@ -227,6 +228,7 @@ def test_cli_compare(run, cells, tmp_path, capsys):
     assert len(pd.read_csv(out / "directions.csv")) == 0
     tiles_only = args[:-6] + ["--pairs", "Px:Py", "--no-image-directions", "--workers", "1", "--quiet"]
     tiles_only[tiles_only.index(str(out))] = str(tmp_path / "tiles_only")
+    tiles_only.insert(2, str(nc))  # the input files given explicitly
     assert main(tiles_only) == 0
     d = pd.read_csv(tmp_path / "tiles_only" / "directions.csv")
     assert d["level"].tolist() == ["tile"] and d["tile"].tolist() == [7] and 0 <= d["p_forward"].iloc[0] <= 1
@@ -236,8 +238,13 @@ def test_cli_compare(run, cells, tmp_path, capsys):
     assert main(["compare", str(run), "--demo", "--compositions", "0,0.2", "--shape", "18", "18", "--out",
                  str(tmp_path / "demo"), "--quiet"]) == 2
     assert "differ" in capsys.readouterr().err
-    assert main(["compare", str(run), "--out", str(tmp_path / "none"), "--quiet"]) == 2
-    assert "--demo" in capsys.readouterr().err
+    old_run = tmp_path / "old_run"  # a run from before cells.nc was stored: inputs or --demo needed
+    old_run.mkdir()
+    for name in ("manifest.json", "discovery.nc"):
+        (old_run / name).write_bytes((run / name).read_bytes())
+    assert main(["compare", str(old_run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no cells.nc" in err and "--demo" in err and not (old_run / "compare").exists()
     assert main(["compare", str(run), str(nc), "--out", str(tmp_path / "bad"), "--pairs", "Px-Py", "--quiet"]) == 2
     assert "Px:Py" in capsys.readouterr().err
 

@@ -386,9 +386,29 @@ def test_csv_nonfinite_cells_are_dropped_and_counted(tmp_path, series):
 def test_netcdf_round_trip_is_identical(tmp_path, series):
     path = write_netcdf(series, tmp_path / "cells.nc")
     back = read_quiet(path)
-    xr.testing.assert_identical(back, series)
+    named = {"source", "sources"}  # the table now names the file it was read from, keeping its origin
+    xr.testing.assert_identical(back.assign_attrs({k: series.attrs[k] for k in named}), series)
     assert back["row"].dtype == np.int64 and back["image"].dtype.kind == "U"
-    assert back.attrs == series.attrs
+    assert {k: v for k, v in back.attrs.items() if k not in named} == \
+        {k: v for k, v in series.attrs.items() if k not in named}
+    assert back.attrs["source"] == f"{path.resolve()} (from {series.attrs['source']})"
+    sources = json.loads(back.attrs["sources"])
+    assert sources == {k: f"{path.resolve()} (from {v})" for k, v in json.loads(series.attrs["sources"]).items()}
+    # read again and again: named once, not nested
+    again = write_netcdf(back, tmp_path / "again.nc")
+    assert read_quiet(again).attrs["source"] == f"{again.resolve()} (from {back.attrs['source']})"
+    assert read_quiet(path).attrs["source"] == back.attrs["source"]
+
+
+def test_errors_about_a_netcdf_table_name_the_file_not_its_recorded_origin(tmp_path):
+    from causalcrystal.discovery import standardize
+    from causalcrystal.simulator import simulate
+
+    sim = simulate((0.0,), shape=(12, 12), seed=fixed_seed(0))
+    sim["alpha"].values[:] = 89.5
+    path = write_netcdf(sim, tmp_path / "my_cells.nc")
+    with pytest.raises(CellTableError, match=r"my_cells\.nc \(from causalcrystal\.simulator\).*no variation in 'alpha'"):
+        standardize(read_quiet(path))
 
 
 def test_netcdf_round_trip_of_make_cells_with_extra_variables(tmp_path):
@@ -406,7 +426,8 @@ def test_netcdf_round_trip_of_make_cells_with_extra_variables(tmp_path):
     ds = ds.assign_coords(effect=list(cells.DESCRIPTORS), cause=list(cells.DESCRIPTORS))
     path = write_netcdf(ds, tmp_path / "sim.nc")
     back = read_quiet(path)
-    xr.testing.assert_identical(back, ds)
+    assert back.attrs["source"] == f"{path.resolve()} (from simulator)"
+    xr.testing.assert_identical(back.assign_attrs(source=ds.attrs["source"], sources=ds.attrs["sources"]), ds)
     assert back["a"].attrs["units"] == "nm"
     assert read_netcdf(path)["truth"].dims == ("effect", "cause")
 

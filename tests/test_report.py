@@ -156,7 +156,10 @@ def test_missing_companions_give_the_commands(run, tmp_path):
         shutil.copy(run / name, bare / name)
     text = write_report(bare, log=lambda m: None).read_text()
     assert f"causalcrystal concentration {bare} --out {bare / 'concentration'}" in _section(text, "concentration")
-    assert f"causalcrystal compare {bare} --demo" in _section(text, "compare")
+    assert f"causalcrystal compare {bare} INPUT_FILES" in _section(text, "compare")  # no cells.nc in bare
+    shutil.copy(run / "cells.nc", bare / "cells.nc")
+    text = write_report(bare, log=lambda m: None, overwrite=True).read_text()
+    assert f"causalcrystal compare {bare}</" in _section(text, "compare")  # the run's own cells suffice
     assert "report-error" not in text
     # companions given explicitly (CLI), elsewhere than RUN_DIR
     out = tmp_path / "given.html"

@@ -185,6 +185,26 @@ def _join(parts: list[xr.Dataset]) -> xr.Dataset:
     return out
 
 
+def _named_by_file(part: xr.Dataset, where: str) -> xr.Dataset:
+    """A netCDF table's ``source`` attrs name the file it was read from (messages and the run's
+    manifest point at a file the user has), keeping where it came from before: ``"<file> (from
+    <its recorded source>)"``, e.g. ``"/data/cells.nc (from causalcrystal.simulator)"``."""
+    def named(orig) -> str:
+        orig = str(orig or "")
+        return where if orig in ("", where) or orig.startswith(where + " (from ") else f"{where} (from {orig})"
+
+    part = part.copy()
+    part.attrs = dict(part.attrs)
+    part.attrs["source"] = named(part.attrs.get("source"))
+    try:
+        per_image = json.loads(part.attrs.get("sources") or "{}")
+    except (TypeError, ValueError):
+        per_image = {}
+    if isinstance(per_image, dict) and per_image:
+        part.attrs["sources"] = json.dumps({str(k): named(v) for k, v in per_image.items()})
+    return part
+
+
 def read(
     path_or_paths: PathLike | Sequence[PathLike],
     *,
@@ -231,6 +251,8 @@ def read(
             part = read_netcdf(f)
         # Check each file before joining so a contract error names that file, not the series.
         where = safe_text(f.resolve())
+        if suffix not in HDF5_SUFFIXES and suffix not in TABLE_SUFFIXES:
+            part = _named_by_file(part, where)
         part = cells.validate(part, source=where, allow_nonfinite=True)
         parts.append(cells.check_sm_fraction_plausible(part, source=where))
     ds = _join(parts)
