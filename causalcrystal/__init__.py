@@ -28,9 +28,21 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+#: Submodules reachable as attributes (``cc.io.read``) without importing them first.
+_SUBMODULES = ("atoms", "cells", "checks", "cli", "collinearity", "columns", "compare", "concentration", "direction",
+               "discovery", "engine", "evidence", "executor", "gibbs", "interventions", "io", "jobs", "joint", "lgd",
+               "priors", "report", "scenarios", "sem", "simulator", "tiling")
+
+
 def __getattr__(name):
     if name in _EXPORTS:
         value = getattr(import_module(_EXPORTS[name]), name)
         globals()[name] = value  # cache: later look-ups skip __getattr__
         return value
+    if name in _SUBMODULES:
+        return import_module(f"causalcrystal.{name}")  # the import sets the package attribute
     raise AttributeError(f"module 'causalcrystal' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})

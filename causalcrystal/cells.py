@@ -363,6 +363,9 @@ def _largest_gap(values: np.ndarray, axis: str) -> str:
             "the jump)")
 
 
+_GAPS_WARNED: set[tuple] = set()  # (image, axis, index below, index above, cells) warned about
+
+
 def _check_grid(src: str, labels: np.ndarray, inverse: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
     """Per image: the (row, col) bounding box must not be absurdly sparse (a stray index would make
     tiling allocate a grid proportional to it), and indices must step by 1 (pixel coordinates
@@ -405,6 +408,12 @@ def _check_grid(src: str, labels: np.ndarray, inverse: np.ndarray, rows: np.ndar
                 below = int((v <= u[j]).sum())
                 few = min(below, n - below)
                 if 0 < few <= STRAY_SHARE * n:
+                    # once per image and gap per process, not at each of the ~6 validations of one
+                    # run (Python's own once-per-location memory is reset by every catch_warnings)
+                    key = (str(lab), axis, int(u[j]), int(u[j + 1]), n)
+                    if key in _GAPS_WARNED:
+                        continue
+                    _GAPS_WARNED.add(key)
                     warnings.warn(
                         f"{src}: image {quoted(lab)}: {axis} indices jump from {int(u[j])} to {int(u[j + 1])} "
                         f"({int(d[j]) - 1} empty {axis}s), with only {few} of {n} cells on one side: stray lattice "

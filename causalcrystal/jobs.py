@@ -187,8 +187,8 @@ class Job:
     def _busy_message(self) -> str:
         try:
             h = json.loads((self.out_dir / OWNER).read_text(encoding="utf-8"))
-            who = f" (pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']})"
-        except (OSError, ValueError, KeyError, TypeError):
+            who = f" ({describe_holder(h)})" if isinstance(h, dict) and h else ""
+        except (OSError, ValueError):
             who = ""
         return (f"{self._where()} is being written by another causalcrystal job{who}; wait for it to finish, or "
                 "choose another --out. (The lock is released when that process ends, however it ends.)")
@@ -512,18 +512,46 @@ def _declared_files(kind) -> dict:
             "parts": getattr(module, "PARTS", "*")}
 
 
-def _check_unlocked(folder: Path) -> None:
+def running(folder: str | os.PathLike) -> dict | None:
+    """Whether a causalcrystal job is writing to ``folder`` now (it holds the folder's lock): the
+    holder's ``pid``, ``host``, ``job``, ``command`` and ``started`` (as far as recorded; ``{}`` when
+    unreadable), or ``None`` when no job holds the lock."""
     from filelock import FileLock, Timeout
 
+    folder = Path(folder)
     if not (folder / LOCK).exists():
-        return
+        return None
     lock = FileLock(str(folder / LOCK))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise FolderLockedError(f"{safe_name(folder)} is being written by another causalcrystal job; wait for it "
-                                "before replacing the run it belongs to.") from None
+        try:
+            holder = json.loads((folder / OWNER).read_text(encoding="utf-8"))
+            return holder if isinstance(holder, dict) else {}
+        except (OSError, ValueError):
+            return {}
     lock.release()
+    return None
+
+
+def describe_holder(holder: dict) -> str:
+    """``"pid 123 on host, started 2026-11-30 10:00:00: causalcrystal run ..."`` (what is known)."""
+    parts = []
+    if "pid" in holder:
+        parts.append(f"pid {holder['pid']}" + (f" on {holder['host']}" if "host" in holder else ""))
+    if "started" in holder:
+        parts.append(f"started {holder['started']}")
+    text = ", ".join(parts)
+    if holder.get("command"):
+        text += f": {holder['command']}"
+    return text or "holder unknown"
+
+
+def _check_unlocked(folder: Path) -> None:
+    holder = running(folder)
+    if holder is not None:
+        raise FolderLockedError(f"{safe_name(folder)} is being written by another causalcrystal job "
+                                f"({describe_holder(holder)}); wait for it before replacing the run it belongs to.")
 
 
 #: Written into every report.html, so --overwrite recognises a report the project generated.

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from causalcrystal.cells import DESCRIPTORS
-from causalcrystal.jobs import atomic_text, read_manifest
+from causalcrystal.jobs import atomic_text, describe_holder, read_manifest, running
 from causalcrystal.jobs import status as job_status
 
 if TYPE_CHECKING:
@@ -154,6 +154,10 @@ def load_context(run_dir, concentration=None, compare=None, log=None) -> Context
     if not missing and job_status(run_dir, "posterior.nc") != "finished":
         missing = ["the finished status in manifest.json"]  # killed while writing its outputs
     if missing:
+        holder = running(run_dir)
+        if holder is not None:
+            raise ReportError(f"{run_dir}: the run is being written now ({describe_holder(holder)}); re-run the "
+                              "report when it has finished.")
         raise ReportError(f"{run_dir}: {', '.join(missing)} missing; this is not a finished run. Finish it first "
                           f"(re-running the same `causalcrystal run ... --out {run_dir}` resumes it).")
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -736,6 +740,17 @@ def _conc_theta(path: Path):
     return {"mean": flat.mean("s"), "lo": flat.quantile(0.05, "s"), "hi": flat.quantile(0.95, "s")}
 
 
+def _unfinished(d: Path, job: str) -> str:
+    """The note for an unfinished ``job`` in ``d``: running now (and by whom), or interrupted and how
+    to finish it."""
+    holder = running(d)
+    if holder is not None:
+        return _note(f"<code>{_esc(d)}</code> holds a {job} job that is running now ({_esc(describe_holder(holder))}); "
+                     "re-run the report when it has finished.", "warn")
+    return _note(f"<code>{_esc(d)}</code> holds an unfinished {job} job (its manifest does not say finished). "
+                 "Finish it by running the same command again:", "warn") + _resume_hint(d, job)
+
+
 def _resume_hint(d: Path, job: str) -> str:
     """How to finish the unfinished job in ``d``: the command line its manifest recorded when it was
     the ``causalcrystal`` command, otherwise what to call (the job's own --out is ``d``)."""
@@ -760,8 +775,7 @@ def section_concentration(ctx: Context) -> str:
                      "command below, then re-run the report (or pass <code>--concentration DIR</code>):") + hint
     if job_status(d, "concentration.nc") != "finished" or not (d / "curves.csv").is_file():
         # only a finished job's files are read: an interrupted one may hold some outputs and not others
-        return _note(f"<code>{_esc(d)}</code> holds an unfinished concentration job (its manifest does not say "
-                     "finished). Finish it by running the same command again:", "warn") + _resume_hint(d, "concentration")
+        return _unfinished(d, "concentration")
     out = ""
     man = d / "manifest.json"
     if man.is_file():
@@ -911,8 +925,7 @@ def section_compare(ctx: Context) -> str:
                                                    .get(p.name, 3), p.name))
     if job_status(d, "models.csv") != "finished" or not files:
         # only a finished job's tables are shown: an interrupted one may hold some tables and not others
-        return _note(f"<code>{_esc(d)}</code> holds an unfinished compare job (its manifest does not say finished). "
-                     "Finish it by running the same command again:", "warn") + _resume_hint(d, "compare")
+        return _unfinished(d, "compare")
     out = _stale_note(ctx, d / "manifest.json", "discovery.nc", "compare")
     tables = {p.name: pd.read_csv(p) for p in files}
     dirs = tables.get("directions.csv")

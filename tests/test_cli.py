@@ -69,3 +69,16 @@ def test_api_names_are_functions_even_after_submodule_imports():
         importlib.import_module(mod)
     for name in cc.__all__:
         assert not isinstance(getattr(cc, name), type(sys)), name
+
+
+def test_every_submodule_is_reachable_from_the_package_without_an_import():
+    """``import causalcrystal as cc; cc.io.read(...)`` works in a fresh interpreter (lazily)."""
+    import pkgutil
+
+    assert set(cc._SUBMODULES) == {m.name for m in pkgutil.iter_modules(cc.__path__)}
+    code = ("import sys, causalcrystal as cc; assert 'causalcrystal.io' not in sys.modules; "
+            "print(cc.io.read.__module__, 'io' in dir(cc), 'read' in dir(cc))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["causalcrystal.io", "True", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        cc.nonexistent

@@ -288,6 +288,23 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path):
     # the OS released the lock of the killed process: no stale lock to clean by hand
     with _job(tmp_path).open() as job:
         assert job.resumed  # the same settings: the killed job's folder is resumed, not refused
+    assert jobs.running(tmp_path) is None
+
+
+def test_report_of_a_run_being_written_says_it_is_running_and_by_whom(tmp_path):
+    from causalcrystal.report import ReportError, load_context
+
+    p = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "holding"
+        assert jobs.running(tmp_path)["pid"] == p.pid
+        with pytest.raises(ReportError, match=f"being written now \\(pid {p.pid}.*when it has finished"):
+            load_context(tmp_path, log=lambda m: None)
+    finally:
+        p.kill()
+        p.wait()
+    with pytest.raises(ReportError, match="not a finished run"):
+        load_context(tmp_path, log=lambda m: None)
 
 
 _POOL = textwrap.dedent("""
@@ -467,3 +484,20 @@ def test_compare_on_a_default_run_fits_every_family_with_the_runs_draws(small_ce
     mog, lap = plan["specs"]["mog"].sampler, plan["specs"]["laplace"].sampler
     assert mog.name == "gibbs" and lap.name == "nutpie"
     assert (lap.draws, lap.tune, lap.chains) == (mog.draws, mog.tune, mog.chains) == (100, 100, 2)
+    # and the other way round: on a run sampled with NUTS the mixture family keeps its Gibbs sampler
+    # (NUTS on mixture noise took ~480 s per fit with r_hat 1.8)
+    import shutil
+
+    from causalcrystal.sem import load_spec
+
+    nuts_run = tmp_path / "nuts_run"
+    shutil.copytree(finished_run, nuts_run)
+    m = json.loads((nuts_run / "manifest.json").read_text())
+    lap_spec = load_spec("laplace")
+    m["settings"]["spec"] = lap_spec.to_dict() | {"sampler": {**lap_spec.to_dict()["sampler"], "draws": 150}}
+    (nuts_run / "manifest.json").write_text(json.dumps(m))
+    plan = _plan_compare(nuts_run, tmp_path / "cmp2", small_cells, candidates=1, families=("mog", "laplace"),
+                         pairs=[("Px", "Py")], tiles=None, max_tiles=None, directions=True, image_directions=True,
+                         seed=0)
+    mog, lap = plan["specs"]["mog"].sampler, plan["specs"]["laplace"].sampler
+    assert mog.name == "gibbs" and lap.name == "nutpie" and mog.draws == lap.draws == 150

@@ -309,6 +309,23 @@ def test_an_unfinished_companion_job_is_shown_as_unfinished_not_as_results(run, 
     assert "unfinished" in html and "same command" in html
     assert "<table" not in html
     assert f"--out {d} --seed 3" in html  # the command that started it (its --out, its options), not a default
+    # while a process is writing it, the report says so (and who), not "run it again"
+    import subprocess
+    import sys
+
+    hold = ("import sys, time\nfrom filelock import FileLock\nfrom causalcrystal import jobs\n"
+            "lock = FileLock(sys.argv[1] + '/' + jobs.LOCK); lock.acquire()\n"
+            "open(sys.argv[1] + '/' + jobs.OWNER, 'w').write('{\"pid\": 4242, \"command\": \"cc %s\"}' % sys.argv[2])\n"
+            "print('holding', flush=True); time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", hold, str(d), job], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "holding"
+        html = fn(rp.load_context(run, log=lambda m: None, **{job: d}))
+        assert "running now (pid 4242" in html and f"cc {job}" in html and "same command" not in html
+    finally:
+        p.kill()
+        p.wait()
+    assert "same command" in fn(rp.load_context(run, log=lambda m: None, **{job: d}))  # the lock died with it
 
 
 def test_polarisation_is_drawn_per_cell_from_the_runs_cells(run, report):
