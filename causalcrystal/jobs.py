@@ -9,9 +9,11 @@ settings and whether it finished, and (while it runs) a folder of resumable work
 * **Never delete what the project did not write.** A folder is recognised as a job's by its
   manifest (``"causalcrystal"`` and ``"job"`` keys). Files that merely share an output's name in a
   folder without such a manifest are never replaced, even with ``overwrite``.
-* **Move aside, remove after.** ``overwrite`` moves the previous outputs into
-  ``.causalcrystal-previous/`` inside the folder; they are deleted only when the new job finishes
-  (until then they can be moved back by hand: the message says where they are).
+* **Move aside, remove after.** ``overwrite`` moves the previous outputs (and the files of the
+  jobs derived from it, as their manifests list them: never a user's files beside them) into
+  ``.causalcrystal-previous/`` inside the folder; they are deleted only when the job that moved
+  them finishes, or the same settings resumed or restarted (which says so first); a job with
+  other settings keeps them and names them. Until then they can be moved back by hand.
 * **Atomic outputs, finished marker last.** Every output is written under a unique temporary name
   and renamed into place (:meth:`Job.output`); the manifest's ``"status": "finished"`` is written
   last (:meth:`Job.finish`). A kill at any point leaves either the finished job or a partial one
@@ -25,7 +27,7 @@ settings and whether it finished, and (while it runs) a folder of resumable work
   and command.
 
 :func:`status` tells a reader (``report``, :func:`causalcrystal.open_run`-style code) whether a
-folder holds a finished job.
+folder holds a finished job, :func:`running` whether a job is writing to it now.
 """
 
 from __future__ import annotations
