@@ -83,11 +83,12 @@ from scipy import special
 
 from causalcrystal import lgd
 from causalcrystal.cells import DESCRIPTORS
+from causalcrystal.sem import models_dir
 
 LINKS = ("universal", "ps", "cross", "quadratic")
 _LINK_CODE = {name: k for k, name in enumerate(LINKS)}
 #: Where concentration specifications live.
-SPECS_DIR = Path(__file__).resolve().parents[1] / "models" / "concentration"
+SPECS_DIR = models_dir() / "concentration"
 
 
 class ConcentrationError(ValueError):

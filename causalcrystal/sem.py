@@ -48,8 +48,23 @@ NOISE_FAMILIES = ("mog", "laplace", "studentt", "gennorm", "normal")
 #: ``gibbs`` (exact Gibbs, :mod:`causalcrystal.gibbs`) serves the ``mog`` family; NUTS serves all.
 SAMPLERS = ("gibbs", "nutpie", "pymc")
 
-#: Where named model specifications live (the repository's ``models/`` folder).
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+def models_dir() -> Path:
+    """Where the named model specifications live: ``causalcrystal/models`` inside an installed
+    wheel (package data, read with :mod:`importlib.resources`), else the repository's top-level
+    ``models/`` (a source checkout or an editable install; the design keeps it there and
+    ``pyproject.toml`` ships it into the wheel)."""
+    from importlib.resources import files
+
+    # files() of the regular package is a plain path (models/ has no __init__.py: as a namespace
+    # package of its own it would come back as a MultiplexedPath)
+    packaged = files("causalcrystal") / "models"
+    if packaged.joinpath("mog.toml").is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[1] / "models"
+
+
+#: Where named model specifications live (see :func:`models_dir`).
+MODELS_DIR = models_dir()
 
 
 class GaussianNoiseWarning(UserWarning):

@@ -82,3 +82,24 @@ def test_every_submodule_is_reachable_from_the_package_without_an_import():
     assert out.split() == ["causalcrystal.io", "True", "True"]
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         cc.nonexistent
+
+
+def test_every_model_specification_ships_in_the_wheel():
+    """Issue 14: models/ lives at the repository's top level and ships as causalcrystal/models; a
+    spec file the package-data globs miss would be absent after `pip install .` (.ci/run installs
+    the wheel and runs a job from it; this catches a new file or folder the globs do not cover)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert cfg["package-dir"]["causalcrystal.models"] == "models"
+    data = cfg["package-data"]
+    for f in (root / "models").rglob("*"):
+        if f.is_dir() or f.name.startswith("."):
+            continue
+        rel = f.relative_to(root / "models")
+        pkg = ".".join(("causalcrystal.models", *rel.parent.parts))
+        assert pkg in cfg["packages"], f"{rel}: add {pkg} to [tool.setuptools] packages"
+        assert any(fnmatch.fnmatch(rel.name, g) for g in data.get(pkg, [])), f"{rel}: not in package-data of {pkg}"
