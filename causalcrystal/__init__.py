@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 # attribute to the module and shadow the function (hence simulator.py exporting simulate).
 _EXPORTS = {
     "DESCRIPTORS": "causalcrystal.cells",
+    "CausalCrystalError": "causalcrystal.errors",
     "CellTableError": "causalcrystal.cells",
     "make_cells": "causalcrystal.cells",
     "validate": "causalcrystal.cells",
@@ -30,7 +31,7 @@ __all__ = sorted(_EXPORTS)
 
 #: Submodules reachable as attributes (``cc.io.read``) without importing them first.
 _SUBMODULES = ("atoms", "cells", "checks", "cli", "collinearity", "columns", "compare", "concentration", "direction",
-               "discovery", "engine", "evidence", "executor", "gibbs", "interventions", "io", "jobs", "joint", "lgd",
+               "discovery", "engine", "errors", "evidence", "executor", "gibbs", "interventions", "io", "jobs", "joint", "lgd",
                "priors", "report", "scenarios", "sem", "simulator", "tiling")
 
 

@@ -35,6 +35,8 @@ from collections.abc import Mapping
 import numpy as np
 import xarray as xr
 
+from causalcrystal.errors import CausalCrystalError
+
 #: The eight descriptors, in the paper's order.
 DESCRIPTORS: tuple[str, ...] = ("I14", "I5", "a", "b", "alpha", "Vol", "Px", "Py")
 
@@ -89,7 +91,7 @@ JSON_ATTRS: dict[str, str] = {
 }
 
 
-class CellTableError(ValueError):
+class CellTableError(CausalCrystalError, ValueError):
     """A cell table (or the input it was built from) breaks the data contract."""
 
 

@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="causalcrystal",
         description="Bayesian causal structure of crystalline solids imaged atom by atom.",
     )
+    from causalcrystal import __version__
+
+    parser.add_argument("--version", action="version", version=f"causalcrystal {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("simulate", help="simulate an LGD composition series with ground truth",
@@ -492,13 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``causalcrystal`` console script."""
     args = build_parser().parse_args(argv)
-    from causalcrystal.cells import CellTableError
-    from causalcrystal.jobs import DamagedPartError
+    from causalcrystal.errors import CausalCrystalError
 
     try:
         return int(args.func(args) or 0)
-    except (CellTableError, ValueError, FileExistsError, FileNotFoundError, DamagedPartError) as err:
-        # RunExistsError and FolderLockedError are FileExistsErrors
+    except (CausalCrystalError, ValueError, FileExistsError, FileNotFoundError) as err:
+        # the project's own errors, and the built-in kinds a library raises on bad input: one line,
+        # no traceback (each message names the file or option and the fix)
         print(f"error: {err}", file=sys.stderr)
         return 2
 

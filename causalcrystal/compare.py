@@ -95,6 +95,7 @@ import numpy as np
 import xarray as xr
 
 from causalcrystal.cells import DESCRIPTORS
+from causalcrystal.errors import CausalCrystalError
 from causalcrystal.priors import DagPrior, forbidden_into, inclusion_weights
 from causalcrystal.sem import ModelSpec, load_spec
 
@@ -106,7 +107,7 @@ FINAL = "models.csv"
 QUANTILES = (0.05, 0.5, 0.95)
 
 
-class CompareError(ValueError):
+class CompareError(CausalCrystalError, ValueError):
     """The run, the cells or the settings cannot support a comparison (the message says why)."""
 
 

@@ -83,6 +83,7 @@ from scipy import special
 
 from causalcrystal import lgd
 from causalcrystal.cells import DESCRIPTORS
+from causalcrystal.errors import CausalCrystalError
 from causalcrystal.sem import models_dir
 
 LINKS = ("universal", "ps", "cross", "quadratic")
@@ -91,7 +92,7 @@ _LINK_CODE = {name: k for k, name in enumerate(LINKS)}
 SPECS_DIR = models_dir() / "concentration"
 
 
-class ConcentrationError(ValueError):
+class ConcentrationError(CausalCrystalError, ValueError):
     """The run or the specification cannot support a concentration fit (the message says why)."""
 
 

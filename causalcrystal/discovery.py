@@ -41,6 +41,7 @@ import numpy as np
 import xarray as xr
 
 from causalcrystal.cells import DESCRIPTORS, CellTableError, validate
+from causalcrystal.errors import CausalCrystalError
 from causalcrystal.executor import InlineExecutor, Progress
 from causalcrystal.tiling import tile_members
 
@@ -52,7 +53,7 @@ MIN_CELLS_PER_VARIABLE = 4
 _N = len(DESCRIPTORS)
 
 
-class TileError(ValueError):
+class TileError(CausalCrystalError, ValueError):
     """A tile's data matrix cannot be fitted (constant or non-finite column, too few cells)."""
 
 

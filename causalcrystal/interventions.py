@@ -61,12 +61,13 @@ import numpy as np
 import xarray as xr
 
 from causalcrystal.cells import DESCRIPTORS
+from causalcrystal.errors import CausalCrystalError
 
 UNITS = ("standardized", "raw")
 RAW_UNITS = "raw descriptor units (effect units per cause unit for total effects)"
 
 
-class InterventionError(ValueError):
+class InterventionError(CausalCrystalError, ValueError):
     """A request the fitted model cannot answer (unknown variable, tile, units, bad value)."""
 
 

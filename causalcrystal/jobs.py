@@ -44,6 +44,8 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from causalcrystal.errors import CausalCrystalError
+
 MANIFEST = "manifest.json"
 LOCK = ".causalcrystal.lock"
 OWNER = ".causalcrystal.owner"
@@ -52,7 +54,7 @@ PREVIOUS = ".causalcrystal-previous"
 TMP_PREFIX = ".cc-tmp-"
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(CausalCrystalError, FileExistsError):
     """The output folder holds a finished job, another job's partial output, or files the project
     did not write (the message says which and what to do)."""
 
@@ -61,7 +63,7 @@ class FolderLockedError(RunExistsError):
     """Another causalcrystal job is writing to the output folder right now."""
 
 
-class DamagedPartError(RuntimeError):
+class DamagedPartError(CausalCrystalError, RuntimeError):
     """A resumable work part (a tile's or a comparison's saved result) could not be read; it has been
     removed so that the same command re-computes it."""
 

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from causalcrystal.cells import DESCRIPTORS
+from causalcrystal.errors import CausalCrystalError
 from causalcrystal.jobs import atomic_text, describe_holder, read_manifest, running
 from causalcrystal.jobs import status as job_status
 
@@ -65,7 +66,7 @@ VERSIONED = ("causalcrystal", "pymc", "pytensor", "arviz", "nutpie", "lingam", "
              "pandas", "matplotlib", "networkx")
 
 
-class ReportError(ValueError):
+class ReportError(CausalCrystalError, ValueError):
     """The run folder (or a companion output) cannot be reported on; the message says why."""
 
 

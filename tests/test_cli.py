@@ -103,3 +103,21 @@ def test_every_model_specification_ships_in_the_wheel():
         pkg = ".".join(("causalcrystal.models", *rel.parent.parts))
         assert pkg in cfg["packages"], f"{rel}: add {pkg} to [tool.setuptools] packages"
         assert any(fnmatch.fnmatch(rel.name, g) for g in data.get(pkg, [])), f"{rel}: not in package-data of {pkg}"
+
+
+def test_version_and_one_base_class_for_the_projects_errors(capsys):
+    from causalcrystal import compare, concentration, discovery, interventions, jobs, report
+    from causalcrystal.cells import CellTableError
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"causalcrystal {cc.__version__}"
+    kinds = {CellTableError: ValueError, compare.CompareError: ValueError, concentration.ConcentrationError: ValueError,
+             discovery.TileError: ValueError, interventions.InterventionError: ValueError, report.ReportError: ValueError,
+             jobs.RunExistsError: FileExistsError, jobs.FolderLockedError: FileExistsError,
+             jobs.DamagedPartError: RuntimeError}
+    for err, builtin in kinds.items():  # one `except cc.CausalCrystalError`, and the old kinds still hold
+        assert issubclass(err, cc.CausalCrystalError) and issubclass(err, builtin), err
+    # the CLI reports the project's errors in one line, not as a traceback
+    assert main(["inspect", "/nonexistent/file.nc"]) == 2
+    assert "error:" in capsys.readouterr().err
