@@ -24,15 +24,18 @@ _EXPORTS = {
     "LGDParams": "causalcrystal.lgd",
     "make_tiles": "causalcrystal.tiling",
     "tile_cells": "causalcrystal.tiling",
+    "open_run": "causalcrystal.runs",
+    "Run": "causalcrystal.runs",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
 #: Submodules reachable as attributes (``cc.io.read``) without importing them first.
-_SUBMODULES = ("atoms", "cells", "checks", "cli", "collinearity", "columns", "compare", "concentration", "direction",
-               "discovery", "engine", "errors", "evidence", "executor", "gibbs", "interventions", "io", "jobs", "joint", "lgd",
-               "priors", "report", "scenarios", "sem", "simulator", "tiling")
+_SUBMODULES = ("atoms", "cells", "checks", "cli", "collinearity", "columns", "compare", "concentration",
+               "direction", "discovery", "engine", "errors", "evidence", "executor", "gibbs", "interventions",
+               "io", "jobs", "joint", "lgd", "priors", "report", "runs", "scenarios", "sem", "simulator",
+               "tiling")
 
 
 def __getattr__(name):

@@ -273,7 +273,8 @@ def _cmd_report(args) -> int:
 def _cmd_concentration(args) -> int:
     from causalcrystal.concentration import run_concentration
 
-    run_concentration(args.run_dir, args.out, args.spec, seed=args.seed, overwrite=args.overwrite,
+    out = args.out if args.out is not None else str(Path(args.run_dir) / "concentration")
+    run_concentration(args.run_dir, out, args.spec, seed=args.seed, overwrite=args.overwrite,
                       against=[a for a in (args.against or "").split(",") if a],
                       universality_check=not args.no_universality,
                       log=(lambda m: None) if args.quiet else None)
@@ -429,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "values -> LGD links of the Sm fraction, with y0 (MPB), eps0 and universality "
                                    "evidence (LOO) per coupling.")
     p.add_argument("run_dir", help="folder of a finished `causalcrystal run` (has posterior.nc)")
-    p.add_argument("--out", required=True, help="output folder (not the run folder)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default RUN_DIR/concentration, where `report` looks; not the run folder itself)")
     p.add_argument("--spec", default="lgd", help="concentration specification: a name in models/concentration/ "
                                                  "or a .toml path (default lgd)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same numbers)")

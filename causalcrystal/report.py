@@ -769,7 +769,7 @@ def section_concentration(ctx: Context) -> str:
     import xarray as xr
 
     d = ctx.concentration
-    hint = _cmd(f"causalcrystal concentration {ctx.run_dir} --out {ctx.run_dir / 'concentration'}")
+    hint = _cmd(f"causalcrystal concentration {ctx.run_dir}")  # writes RUN/concentration, where the report looks
     if d is None:
         return _note("No concentration output found (looked for "
                      f"<code>{_esc(ctx.run_dir / 'concentration')}</code>). Fit the LGD concentration model with the "

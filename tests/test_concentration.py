@@ -214,10 +214,14 @@ def small_run(tmp_path_factory, small_cells):
 
 
 def test_concentration_command_on_a_run(small_run, tmp_path):
-    out = tmp_path / "conc"
+    import shutil
+
+    # a copy of the run (the module's run stays without a concentration/ folder for other tests)
+    small_run = shutil.copytree(small_run, tmp_path / "run")
+    out = small_run / "concentration"  # where --out defaults to (and where `report` looks)
     spec = tmp_path / "small.toml"
     lgd_spec_file(spec, ["a<-Px", "Vol<-a"])
-    assert main(["concentration", str(small_run), "--out", str(out), "--spec", str(spec), "--quiet"]) == 0
+    assert main(["concentration", str(small_run), "--spec", str(spec), "--quiet"]) == 0
     for name in cn.OUTPUTS:
         assert (out / name).exists() == (name != "links.csv"), name  # links.csv only with --against
     idata = __import__("arviz").from_netcdf(out / "concentration.nc")

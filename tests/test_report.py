@@ -155,7 +155,7 @@ def test_missing_companions_give_the_commands(run, tmp_path):
     for name in RUN_FILES:
         shutil.copy(run / name, bare / name)
     text = write_report(bare, log=lambda m: None).read_text()
-    assert f"causalcrystal concentration {bare} --out {bare / 'concentration'}" in _section(text, "concentration")
+    assert f"causalcrystal concentration {bare}</" in _section(text, "concentration")  # --out defaults there
     assert f"causalcrystal compare {bare} INPUT_FILES" in _section(text, "compare")  # no cells.nc in bare
     shutil.copy(run / "cells.nc", bare / "cells.nc")
     text = write_report(bare, log=lambda m: None, overwrite=True).read_text()
@@ -342,3 +342,47 @@ def test_polarisation_is_drawn_per_cell_from_the_runs_cells(run, report):
     m = ctx.cells["image"].values.astype(str) == img
     assert d["image"] is None and len(d["x"]) == int(m.sum())
     np.testing.assert_array_equal(d["Px"], ctx.cells["Px"].values[m])
+
+
+def test_open_run_reads_every_part_lazily_and_names_the_command_for_a_missing_one(run, tmp_path):
+    """Issue 14.3: one run object; a part not made (yet) names the command that makes it."""
+    import causalcrystal as cc
+    from causalcrystal.runs import MissingPartError
+
+    r = cc.open_run(run)
+    assert "posterior" not in vars(r)  # nothing read until asked for
+    assert {"B", "edge_inclusion"} <= set(r.posterior.posterior.data_vars)
+    assert r.posterior.posterior["B"].sizes["tile"] == r.discovery.sizes["tile"] == r.summary["tile"].nunique()
+    assert r.cells.sizes["cell"] == r.settings["n_cells"] and r.is_simulated
+    assert set(r.discovery_images["image"].values.tolist()) == set(r.cells["image"].values.tolist())
+    assert {"y0", "eps0", "y_star"} <= set(r.concentration.posterior.data_vars)
+    assert set(r.compare) == {"models", "averaged", "directions"} and len(r.compare["models"])
+    assert "present: posterior, summary, discovery, cells, concentration, compare" in repr(r)
+    # a run folder without its derived jobs (and without cells.nc: an older run)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in RUN_FILES:
+        shutil.copy(run / name, bare / name)
+    b = cc.open_run(bare)
+    for part, command in (("concentration", f"causalcrystal concentration {bare}"),
+                          ("compare", f"causalcrystal compare {bare}")):
+        with pytest.raises(MissingPartError, match=f"no {part} output; make it with `{command}`"):
+            getattr(b, part)
+    with pytest.raises(MissingPartError, match="cells.nc is missing; runs made before"):
+        b.cells
+    # an unfinished derived job is named with the command that started it, never read half-done
+    d = shutil.copytree(run / "compare", bare / "compare")
+    _finished_manifest(d, "compare", {"run_dir": str(bare)}, status="running")
+    with pytest.raises(MissingPartError, match="unfinished compare job; run the same command again"):
+        b.compare
+    # not a finished run at all: no folder, no manifest, an unfinished run
+    with pytest.raises(MissingPartError, match="no such folder"):
+        cc.open_run(tmp_path / "nothing")
+    with pytest.raises(MissingPartError, match="no causalcrystal run"):
+        cc.open_run(d.parent / "compare")
+    m = json.loads((bare / "manifest.json").read_text())
+    (bare / "manifest.json").write_text(json.dumps({**m, "status": "running", "command": "causalcrystal run x --out y"}))
+    with pytest.raises(MissingPartError, match="unfinished run; run the same command again to finish it: "
+                                               "causalcrystal run x --out y"):
+        cc.open_run(bare)
+    assert issubclass(MissingPartError, FileNotFoundError) and issubclass(MissingPartError, cc.CausalCrystalError)

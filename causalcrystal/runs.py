@@ -1,0 +1,169 @@
+"""One object for a run folder and the jobs derived from it: ``cc.open_run(path)``.
+
+``open_run("RUN")`` checks that ``RUN`` holds a finished ``causalcrystal run`` and returns a
+:class:`Run` whose parts are read only when first asked for (a posterior file is ~2 MB per tile):
+
+============================  ================================================  ==========================
+attribute                     what                                              file (in ``RUN``)
+============================  ================================================  ==========================
+``posterior``                 ``arviz.InferenceData`` (``B``, ``edge_inclusion``  ``posterior.nc``
+                              ... with dims ``chain, draw, tile, ...``)
+``summary``                   ``pandas.DataFrame``, one row per tile and edge     ``summary.csv``
+``discovery``                 ``xarray.Dataset``, LiNGAM per tile                 ``discovery.nc``
+``discovery_images``          ``xarray.Dataset``, LiNGAM per whole image          ``discovery.nc`` group
+                                                                                  ``images``
+``cells``                     ``xarray.Dataset``, the cell table of the run       ``cells.nc``
+``concentration``             ``arviz.InferenceData`` of the LGD model            ``concentration/
+                                                                                  concentration.nc``
+``compare``                   ``dict`` of ``pandas.DataFrame``: ``models``,      ``compare/*.csv``
+                              ``averaged``, ``directions``
+============================  ================================================  ==========================
+
+A part that does not exist (yet) raises :class:`MissingPartError` (a ``FileNotFoundError``) that
+names the command producing it; a derived job that is unfinished or running now is named as such
+(only finished jobs' files are read, as in the report). ``settings`` and ``manifest`` are the
+run's recorded settings (``manifest.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+from causalcrystal.errors import CausalCrystalError
+from causalcrystal.jobs import describe_holder, read_manifest, running, safe_name, status
+
+__all__ = ["MissingPartError", "Run", "open_run"]
+
+
+class MissingPartError(CausalCrystalError, FileNotFoundError):
+    """A part of a run that has not been made (yet); the message names the command that makes it."""
+
+
+class Run:
+    """A finished run folder (see the module docstring); use :func:`open_run`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        where = safe_name(self.path)
+        if not self.path.is_dir():
+            raise MissingPartError(f"{where}: no such folder; pass the --out folder of `causalcrystal run` or `demo`.")
+        holder = running(self.path)
+        manifest = read_manifest(self.path)
+        if manifest is None or manifest.get("job", "run") != "run":
+            raise MissingPartError(f"{where} holds no causalcrystal run (no run manifest.json); make one with "
+                                   f"`causalcrystal run INPUTS --out {where}`.")
+        if status(self.path, "posterior.nc") != "finished":
+            if holder is not None:
+                raise MissingPartError(f"{where}: the run is being written now ({describe_holder(holder)}); open it "
+                                       "when it has finished.")
+            raise MissingPartError(f"{where} holds an unfinished run; run the same command again to finish it: "
+                                   f"{manifest.get('command') or 'causalcrystal run ... --out ' + where}")
+        self.manifest: dict = manifest
+        self.settings: dict = manifest.get("settings", {})
+
+    def __repr__(self) -> str:
+        parts = [name for name, f in (("cells", "cells.nc"), ("concentration", "concentration/concentration.nc"),
+                                      ("compare", "compare/models.csv")) if (self.path / f).is_file()]
+        return f"<causalcrystal Run {safe_name(self.path)}: {self.settings.get('spec', {}).get('name', '?')} model, " \
+               f"present: posterior, summary, discovery{''.join(', ' + p for p in parts)}>"
+
+    # -- the run's own outputs ------------------------------------------------------------------
+
+    def _file(self, name: str, made_by: str) -> Path:
+        p = self.path / name
+        if not p.is_file():
+            raise MissingPartError(f"{safe_name(p)} is missing; {made_by}")
+        return p
+
+    @cached_property
+    def posterior(self):
+        """``arviz.InferenceData`` of every tile (``posterior.nc``)."""
+        import arviz as az
+
+        return az.from_netcdf(self._file("posterior.nc", "re-run the run to make it."))
+
+    @cached_property
+    def summary(self):
+        """``pandas.DataFrame``: one row per tile and allowed edge (``summary.csv``)."""
+        import pandas as pd
+
+        return pd.read_csv(self._file("summary.csv", "re-run the run to make it."))
+
+    @cached_property
+    def discovery(self):
+        """``xarray.Dataset``: LiNGAM per tile (``discovery.nc``)."""
+        import xarray as xr
+
+        return xr.load_dataset(self._file("discovery.nc", "re-run the run to make it."), engine="h5netcdf")
+
+    @cached_property
+    def discovery_images(self):
+        """``xarray.Dataset``: LiNGAM per whole image (group ``images`` of ``discovery.nc``)."""
+        import xarray as xr
+
+        return xr.load_dataset(self._file("discovery.nc", "re-run the run to make it."), engine="h5netcdf",
+                               group="images")
+
+    @cached_property
+    def cells(self):
+        """``xarray.Dataset``: the cell table the run was made from (``cells.nc``)."""
+        from causalcrystal.io import read
+
+        return read(self._file("cells.nc", "runs made before the cell table was stored lack it: re-run the run "
+                                           "(the same command with --overwrite) to store it."))
+
+    # -- derived jobs ---------------------------------------------------------------------------
+
+    def _derived(self, job: str, final: str, command: str) -> Path:
+        d = self.path / job
+        where = safe_name(d)
+        if read_manifest(d) is None:
+            raise MissingPartError(f"{where}: no {job} output; make it with `{command}` (it writes there).")
+        if status(d, final) != "finished":
+            holder = running(d)
+            if holder is not None:
+                raise MissingPartError(f"{where}: the {job} job is running now ({describe_holder(holder)}); read it "
+                                       "when it has finished.")
+            again = (read_manifest(d) or {}).get("command") or command
+            raise MissingPartError(f"{where} holds an unfinished {job} job; run the same command again to finish "
+                                   f"it: {again}")
+        return d
+
+    @cached_property
+    def concentration(self):
+        """``arviz.InferenceData`` of the LGD concentration model (``concentration/concentration.nc``;
+        made by ``causalcrystal concentration RUN``)."""
+        import arviz as az
+
+        d = self._derived("concentration", "concentration.nc", f"causalcrystal concentration {safe_name(self.path)}")
+        return az.from_netcdf(d / "concentration.nc")
+
+    @cached_property
+    def compare(self) -> dict:
+        """``{"models", "averaged", "directions"}`` tables of ``causalcrystal compare RUN``
+        (``compare/*.csv``, pandas DataFrames)."""
+        import pandas as pd
+
+        d = self._derived("compare", "models.csv", f"causalcrystal compare {safe_name(self.path)}")
+        return {p.stem: pd.read_csv(p) for p in sorted(d.glob("*.csv"))}
+
+    @property
+    def is_simulated(self) -> bool:
+        """Whether the run's cells came from the project's simulator (so ``cells`` holds the truth)."""
+        return "simulator" in str(self.settings.get("source", ""))
+
+    def to_dict(self) -> dict:
+        """The manifest (settings, versions, times) as a plain dict."""
+        return json.loads(json.dumps(self.manifest))
+
+
+def open_run(path: str | Path) -> Run:
+    """Open the finished run in folder ``path`` (the ``--out`` of ``causalcrystal run`` / ``demo``).
+
+    Returns a :class:`Run` whose ``posterior``, ``summary``, ``discovery``, ``cells``,
+    ``concentration`` and ``compare`` are read when first used. Raises :class:`MissingPartError`
+    naming what to run when the folder holds no finished run (unfinished, running now, or none).
+    """
+    return Run(path)
