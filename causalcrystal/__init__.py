@@ -26,6 +26,8 @@ _EXPORTS = {
     "tile_cells": "causalcrystal.tiling",
     "open_run": "causalcrystal.runs",
     "Run": "causalcrystal.runs",
+    "summary": "causalcrystal.runs",
+    "tile_loo": "causalcrystal.runs",
 }
 
 __all__ = sorted(_EXPORTS)

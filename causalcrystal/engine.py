@@ -20,8 +20,11 @@
     ``noise_var`` (..., variable, component); ``log_likelihood`` ``z`` (chain, draw, tile,
     member; NaN padding); ``sample_stats`` (diverging, tree_depth, step_size); ``constant_data``
     with the tile means and scales ``B`` is in, the candidate orders and their pseudo-BMA+ weights,
-    ELPD, p_loo, Pareto k and ``allowed_weight``; the units of ``B`` in
-    ``posterior.attrs['standardize']``.
+    ELPD, p_loo, Pareto k, ``allowed_weight`` and ``allowed`` (tile, effect, cause; bool: the
+    coefficients estimated, the rest stored as exact zeros); the units of ``B`` in
+    ``posterior.attrs['standardize']``; every group has ArviZ's standard attrs (``created_at``,
+    ``arviz_version``, ``inference_library``). :func:`causalcrystal.runs.summary` and
+    :func:`causalcrystal.runs.tile_loo` read it as ArviZ users expect.
 ``summary.csv``
     one row per tile x edge any candidate order allows: posterior mean, sd, 90 % HDI,
     ``p_positive`` / ``p_negative``, inclusion probability, ``p_allowed`` (weight of the orders
@@ -623,6 +626,18 @@ def write_posterior(path: Path, tiles, disc, priors, done, tile_dir: Path, spec:
         sizes["component"] = first["noise_weight"].shape[-1]
     if constants is not None and "candidate_order" in first:
         constants = constants.merge(order_constants(tile_dir, done))
+    # which coefficients any of the tile's orders allows: the others are stored as exact zeros, so
+    # summaries (causalcrystal.runs.summary) and diagnostics must skip them (az.summary does not know)
+    allowed = xr.DataArray(np.stack([_allowed(priors[k]) for k in done]), dims=("tile", "effect", "cause"),
+                           coords={"tile": np.asarray(done), "effect": list(DESCRIPTORS), "cause": list(DESCRIPTORS)},
+                           attrs={"long_name": "coefficient B[effect, cause] allowed by at least one of the tile's "
+                                               "causal orders (False: fixed at 0, not estimated)"})
+    if constants is not None and "allowed_weight" in constants:
+        # an order the data gave weight 0 contributes no draws: its edges are not estimated either
+        allowed = allowed & (constants["allowed_weight"] > 0)
+        allowed.attrs["long_name"] = ("coefficient B[effect, cause] allowed by at least one of the tile's causal "
+                                      "orders with weight > 0 (False: fixed at 0, not estimated)")
+    constants = allowed.to_dataset(name="allowed") if constants is None else constants.assign(allowed=allowed)
     base = {"chain": np.arange(C), "draw": np.arange(D), "tile": np.asarray(done)}
     tile_coords = {name: ("tile", tiles[name].values[done]) for name in _TILE_COORDS if name in tiles.coords}
     if constants is not None:
@@ -633,12 +648,16 @@ def write_posterior(path: Path, tiles, disc, priors, done, tile_dir: Path, spec:
     post.attrs.update(standardize=standardize, units=("standardised per " + standardize) if standardize != "none"
                       else "raw descriptor units", model=json.dumps(spec.to_dict()),
                       causalcrystal=__version__, B_indexing="B[effect, cause]: effect <- cause")
-    groups = {"posterior": post,
-              "log_likelihood": xr.Dataset(coords={**base, "member": np.arange(width)}),
-              "sample_stats": xr.Dataset(coords=base)}
-    if constants is not None:
-        groups["constant_data"] = constants
+    loglik = xr.Dataset(coords={**base, "member": np.arange(width)})
+    loglik.attrs["note"] = (
+        "pointwise log-likelihood per tile: member indexes the tile's cells (NaN beyond the tile's n_cells), and "
+        "overlapping tiles share cells, so arviz.loo on the whole file pools tiles and returns NaN; use "
+        "causalcrystal.runs.tile_loo(run, tile) for one tile's PSIS-LOO")
+    groups = {"posterior": post, "log_likelihood": loglik, "sample_stats": xr.Dataset(coords=base),
+              "constant_data": constants}
+    standard = _standard_attrs(spec)
     for n, (name, ds) in enumerate(groups.items()):  # what InferenceData.to_netcdf writes, minus the draws
+        ds.attrs = {**standard, **ds.attrs}
         ds.to_netcdf(path, engine="h5netcdf", group=name, mode="w" if n == 0 else "a")
 
     rows = []
@@ -669,6 +688,30 @@ def write_posterior(path: Path, tiles, disc, priors, done, tile_dir: Path, spec:
             rows += _summary_rows(k, arrays, tiles, disc, priors[k], spec)
             bar.update()
     return pd.DataFrame(rows)
+
+
+def _allowed(prior) -> np.ndarray:
+    """``[effect, cause]`` bool: allowed by any of a tile's DAG priors (one per candidate order)."""
+    priors = prior if isinstance(prior, (list, tuple)) else [prior]
+    return np.logical_or.reduce([np.asarray(p.allowed, dtype=bool) for p in priors])
+
+
+def _standard_attrs(spec: ModelSpec) -> dict:
+    """The attributes ArviZ writes on every InferenceData group (``arviz.data.base.make_attrs``)
+    and the sampler that drew the posterior."""
+    import importlib.metadata as md
+
+    import arviz as az
+
+    library = {"gibbs": "causalcrystal.gibbs", "nutpie": "nutpie", "pymc": "pymc"}[spec.sampler.name]
+    dist = "causalcrystal" if library.startswith("causalcrystal") else library
+    try:
+        version = md.version(dist)
+    except md.PackageNotFoundError:
+        version = __version__ if dist == "causalcrystal" else "unknown"
+    return {"created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "arviz_version": az.__version__,
+            "inference_library": library, "inference_library_version": version,
+            "modeling_interface": "pymc", "modeling_interface_version": md.version("pymc")}
 
 
 def order_constants(tile_dir: Path, done) -> xr.Dataset:

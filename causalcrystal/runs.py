@@ -28,13 +28,17 @@ run's recorded settings (``manifest.json``).
 from __future__ import annotations
 
 import json
+import warnings
 from functools import cached_property
 from pathlib import Path
+
+import numpy as np
+import xarray as xr
 
 from causalcrystal.errors import CausalCrystalError
 from causalcrystal.jobs import describe_holder, read_manifest, running, safe_name, status
 
-__all__ = ["MissingPartError", "Run", "open_run"]
+__all__ = ["MissingPartError", "Run", "allowed_mask", "open_run", "summary", "tile_loo"]
 
 
 class MissingPartError(CausalCrystalError, FileNotFoundError):
@@ -157,6 +161,85 @@ class Run:
     def to_dict(self) -> dict:
         """The manifest (settings, versions, times) as a plain dict."""
         return json.loads(json.dumps(self.manifest))
+
+
+def _as_run(run) -> Run:
+    return run if isinstance(run, Run) else Run(run)
+
+
+def allowed_mask(run):
+    """``xarray.DataArray`` bool ``(tile, effect, cause)``: the coefficients any of each tile's
+    causal orders allows (the rest are fixed at 0). From ``constant_data.allowed``; files written
+    before it was stored: the coefficients with any non-zero draw."""
+    idata = _as_run(run).posterior
+    if "constant_data" in idata.groups() and "allowed" in idata.constant_data:
+        return idata.constant_data["allowed"].astype(bool)
+    return (idata.posterior["B"] != 0).any(("chain", "draw"))
+
+
+def summary(run, var_names=("B",), hdi_prob: float = 0.9, **kwargs):
+    """:func:`arviz.summary` of a run over the coefficients its tiles estimate, not the forbidden
+    ones stored as zeros (which make ``az.summary`` print NaN r_hat and RuntimeWarnings).
+
+    ``run``: a :class:`Run` or a run folder. ``var_names``: posterior variables; those with dims
+    ``(tile, effect, cause)`` (``B``, ``edge_inclusion``) are restricted to allowed edges, the
+    others summarised whole. Returns a ``pandas.DataFrame`` indexed like ArviZ's (``B[3, a, Px]``
+    = tile 3, effect a, cause Px) with ArviZ's columns (``mean``, ``sd``, ``hdi_5%``, ``hdi_95%``,
+    ``ess_bulk``, ``r_hat``, ...); the rows of ``B`` are the edges of ``summary.csv``. An allowed
+    edge that was never included (every draw exactly 0) has ``r_hat`` NaN. Extra keyword arguments
+    go to :func:`arviz.summary`.
+    """
+    import arviz as az
+    import pandas as pd
+
+    r = _as_run(run)
+    post = r.posterior.posterior
+    mask = allowed_mask(r)
+    tables = []
+    for name in var_names:
+        v = post[name]
+        if {"tile", "effect", "cause"} <= set(v.dims):
+            edges = mask.stack(edge=("tile", "effect", "cause"))
+            keep = edges.where(edges, drop=True)["edge"]
+            v = v.stack(edge=("tile", "effect", "cause")).sel(edge=keep)
+            labels = [f"{name}[{t}, {e}, {c}]" for t, e, c in v["edge"].values]
+            v = v.drop_vars(["edge", "tile", "effect", "cause"] + [c for c in v.coords if "edge" in v[c].dims
+                                                                   and c not in ("edge",)], errors="ignore")
+            v = v.assign_coords(edge=np.arange(len(labels)))
+            with warnings.catch_warnings():
+                # an allowed edge the spike-and-slab never included has every draw exactly 0: its
+                # r_hat is 0/0 (NaN, correctly undefined), which numpy reports once per edge
+                warnings.filterwarnings("ignore", "invalid value encountered in scalar divide", RuntimeWarning)
+                t = az.summary(xr.Dataset({name: v}), hdi_prob=hdi_prob, **kwargs)
+            t.index = labels
+        else:
+            t = az.summary(r.posterior, var_names=[name], hdi_prob=hdi_prob, **kwargs)
+        tables.append(t)
+    return pd.concat(tables)
+
+
+def tile_loo(run, tile: int, **kwargs):
+    """PSIS-LOO of one tile's SEM over its own cells (:func:`arviz.loo`): the file's
+    ``log_likelihood`` holds every tile side by side (``member`` padded with NaN beyond a tile's
+    cell count, and overlapping tiles share cells), so LOO is only meaningful per tile.
+
+    ``tile``: a tile index (``posterior.tile``). Returns ArviZ's ``ELPDData``. Raises ``KeyError``
+    naming the tiles present when ``tile`` is not one of them.
+    """
+    import arviz as az
+
+    idata = _as_run(run).posterior
+    tiles = idata.log_likelihood["tile"].values.tolist()
+    if tile not in tiles:
+        raise KeyError(f"tile {tile} is not in this run's posterior (tiles {tiles[:5]}{'...' if len(tiles) > 5 else ''})")
+    z = idata.log_likelihood["z"].sel(tile=tile)
+    n = int(idata.posterior["n_cells"].sel(tile=tile)) if "n_cells" in idata.posterior.coords else \
+        int(np.isfinite(z.isel(chain=0, draw=0)).sum())
+    z = z.isel(member=slice(0, n)).drop_vars([c for c in z.coords if c not in ("chain", "draw", "member")])
+    one = az.InferenceData(log_likelihood=xr.Dataset({"z": z}),
+                           posterior=idata.posterior[["c"]].sel(tile=tile, drop=True) if "c" in idata.posterior
+                           else None)
+    return az.loo(one, var_name="z", **kwargs)
 
 
 def open_run(path: str | Path) -> Run:

@@ -386,3 +386,32 @@ def test_open_run_reads_every_part_lazily_and_names_the_command_for_a_missing_on
                                                "causalcrystal run x --out y"):
         cc.open_run(bare)
     assert issubclass(MissingPartError, FileNotFoundError) and issubclass(MissingPartError, cc.CausalCrystalError)
+
+
+def test_posterior_file_works_with_arviz_in_a_fresh_process(run):
+    """Issue 14.2: summaries over the estimated edges only (no NaN rows for the forbidden zeros, no
+    RuntimeWarnings), per-tile LOO, and the attrs ArviZ writes, from the file alone."""
+    import subprocess
+    import sys
+
+    code = f"""
+import warnings, json, numpy as np, pandas as pd, arviz as az, causalcrystal as cc
+warnings.simplefilter("error", RuntimeWarning)
+run = cc.open_run({str(run)!r})
+t = cc.summary(run)
+s = pd.read_csv({str(run / "summary.csv")!r})
+assert len(t) == len(s), (len(t), len(s))          # exactly the edges summary.csv reports
+assert t.index[0].startswith("B[") and {{"ess_bulk", "r_hat", "hdi_5%"}} <= set(t.columns)
+allowed = run.posterior.constant_data["allowed"]
+assert int(allowed.sum()) == len(s) and allowed.dtype == bool
+tile = int(run.posterior.posterior["tile"][0])
+n = int(run.posterior.posterior["n_cells"].sel(tile=tile))
+loo = cc.tile_loo(run, tile)
+assert loo.n_data_points == n and np.isfinite(loo.elpd_loo), loo
+attrs = run.posterior.posterior.attrs
+assert attrs["inference_library"] == "nutpie" and attrs["arviz_version"] == az.__version__ and "created_at" in attrs
+assert "tile_loo" in run.posterior.log_likelihood.attrs["note"]
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
