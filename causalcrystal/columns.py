@@ -56,7 +56,8 @@ SEPARATION = {"110": 1.5, "001": 2.1}
 PROJECTIONS = ("110", "001")
 
 
-def _need_atomap():
+def need_atomap():
+    """``(atomap.api, hyperspy.api)``, or ``ImportError`` saying how to install the extra."""
     try:
         import atomap.api as am
         import hyperspy.api as hs
@@ -66,7 +67,7 @@ def _need_atomap():
     return am, hs
 
 
-def _load_image(image, hs):
+def load_image(image, hs):
     """(signal float64, source text) from a path, a Signal2D or a 2-D array."""
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
@@ -160,12 +161,12 @@ def find_columns(image, *, projection: str = "110", pixel_size: float | None = N
 
     from importlib.metadata import version
 
-    am, hs = _need_atomap()
+    am, hs = need_atomap()
     from atomap import process_parameters as pp
 
     if projection not in PROJECTIONS:
         raise CellTableError(f"--projection {projection!r} unknown; use 110 or 001.")
-    s, source = _load_image(image, hs)
+    s, source = load_image(image, hs)
     size, unit = _pixel_size(s, pixel_size, pixel_unit, source)
     if separation is None:
         if size is None:
@@ -291,6 +292,6 @@ def image_data(columns: xr.Dataset):
     src = columns.attrs.get("source", "")
     if not src or not Path(src).is_file():
         return None
-    _, hs = _need_atomap()
-    s, _ = _load_image(src, hs)
+    _, hs = need_atomap()
+    s, _ = load_image(src, hs)
     return s.data

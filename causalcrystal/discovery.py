@@ -197,7 +197,9 @@ def tile_matrix(cells: xr.Dataset, members: np.ndarray, mode: str) -> np.ndarray
 # --------------------------------------------------------------------------------------------
 
 
-def _exogenous_indices(exogenous, n_variables: int) -> list[int]:
+def exogenous_indices(exogenous, n_variables: int) -> list[int]:
+    """Descriptor indices of ``exogenous`` (names from ``DESCRIPTORS`` or indices; one or a list;
+    ``None`` = none). Raises ``ValueError`` naming an unknown name or an index out of range."""
     if exogenous is None:
         return []
     if isinstance(exogenous, (str, int, np.integer)):
@@ -260,7 +262,7 @@ def fit_lingam(X, exogenous: Sequence[str] | None = ("I14", "I5"), seed: int = 0
     front of the causal order. ``None`` or empty: no prior knowledge.
     """
     X = _check_X(X)
-    pk = _prior_knowledge(_exogenous_indices(exogenous, X.shape[1]), X.shape[1])
+    pk = _prior_knowledge(exogenous_indices(exogenous, X.shape[1]), X.shape[1])
     return _fit(X, pk, seed)
 
 
@@ -306,7 +308,7 @@ def bootstrap_lingam(X, n_resamples: int, *, exogenous: Sequence[str] | None = (
     if n_resamples < 0:
         raise ValueError(f"n_resamples {n_resamples} must be >= 0.")
     p = X.shape[1]
-    pk = _prior_knowledge(_exogenous_indices(exogenous, p), p)
+    pk = _prior_knowledge(exogenous_indices(exogenous, p), p)
     rng = np.random.default_rng(seed)
     fit_seed = int(rng.integers(2**31 - 1))
     order, B = _fit(X, pk, fit_seed)
@@ -392,7 +394,7 @@ def _discover_tile(task: tuple) -> tuple:
     keep = [c for c in range(X.shape[1]) if c not in derived]
     if len(keep) < 2:
         return k, None, f"skipped: fewer than 2 descriptors left after the derived ones {derived}", derived, relations
-    exo = [keep.index(c) for c in _exogenous_indices(exogenous, X.shape[1]) if c in keep]
+    exo = [keep.index(c) for c in exogenous_indices(exogenous, X.shape[1]) if c in keep]
     try:
         res = bootstrap_lingam(X[:, keep], n_bootstrap, exogenous=exo or None, seed=seed, threshold=threshold)
     except (TileError, np.linalg.LinAlgError) as err:
@@ -498,7 +500,7 @@ def discover(
     min_cells = MIN_CELLS_PER_VARIABLE * _N if min_cells is None else int(min_cells)
     if min_cells < 3:
         raise ValueError(f"min_cells {min_cells} must be >= 3.")
-    exo_idx = _exogenous_indices(exogenous, _N)
+    exo_idx = exogenous_indices(exogenous, _N)
     exo_names = [DESCRIPTORS[i] for i in exo_idx]
     from causalcrystal.collinearity import TOL
 

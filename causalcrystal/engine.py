@@ -357,7 +357,7 @@ class RunPlan:
 def _plan_run(cells, *, tile_size, stride, min_cells, n_bootstrap, image_bootstrap, exogenous, standardize, spec,
               n_orders, derived, seed) -> RunPlan:
     """Check every option and the data; raise ``ValueError`` naming the option and the fix."""
-    from causalcrystal.discovery import _exogenous_indices
+    from causalcrystal.discovery import exogenous_indices
 
     spec = load_spec(spec) if isinstance(spec, str) else spec
     for name, value, low in (("n_orders (--orders)", n_orders, 1), ("n_bootstrap (--bootstrap)", n_bootstrap, 0),
@@ -368,7 +368,7 @@ def _plan_run(cells, *, tile_size, stride, min_cells, n_bootstrap, image_bootstr
         raise ValueError(f"standardize (--standardize) {standardize!r} unknown; use image, tile or none.")
     exogenous = list(exogenous or [])
     try:
-        exo_idx = _exogenous_indices(exogenous, len(DESCRIPTORS))
+        exo_idx = exogenous_indices(exogenous, len(DESCRIPTORS))
     except ValueError as err:
         raise ValueError(f"exogenous (--exogenous): {err}") from None
     if len(set(exo_idx)) >= len(DESCRIPTORS):

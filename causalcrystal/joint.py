@@ -203,7 +203,7 @@ def build_model(jd: JointData):
     import pymc as pm
     import pytensor.tensor as pt
 
-    from causalcrystal.sem import _noise_logp_pt
+    from causalcrystal.sem import noise_logp_pt
 
     d, spec, pr = jd.d, jd.spec, jd.prior_spec
     if jd.noncentred is None:
@@ -247,7 +247,7 @@ def build_model(jd: JointData):
             # the run's nu, but tying them changes nothing the hierarchy sees)
             shape = pm.Gamma("nu", alpha=2.0, beta=0.1, dims="equation")[jd.eq_of_row]
         e = jd.yrow - (Bq[jd.eq_of_row] * jd.Xrow).sum(-1) - c[jd.eq_of_row]
-        pm.Potential("cells", _noise_logp_pt(e, sigma[jd.eq_of_row], shape, jd.noise).sum())
+        pm.Potential("cells", noise_logp_pt(e, sigma[jd.eq_of_row], shape, jd.noise).sum())
     return model
 
 

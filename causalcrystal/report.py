@@ -591,10 +591,10 @@ def _background(cells, image: str):
         if cols.get("source") and Path(cols["source"]).is_file():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # HyperSpy's import-time deprecation chatter
-                from causalcrystal.columns import _load_image, _need_atomap
+                from causalcrystal.columns import load_image, need_atomap
 
-                _, hs = _need_atomap()
-                data = _load_image(cols["source"], hs)[0].data
+                _, hs = need_atomap()
+                data = load_image(cols["source"], hs)[0].data
             scale = float(json.loads(cells.attrs.get("atoms", "{}")).get("length_scale", 1.0)) or 1.0
             return data, 1.0 / scale  # descriptors in angstrom, image in pixels
     except (ImportError, ValueError, OSError):

@@ -220,7 +220,10 @@ def _noise_logp(e, sigma, shape, noise, xp, gammaln):
     return xp.log(p) - xp.log(2.0 * sigma) - gammaln(1.0 / p) - xp.abs(x) ** p
 
 
-def _noise_logp_pt(e, sigma, shape, noise):
+def noise_logp_pt(e, sigma, shape, noise):
+    """Elementwise log-density of residuals ``e`` under noise family ``noise`` with scale
+    ``sigma`` and shape parameter ``shape`` (``nu`` / gennorm shape; unused otherwise), as a
+    PyTensor expression (the same formula as the numpy version used for the pointwise LL)."""
     import pytensor.tensor as pt
 
     return _noise_logp(e, sigma, shape, noise, pt, pt.gammaln)
@@ -266,7 +269,7 @@ def build_model(spec: ModelSpec, n_vars: int = 8, n_init: int = 64):
             shape = None
         B = pt.set_subtensor(pt.zeros((n_vars, n_vars))[i, j], beta * m)
         e = Z - pt.dot(Z, B.T) - c
-        pm.Potential("loglik", _noise_logp_pt(e, sigma, shape, spec.noise).sum())
+        pm.Potential("loglik", noise_logp_pt(e, sigma, shape, spec.noise).sum())
     return model
 
 

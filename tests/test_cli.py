@@ -121,3 +121,17 @@ def test_version_and_one_base_class_for_the_projects_errors(capsys):
     # the CLI reports the project's errors in one line, not as a traceback
     assert main(["inspect", "/nonexistent/file.nc"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_modules_use_each_other_only_through_public_names():
+    """The README's architecture claim: no module imports another module's private (_name) objects."""
+    import ast
+    from pathlib import Path
+
+    bad = []
+    for f in Path(cc.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("causalcrystal"):
+                bad += [f"{f.name}: from {node.module} import {a.name}" for a in node.names
+                        if a.name.startswith("_") and a.name != "__version__"]
+    assert not bad, bad
