@@ -100,7 +100,7 @@ def direction_probability(X: np.ndarray, order, weights: np.ndarray, a, b, *, fo
     W[b, a] = W[a, b] = max(W[b, a], W[a, b])  # the same prior belief in the edge both ways
     pairs = oriented_orders(order, a, b)
     orders = [o for pair in pairs for o in pair]
-    priors = [dag_prior(o, W, forbidden) for o in orders]
+    priors = [dag_prior(o, W, forbidden, floor=spec.prior.floor) for o in orders]
     n = X.shape[0]
     fits, eq_elpd, eq_k, eq_p, refits = _fit_orders(X, priors, spec, seed, active)
     # pointwise elpd of each order (all its equations) for the weights; the pair's two equations

@@ -232,7 +232,7 @@ def tile_order_priors(disc: xr.Dataset, disc_images: xr.Dataset, spec: ModelSpec
             orders = [cand[c] for c in range(min(int(n_orders), cand.shape[0])) if freq[c] > 0]
         if not orders:
             orders = [disc["order"].values[k]]
-        out.append([dag_prior(o, w, forb) for o in orders])
+        out.append([dag_prior(o, w, forb, floor=spec.prior.floor) for o in orders])
     return out
 
 

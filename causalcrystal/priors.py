@@ -53,6 +53,13 @@ class PriorSpec:
     #: already a box to within 1 % of its density, and 0.5 is far heavier-tailed than Laplace.
     shape_min: float = 0.5
     shape_max: float = 10.0
+    #: the median and log-scale s.d. of that LogNormal (the shape 2 of a Gaussian at the median)
+    shape_median: float = 2.0
+    shape_sigma: float = 0.75
+    #: Student-t noise only: degrees of freedom nu ~ Gamma(nu_alpha, rate nu_beta), mean 20 and
+    #: mode 10 with the defaults (Juarez & Steel 2010, the prior PyMC's and Stan's docs use)
+    nu_alpha: float = 2.0
+    nu_beta: float = 0.1
 
     def __post_init__(self):
         if not (0 < self.spike_sd < self.slab_sd):
@@ -63,6 +70,11 @@ class PriorSpec:
             raise ValueError(f"prior: need 0 < shape_min ({self.shape_min}) < 2 < shape_max ({self.shape_max}).")
         if self.pseudo_count < 0 or self.intercept_sd <= 0 or self.scale_sd <= 0:
             raise ValueError("prior: pseudo_count >= 0, intercept_sd > 0 and scale_sd > 0 required.")
+        if not (self.shape_min < self.shape_median < self.shape_max) or self.shape_sigma <= 0:
+            raise ValueError(f"prior: need shape_min < shape_median ({self.shape_median}) < shape_max and "
+                             f"shape_sigma ({self.shape_sigma}) > 0.")
+        if self.nu_alpha <= 0 or self.nu_beta <= 0:
+            raise ValueError(f"prior: nu_alpha ({self.nu_alpha}) and nu_beta ({self.nu_beta}) must be > 0.")
 
 
 def lower_pairs(n_vars: int) -> tuple[np.ndarray, np.ndarray]:

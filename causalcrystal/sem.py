@@ -261,10 +261,10 @@ def build_model(spec: ModelSpec, n_vars: int = 8, n_init: int = 64):
         c = pm.Normal("c", 0.0, pr.intercept_sd, shape=n_vars)
         sigma = pm.HalfNormal("sigma", pr.scale_sd, shape=n_vars)
         if spec.noise == "studentt":
-            shape = pm.Gamma("nu", alpha=2.0, beta=0.1)
+            shape = pm.Gamma("nu", alpha=pr.nu_alpha, beta=pr.nu_beta)
         elif spec.noise == "gennorm":
-            shape = pm.Truncated("shape", pm.LogNormal.dist(mu=np.log(2.0), sigma=0.75), lower=pr.shape_min,
-                                 upper=pr.shape_max, shape=n_vars)
+            shape = pm.Truncated("shape", pm.LogNormal.dist(mu=np.log(pr.shape_median), sigma=pr.shape_sigma),
+                                 lower=pr.shape_min, upper=pr.shape_max, shape=n_vars)
         else:
             shape = None
         B = pt.set_subtensor(pt.zeros((n_vars, n_vars))[i, j], beta * m)
@@ -853,12 +853,13 @@ def prior_predictive(prior: DagPrior, spec: ModelSpec, n_cells: int, draws: int 
     elif spec.noise == "normal":
         e = rng.normal(size=size)
     elif spec.noise == "studentt":
-        nu = rng.gamma(2.0, 1.0 / 0.1, size=(draws, 1, 1))
+        nu = rng.gamma(pr.nu_alpha, 1.0 / pr.nu_beta, size=(draws, 1, 1))  # the model's prior (PriorSpec)
         e = rng.standard_t(nu, size=size)
     else:
         # the truncated LogNormal of the model, by inverse CDF
-        lo, hi = stats.norm.cdf((np.log([pr.shape_min, pr.shape_max]) - np.log(2.0)) / 0.75)
-        p = np.exp(np.log(2.0) + 0.75 * stats.norm.ppf(rng.uniform(lo, hi, size=(draws, 1, n))))
+        mu, sd = np.log(pr.shape_median), pr.shape_sigma
+        lo, hi = stats.norm.cdf((np.log([pr.shape_min, pr.shape_max]) - mu) / sd)
+        p = np.exp(mu + sd * stats.norm.ppf(rng.uniform(lo, hi, size=(draws, 1, n))))
         e = stats.gennorm.rvs(np.broadcast_to(p, size), size=size, random_state=rng)
     e = e * sigma[:, None, :]
     z = np.linalg.solve(np.eye(n)[None] - B, (c[:, None, :] + e).transpose(0, 2, 1)).transpose(0, 2, 1)
