@@ -622,7 +622,29 @@ def fit(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: int = 0,
     d = _prepare(summ, spec, params)
     idata, _ = _sample(d, spec, seed)
     _annotate(idata, d, spec)
+    idata.add_groups(prior=prior_draws(d, spec, seed=seed))
     return idata
+
+
+#: Draws of the ``prior`` group (as many as the default posterior: 2 chains x 1,000).
+N_PRIOR = 2000
+#: The prior-group variables: what the paper is about (Eqs. 12-16) and the tile / image scatter.
+PRIOR_VARS = ("y0", "eps0", "y_star", "amplitude", "quad", "tau", "omega")
+
+
+def prior_draws(d: _Data, spec: ConcentrationSpec, n: int = N_PRIOR, seed: int = 0) -> xr.Dataset:
+    """The ``prior`` group: :data:`PRIOR_VARS` drawn from the stage-2 PyMC model itself
+    (:func:`pymc.sample_prior_predictive`, so the prior is never re-stated by hand), dims
+    ``(chain=1, draw=n, ...)`` like the posterior's, for ``az.plot_dist_comparison`` and
+    :func:`contraction`."""
+    import pymc as pm
+
+    with warnings.catch_warnings():
+        # the tile likelihood is a Potential: prior predictive sampling ignores it, as intended here
+        warnings.filterwarnings("ignore", message=".*Potential.*", category=UserWarning)
+        with build_model(d, spec):
+            pp = pm.sample_prior_predictive(draws=n, var_names=list(PRIOR_VARS), random_seed=int(seed))
+    return pp.prior
 
 
 def _annotate(idata, d: _Data, spec: ConcentrationSpec) -> None:
@@ -634,15 +656,20 @@ def _annotate(idata, d: _Data, spec: ConcentrationSpec) -> None:
 
 def contraction(idata, spec: ConcentrationSpec, n_prior: int = 4000, seed: int = 0) -> dict:
     """Prior-to-posterior contraction ``1 - sd_post / sd_prior`` of ``y0``, ``eps0`` and ``y_star``,
-    with both s.d.s and the 90 % intervals (priors drawn from the specification's distributions)."""
-    from scipy import stats
+    with both s.d.s and the 90 % intervals. The prior draws are ``idata.prior`` (drawn from the
+    PyMC model by :func:`fit`); an InferenceData without that group (files from before it was
+    stored) gets ``n_prior`` draws of the specification's distributions instead."""
+    if "prior" in idata.groups() and {"y0", "eps0", "y_star"} <= set(idata.prior.data_vars):
+        prior = {k: idata.prior[k].values.ravel() for k in ("y0", "eps0", "y_star")}
+    else:
+        from scipy import stats
 
-    rng = np.random.default_rng(seed)
-    mu, sd, lo, hi = spec.y0_prior
-    a, b = (lo - mu) / sd, (hi - mu) / sd
-    y0 = stats.truncnorm.rvs(a, b, loc=mu, scale=sd, size=n_prior, random_state=rng)
-    eps0 = np.exp(np.log(spec.eps0_prior[0]) + spec.eps0_prior[1] * rng.standard_normal(n_prior))
-    prior = {"y0": y0, "eps0": eps0, "y_star": y0 + 1 / eps0}
+        rng = np.random.default_rng(seed)
+        mu, sd, lo, hi = spec.y0_prior
+        a, b = (lo - mu) / sd, (hi - mu) / sd
+        y0 = stats.truncnorm.rvs(a, b, loc=mu, scale=sd, size=n_prior, random_state=rng)
+        eps0 = np.exp(np.log(spec.eps0_prior[0]) + spec.eps0_prior[1] * rng.standard_normal(n_prior))
+        prior = {"y0": y0, "eps0": eps0, "y_star": y0 + 1 / eps0}
     out = {}
     for name, pr in prior.items():
         post = idata.posterior[name].values.ravel()
@@ -1051,6 +1078,7 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
     d = _prepare(summ, spec, params)
     idata, compiled = _sample(d, spec, seed)
     _annotate(idata, d, spec)
+    idata.add_groups(prior=prior_draws(d, spec, seed=seed))
     evidence = None
     if universality_check:
         n = len(spec.couplings)

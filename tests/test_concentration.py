@@ -226,6 +226,18 @@ def test_concentration_command_on_a_run(small_run, tmp_path):
         assert (out / name).exists() == (name != "links.csv"), name  # links.csv only with --against
     idata = __import__("arviz").from_netcdf(out / "concentration.nc")
     assert {"y0", "eps0", "y_star", "amplitude"} <= set(idata.posterior.data_vars)
+    # the prior group is drawn from the PyMC model itself (issue 14): the spec's y0 prior, truncated
+    # normal N(mu, sd) on [lo, hi], and the contraction uses exactly those draws
+    mu, sd, lo, hi = cn.load_spec(spec).y0_prior
+    y0 = idata.prior["y0"].values.ravel()
+    assert set(cn.PRIOR_VARS) <= set(idata.prior.data_vars) and y0.size == cn.N_PRIOR
+    assert lo <= y0.min() and y0.max() <= hi and idata.prior["amplitude"].dims[-1] == "coupling"
+    from scipy import stats
+    a, b = (lo - mu) / sd, (hi - mu) / sd
+    # the sample mean within 4 standard errors of the truncated normal's mean
+    assert abs(y0.mean() - stats.truncnorm.mean(a, b, mu, sd)) < 4 * stats.truncnorm.std(a, b, mu, sd) / y0.size ** 0.5
+    cont = json.loads((out / "contraction.json").read_text())
+    assert np.isclose(cont["y0"]["prior_sd"], y0.std())
     assert idata.log_likelihood["m"].dims == ("chain", "draw", "coupling", "image")
     summ = xr.load_dataset(out / "tile_summaries.nc")
     # stage 1 in raw units, oriented by the tile's Px: a <- Px = 2 a0 Q11 P_S k < 0 (Q11 < 0) in the film
