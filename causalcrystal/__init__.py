@@ -36,7 +36,7 @@ __all__ = sorted(_EXPORTS)
 #: Submodules reachable as attributes (``cc.io.read``) without importing them first.
 _SUBMODULES = ("atoms", "cells", "checks", "cli", "collinearity", "columns", "compare", "concentration",
                "direction", "discovery", "engine", "errors", "evidence", "executor", "gibbs", "interventions",
-               "io", "jobs", "joint", "lgd", "priors", "report", "runs", "scenarios", "sem", "simulator",
+               "io", "jobs", "joint", "lgd", "plots", "priors", "report", "runs", "scenarios", "sem", "simulator",
                "tiling")
 
 

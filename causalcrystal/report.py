@@ -48,6 +48,7 @@ from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.errors import CausalCrystalError
 from causalcrystal.jobs import atomic_text, describe_holder, read_manifest, running
 from causalcrystal.jobs import status as job_status
+from causalcrystal.plots import graph_data, literal, no_tex, plot_graph, plot_polarisation, polarisation_data  # noqa: F401
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -124,6 +125,8 @@ def _read_discovery(path: Path):
         img_attrs = dict(d.attrs)
         cols = {name: d[name].values for name in ("sm_fraction", "height", "width", "n_cells") if name in d.coords}
         images = pd.DataFrame(cols, index=pd.Index(d["image"].values.astype(str), name="image"))
+        if "order" in d:  # each image's LiNGAM causal order: the graphs are drawn in its layers
+            images["order"] = [tuple(int(v) for v in row) for row in d["order"].values]
     return attrs, img_attrs, images
 
 
@@ -225,23 +228,12 @@ def _esc(x) -> str:
 
 
 def _mpl(text) -> str:
-    """``text`` chosen by a user (an image, file, descriptor, coupling or model name) as a matplotlib
-    string that is drawn literally: every ``$`` escaped as ``\\$`` so mathtext never parses it
-    (``_``, ``^``, ``\\`` and braces are special only between ``$``). Matplotlib turns ``\\$`` back
-    into ``$`` when a string holds no unescaped ``$``; a ``\\$`` already in ``text`` stays ``\\$``.
-    Apply it at every call that hands such text to matplotlib (titles, axis and colour-bar labels,
-    tick labels, legend entries, text); numpy strings become plain ``str``."""
-    return str(text).replace("$", r"\$")
+    """User text for matplotlib, drawn literally (:func:`causalcrystal.plots.literal`); apply it
+    at every call that hands such text to matplotlib (titles, labels, ticks, legends, text)."""
+    return literal(text)
 
 
-def _no_tex(fig) -> None:
-    """Draw every text of ``fig`` without LaTeX even under ``text.usetex: True`` in a user's
-    matplotlibrc (which would hand ``_``, ``%`` or ``^`` of a label to LaTeX). New tick labels copy
-    this from the first tick (``Text.update_from``)."""
-    from matplotlib.text import Text
-
-    for t in fig.findobj(Text):
-        t.set_usetex(False)
+_no_tex = no_tex  # every figure drawn without LaTeX, whatever the user's matplotlibrc says
 
 
 def _fig(width: float, height: float, layout: str | None = "constrained"):
@@ -487,53 +479,31 @@ def section_provenance(ctx: Context) -> str:
 
 
 def section_graphs(ctx: Context) -> str:
-    import networkx as nx
     import pandas as pd
 
     s = ctx.summary
     imgs = [i for i in ctx.images.index if ctx.images.loc[i, "n_tiles"] > 0]
     ntile = ctx.tiles.groupby("image").size()
-    agg = s.groupby(["image", "effect", "cause"]).agg(mean_sum=("mean", "sum"), incl_sum=("inclusion_prob", "sum"),
-                                                      allowed=("tile", "nunique")).reset_index()
-    agg["n_tiles"] = agg["image"].map(ntile)
-    agg["mean"] = agg["mean_sum"] / agg["n_tiles"]
-    agg["inclusion"] = agg["incl_sum"] / agg["n_tiles"]
-    drawn = agg[agg["inclusion"] >= INCLUSION_MIN]
+    per = {img: graph_data(s, img, int(ntile.get(img, 0)), INCLUSION_MIN) for img in imgs}
+    drawn = pd.concat([e.assign(image=img) for img, e in per.items()]) if per else pd.DataFrame(
+        columns=["image", "effect", "cause", "mean", "inclusion", "allowed", "n_tiles"])
     vmax = float(drawn["mean"].abs().max()) if len(drawn) else 1.0
-    vmax = vmax if vmax > 0 else 1.0
+    vmax = vmax if vmax > 0 else 1.0  # one width scale across images
     ncol = min(len(imgs), 3)
     nrow = int(np.ceil(len(imgs) / ncol))
     fig = _fig(4.6 * ncol, 4.6 * nrow)
     axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False).ravel())
-    pos = nx.circular_layout(list(DESCRIPTORS))
     for ax in axes[len(imgs):]:
         ax.set_axis_off()
     for ax, img in zip(axes, imgs):
-        e = drawn[drawn["image"] == img]
-        G = nx.DiGraph()
-        G.add_nodes_from(DESCRIPTORS)
-        for _, r in e.iterrows():
-            G.add_edge(r["cause"], r["effect"], mean=r["mean"], p=r["inclusion"])
-        edgelist = list(G.edges())
-        widths = [0.8 + 6 * abs(G.edges[u, v]["mean"]) / vmax for u, v in edgelist]
-        colors = ["#b2182b" if G.edges[u, v]["mean"] > 0 else "#2166ac" for u, v in edgelist]
-        nx.draw_networkx_nodes(G, pos, ax=ax, node_size=1100, node_color="#f0f0f0", edgecolors="#444444")
-        nx.draw_networkx_labels(G, pos, labels={n: _mpl(n) for n in G.nodes}, ax=ax, font_size=9)
-        if edgelist:
-            nx.draw_networkx_edges(G, pos, ax=ax, edgelist=edgelist, width=widths, edge_color=colors, arrows=True,
-                                   arrowsize=14, node_size=1100, alpha=0.85)
-            labels = {(u, v): f"{G.edges[u, v]['mean']:+.2f} ({G.edges[u, v]['p']:.2f})" for u, v in edgelist}
-            nx.draw_networkx_edge_labels(G, pos, edge_labels=labels, ax=ax, font_size=7, label_pos=0.4, rotate=False,
-                                         bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
-        ax.set_title(f"{_image_title(ctx, img)}: {len(edgelist)} edges, {int(ntile.get(img, 0))} tiles", fontsize=9)
-        ax.set_xlim(-1.3, 1.3)
-        ax.set_ylim(-1.3, 1.3)
-        ax.set_aspect("equal")
-        ax.set_axis_off()
+        order = ctx.images.loc[img, "order"] if "order" in ctx.images else None
+        plot_graph(s, img, ax, n_tiles=int(ntile.get(img, 0)), order=order, vmax=vmax,
+                   title=f"{_image_title(ctx, img)}: {len(per[img])} edges, {int(ntile.get(img, 0))} tiles")
     cap = (f"Per image, the posterior mean coefficient averaged over the image's tiles (a tile whose causal order "
            f"does not allow the edge counts as 0) and, in brackets, the mean inclusion probability; edges with "
            f"mean inclusion &ge; {INCLUSION_MIN} are drawn, arrow cause &rarr; effect, width ~ |mean|, "
-           f"red positive, blue negative. Units: {_esc(ctx.post_attrs.get('units', ''))}.")
+           f"red positive, blue negative; nodes in layers by the image's LiNGAM causal order (causes above). "
+           f"Units: {_esc(ctx.post_attrs.get('units', ''))}. (causalcrystal.plots.plot_graph)")
     out = _img(fig, "causal graph per image", cap)
     tab = drawn.assign(edge=drawn["effect"] + " <- " + drawn["cause"])[
         ["image", "edge", "mean", "inclusion", "allowed", "n_tiles"]].rename(
@@ -578,42 +548,6 @@ def section_maps(ctx: Context) -> str:
 MAX_POLARISATION_IMAGES = 6
 
 
-def _background(cells, image: str):
-    """(image array, pixels per cell-coordinate unit) of an image's micrograph, or (None, 1)."""
-    import warnings
-
-    from causalcrystal.io import load_haadf
-
-    try:
-        if image in json.loads(cells.attrs.get("haadf", "{}") or "{}"):
-            return np.asarray(load_haadf(cells, image), dtype=float), 1.0  # Sm-BFO x, y are in pixels
-        cols = json.loads(cells.attrs.get("columns", "{}") or "{}")
-        if cols.get("source") and Path(cols["source"]).is_file():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # HyperSpy's import-time deprecation chatter
-                from causalcrystal.columns import load_image, need_atomap
-
-                _, hs = need_atomap()
-                data = load_image(cols["source"], hs)[0].data
-            scale = float(json.loads(cells.attrs.get("atoms", "{}")).get("length_scale", 1.0)) or 1.0
-            return data, 1.0 / scale  # descriptors in angstrom, image in pixels
-    except (ImportError, ValueError, OSError):
-        pass
-    return None, 1.0
-
-
-def polarisation_data(cells, image: str):
-    """The arrows of one image: cell x, y (in the micrograph's pixels when it is known) and Px, Py
-    (same units as x, y), the background image (or ``None``) and the units' name."""
-    m = cells["image"].values.astype(str) == str(image)
-    bg, per = _background(cells, image)
-    x = cells["x"].values[m] if "x" in cells else cells["col"].values[m].astype(float)
-    y = cells["y"].values[m] if "y" in cells else cells["row"].values[m].astype(float)
-    unit = "px" if bg is not None else str(cells["a"].attrs.get("units", ""))
-    return {"x": x * per, "y": y * per, "Px": cells["Px"].values[m] * per, "Py": cells["Py"].values[m] * per,
-            "image": bg, "units": unit}
-
-
 def section_polarisation(ctx: Context) -> str:
     cells = ctx.cells
     if cells is None:
@@ -627,22 +561,11 @@ def section_polarisation(ctx: Context) -> str:
     axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
     with_image = 0
     for ax, img in zip(axes, images):
-        d = polarisation_data(cells, img)
-        if d["image"] is not None:
-            with_image += 1
-            ax.imshow(d["image"], cmap="gray", origin="upper")
-        else:
-            ax.invert_yaxis()  # image convention: y (rows) grows downwards
-        angle = np.degrees(np.arctan2(d["Py"], d["Px"]))
-        q = ax.quiver(d["x"], d["y"], d["Px"], d["Py"], angle, cmap="hsv", clim=(-180, 180), angles="xy",
-                      pivot="middle")
-        ax.set_title(_image_title(ctx, img), fontsize=9)
-        ax.set_aspect("equal")
-        ax.set_xlabel(f"x ({_mpl(d['units'])})", fontsize=8)
-        ax.tick_params(labelsize=7)
+        plot_polarisation(cells, img, ax, title=_image_title(ctx, img), colorbar=False)
+        with_image += int(bool(ax.images))
     for ax in axes[n:]:
         ax.axis("off")
-    fig.colorbar(q, ax=list(axes[:n]), shrink=0.6, label="direction of (Px, Py) (deg)")
+    fig.colorbar(axes[0].collections[-1], ax=list(axes[:n]), shrink=0.6, label="direction of (Px, Py) (deg)")
     cap = ("B-site offset (Px, Py) of every cell as an arrow from the cell's reference point, coloured by its "
            "direction; arrow lengths are scaled for visibility (compare them within a panel). "
            + (f"{with_image} panel(s) over the micrograph (its pixels); " if with_image else "")

@@ -43,6 +43,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
+import causalcrystal as cc
 from causalcrystal.engine import run_pipeline
 from causalcrystal.interventions import do, shift, summarize, total_effects_summary
 from causalcrystal.report import write_report
@@ -148,6 +149,25 @@ print(dict(post.sizes))
 print("units of B:", post.attrs["units"])
 summary = pd.read_csv(RUN / "summary.csv")
 print(summary.head().to_string())
+
+# %% [markdown]
+# The same run as one object (`cc.open_run`): `cc.summary` is `az.summary` over the coefficients
+# the tiles estimate (the forbidden ones are stored as zeros and would print NaN r_hat), one row
+# per row of `summary.csv`; `cc.tile_loo` is one tile's PSIS-LOO (a whole-file `az.loo` would pool
+# overlapping tiles). The figures are `causalcrystal.plots` functions (each returns a matplotlib
+# figure; in Jupyter it is displayed).
+
+# %%
+run = cc.open_run(RUN)
+az_table = cc.summary(run)
+print(len(az_table), "estimated coefficients;", az_table[["mean", "sd", "ess_bulk", "r_hat"]].head().to_string())
+print(cc.tile_loo(run, int(post["tile"][0])))
+first = str(summary["image"].iloc[0])
+order = run.discovery_images["order"].values[list(run.discovery_images["image"].values.astype(str)).index(first)]
+fig_graph = cc.plots.plot_graph(summary, first, order=order)
+fig_graph.savefig(OUT / "graph.png", dpi=90)
+fig_pol = cc.plots.plot_polarisation(run.cells, first)
+fig_pol.savefig(OUT / "polarisation.png", dpi=90)
 
 # %% [markdown]
 # ## 4. Coefficients against the ground truth

@@ -1,0 +1,207 @@
+"""Public figures: each ``plot_*`` function takes data (a cell table, a summary table) and ``ax=None``
+and returns the matplotlib ``Figure``; its ``*_data`` twin returns what is drawn, as plain data.
+
+The report (:mod:`causalcrystal.report`) draws with these functions. Text a user chose (image,
+descriptor or file names) is drawn literally (``$`` never starts matplotlib mathtext), and no
+figure uses LaTeX, whatever the user's matplotlibrc says.
+
+* :func:`graph_data` / :func:`plot_graph`: an image's causal graph averaged over its tiles, drawn
+  in layers by causal order (causes above their effects), arrow width ~ |mean coefficient|.
+* :func:`polarisation_data` / :func:`plot_polarisation`: every cell's (Px, Py) as an arrow over the
+  micrograph (when the cell table knows it) or over the cell positions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from causalcrystal.cells import DESCRIPTORS
+
+__all__ = ["graph_data", "graph_layers", "literal", "plot_graph", "plot_polarisation", "polarisation_data"]
+
+#: Edges whose mean inclusion probability over the image's tiles reaches this are drawn.
+INCLUSION_MIN = 0.5
+
+
+def literal(text) -> str:
+    """``text`` chosen by a user as a matplotlib string drawn literally: every ``$`` escaped as
+    ``\\$`` so mathtext never parses it (``_``, ``^``, ``\\`` and braces are special only between
+    ``$``); numpy strings become plain ``str``."""
+    return str(text).replace("$", r"\$")
+
+
+def no_tex(fig) -> None:
+    """Draw every text of ``fig`` without LaTeX even under ``text.usetex: True`` in a user's
+    matplotlibrc (which would hand ``_``, ``%`` or ``^`` of a label to LaTeX)."""
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        t.set_usetex(False)
+
+
+def _axes(ax, width: float = 4.6, height: float = 4.6):
+    """``(figure, ax)``: the given axes' figure, or a new figure (not registered with pyplot, so
+    nothing leaks in scripts and notebooks display it when returned)."""
+    if ax is not None:
+        return ax.figure, ax
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+# ---------------------------------------------------------------------------------------------
+# causal graphs
+
+
+def graph_data(summary, image: str, n_tiles: int | None = None, min_inclusion: float = INCLUSION_MIN):
+    """The edges of one image's causal graph, averaged over its tiles.
+
+    ``summary``: the run's ``summary.csv`` (pandas; one row per tile and allowed edge). A tile whose
+    causal order does not allow an edge counts as coefficient 0 and inclusion 0, so the averages
+    are over the image's ``n_tiles`` tiles (default: the tiles of the image in ``summary``).
+    Returns a DataFrame with ``effect``, ``cause``, ``mean`` (mean coefficient, the posterior's
+    units), ``inclusion`` (mean inclusion probability), ``allowed`` (tiles allowing the edge) and
+    ``n_tiles``, for the edges with ``inclusion >= min_inclusion``, strongest first.
+    """
+    s = summary[summary["image"].astype(str) == str(image)]
+    n = int(n_tiles if n_tiles is not None else s["tile"].nunique())
+    agg = s.groupby(["effect", "cause"]).agg(mean_sum=("mean", "sum"), incl_sum=("inclusion_prob", "sum"),
+                                             allowed=("tile", "nunique")).reset_index()
+    agg["n_tiles"] = n
+    agg["mean"] = agg["mean_sum"] / max(n, 1)
+    agg["inclusion"] = agg["incl_sum"] / max(n, 1)
+    out = agg[agg["inclusion"] >= min_inclusion][["effect", "cause", "mean", "inclusion", "allowed", "n_tiles"]]
+    return out.sort_values("inclusion", ascending=False).reset_index(drop=True)
+
+
+def graph_layers(edges, nodes=DESCRIPTORS, order=None) -> dict:
+    """Layer of each node for drawing a causal graph top-down: with ``order`` (a causal order, the
+    names or descriptor indices, causes first), a node's layer is its longest path from a root
+    among the drawn edges that agree with that order; without it, the topological generations of
+    the graph (of its strongly connected components, should averaged tiles disagree on a
+    direction). Nodes without edges go to the last layer."""
+    import networkx as nx
+
+    G = nx.DiGraph()
+    G.add_nodes_from(nodes)
+    G.add_edges_from((str(c), str(e)) for e, c in zip(edges["effect"], edges["cause"]))
+    if order is not None:
+        rank = {str(DESCRIPTORS[v]) if isinstance(v, (int, np.integer)) else str(v): k for k, v in enumerate(order)}
+        G.remove_edges_from([(u, v) for u, v in list(G.edges) if rank.get(u, 0) >= rank.get(v, 0)])
+    C = nx.condensation(G)
+    layer = {}
+    for depth, gen in enumerate(nx.topological_generations(C)):
+        for comp in gen:
+            for node in C.nodes[comp]["members"]:
+                layer[node] = depth
+    isolated = [n for n in nodes if G.degree(n) == 0]
+    last = max([layer[n] for n in nodes if n not in isolated], default=-1) + 1
+    return {n: (last if n in isolated else layer[n]) for n in nodes}
+
+
+def plot_graph(summary, image: str, ax=None, *, n_tiles: int | None = None, order=None,
+               min_inclusion: float = INCLUSION_MIN, vmax: float | None = None, title: str | None = None):
+    """Draw one image's tile-averaged causal graph (:func:`graph_data`) in layers by causal order
+    (:func:`graph_layers`; ``order``: e.g. the image's LiNGAM order), arrow cause -> effect, width
+    ~ |mean| (scaled to ``vmax``, default the largest drawn), red positive, blue negative, labels
+    ``mean (inclusion)``. Returns the figure."""
+    import networkx as nx
+
+    fig, ax = _axes(ax)
+    e = graph_data(summary, image, n_tiles, min_inclusion)
+    layers = graph_layers(e, DESCRIPTORS, order)
+    G = nx.DiGraph()
+    for n in DESCRIPTORS:
+        G.add_node(n, layer=layers[n])
+    for _, r in e.iterrows():
+        G.add_edge(r["cause"], r["effect"], mean=r["mean"], p=r["inclusion"])
+    pos = nx.multipartite_layout(G, subset_key="layer", align="horizontal", scale=1.0)
+    pos = {n: (x, -y) for n, (x, y) in pos.items()}  # layer 0 (the causes) on top
+    top = max(abs(e["mean"]).max() if len(e) else 0.0, 1e-12) if vmax is None else vmax
+    edgelist = list(G.edges())
+    nx.draw_networkx_nodes(G, pos, ax=ax, node_size=1000, node_color="#f0f0f0", edgecolors="#444444")
+    nx.draw_networkx_labels(G, pos, labels={n: literal(n) for n in G.nodes}, ax=ax, font_size=9)
+    if edgelist:
+        nx.draw_networkx_edges(G, pos, ax=ax, edgelist=edgelist,
+                               width=[0.8 + 6 * abs(G.edges[u, v]["mean"]) / top for u, v in edgelist],
+                               edge_color=["#b2182b" if G.edges[u, v]["mean"] > 0 else "#2166ac" for u, v in edgelist],
+                               arrows=True, arrowsize=14, node_size=1000, alpha=0.85, connectionstyle="arc3,rad=0.08")
+        nx.draw_networkx_edge_labels(G, pos, ax=ax, font_size=7, label_pos=0.4, rotate=False,
+                                     edge_labels={(u, v): f"{G.edges[u, v]['mean']:+.2f} ({G.edges[u, v]['p']:.2f})"
+                                                  for u, v in edgelist},
+                                     bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
+    ax.set_title(title if title is not None else f"{literal(image)}: {len(edgelist)} edges", fontsize=9)
+    ax.margins(0.12)
+    ax.set_axis_off()
+    no_tex(fig)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# polarisation
+
+
+def _background(cells, image: str):
+    """(image array, pixels per cell-coordinate unit) of an image's micrograph, or (None, 1)."""
+    import warnings
+
+    from causalcrystal.io import load_haadf
+
+    try:
+        if image in json.loads(cells.attrs.get("haadf", "{}") or "{}"):
+            return np.asarray(load_haadf(cells, image), dtype=float), 1.0  # Sm-BFO x, y are in pixels
+        cols = json.loads(cells.attrs.get("columns", "{}") or "{}")
+        if cols.get("source") and Path(cols["source"]).is_file():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # HyperSpy's import-time deprecation chatter
+                from causalcrystal.columns import load_image, need_atomap
+
+                _, hs = need_atomap()
+                data = load_image(cols["source"], hs)[0].data
+            scale = float(json.loads(cells.attrs.get("atoms", "{}")).get("length_scale", 1.0)) or 1.0
+            return data, 1.0 / scale  # descriptors in angstrom, image in pixels
+    except (ImportError, ValueError, OSError):
+        pass
+    return None, 1.0
+
+
+def polarisation_data(cells, image: str) -> dict:
+    """The arrows of one image of a cell table: ``x``, ``y`` (cell positions, in the micrograph's
+    pixels when it is known) and ``Px``, ``Py`` (same units as x, y), the background ``image``
+    (2-D array or ``None``) and the ``units``' name."""
+    m = cells["image"].values.astype(str) == str(image)
+    bg, per = _background(cells, image)
+    x = cells["x"].values[m] if "x" in cells else cells["col"].values[m].astype(float)
+    y = cells["y"].values[m] if "y" in cells else cells["row"].values[m].astype(float)
+    unit = "px" if bg is not None else str(cells["a"].attrs.get("units", ""))
+    return {"x": x * per, "y": y * per, "Px": cells["Px"].values[m] * per, "Py": cells["Py"].values[m] * per,
+            "image": bg, "units": unit}
+
+
+def plot_polarisation(cells, image: str, ax=None, *, title: str | None = None, colorbar: bool = True):
+    """Every cell's B-site offset (Px, Py) of one image as an arrow coloured by its direction
+    (degrees, hsv), over the micrograph when the cell table knows it (image convention: y down).
+    Returns the figure."""
+    fig, ax = _axes(ax, 4.6, 4.2)
+    d = polarisation_data(cells, image)
+    if d["image"] is not None:
+        ax.imshow(d["image"], cmap="gray", origin="upper")
+    else:
+        ax.invert_yaxis()  # image convention: y (rows) grows downwards
+    angle = np.degrees(np.arctan2(d["Py"], d["Px"]))
+    q = ax.quiver(d["x"], d["y"], d["Px"], d["Py"], angle, cmap="hsv", clim=(-180, 180), angles="xy",
+                  pivot="middle")
+    ax.set_title(title if title is not None else literal(image), fontsize=9)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"x ({literal(d['units'])})", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if colorbar:
+        fig.colorbar(q, ax=ax, shrink=0.7, label="direction of (Px, Py) (deg)")
+    no_tex(fig)
+    return fig

@@ -1,0 +1,74 @@
+"""Public figures (causalcrystal.plots): each plot function returns a figure with the expected
+axes and draws what its data twin returns."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import fixed_seed
+
+from causalcrystal import plots
+from causalcrystal.cells import DESCRIPTORS
+
+
+def _summary():
+    """Two tiles of one image: I14 -> a in both (0.6, 0.4), a -> Px in one tile (0.8), a weak b -> a."""
+    rows = []
+    for tile, edges in ((0, [("a", "I14", 0.6, 0.99), ("Px", "a", 0.8, 0.95), ("a", "b", 0.05, 0.2)]),
+                        (1, [("a", "I14", 0.4, 0.97), ("a", "b", 0.02, 0.1)])):
+        rows += [{"tile": tile, "image": "img$_1", "effect": e, "cause": c, "mean": m, "inclusion_prob": p}
+                 for e, c, m, p in edges]
+    return pd.DataFrame(rows)
+
+
+def test_graph_data_averages_over_the_images_tiles():
+    d = plots.graph_data(_summary(), "img$_1", min_inclusion=0.4)
+    got = {(r.effect, r.cause): (r.mean, r.inclusion, r.allowed) for r in d.itertuples()}
+    # a -> Px is in one tile of two: mean 0.4, inclusion 0.475; b -> a (0.15) is not drawn
+    assert got == {("a", "I14"): (pytest.approx(0.5), pytest.approx(0.98), 2),
+                   ("Px", "a"): (pytest.approx(0.4), pytest.approx(0.475), 1)}
+
+
+def test_graph_layers_follow_the_causal_order():
+    edges = pd.DataFrame({"effect": ["a", "Px", "Py"], "cause": ["I14", "a", "a"]})
+    layers = plots.graph_layers(edges)
+    assert layers["I14"] == 0 and layers["a"] == 1 and layers["Px"] == layers["Py"] == 2
+    assert layers["b"] == layers["Vol"] == 3  # nodes without edges in the last layer
+    # a given order drops edges against it (averaged tiles can disagree) and layers the rest
+    cyc = pd.DataFrame({"effect": ["a", "I14"], "cause": ["I14", "a"]})
+    assert plots.graph_layers(cyc, order=["I14", "a"])["I14"] < plots.graph_layers(cyc, order=["I14", "a"])["a"]
+    both = plots.graph_layers(cyc)  # no order: the cycle is one layer, never an exception
+    assert both["I14"] == both["a"]
+
+
+def test_plot_graph_returns_a_figure_drawing_the_edges_literally():
+    fig = plots.plot_graph(_summary(), "img$_1", min_inclusion=0.4)
+    (ax,) = fig.axes
+    texts = [t.get_text() for t in ax.texts]
+    assert sorted(set(texts) & set(DESCRIPTORS)) == sorted(DESCRIPTORS)  # one node label per descriptor
+    want = {f"{r.mean:+.2f} ({r.inclusion:.2f})" for r in plots.graph_data(_summary(), "img$_1", min_inclusion=0.4)
+            .itertuples()}
+    assert want <= set(texts) and len(want) == 2  # each drawn edge labelled "mean (inclusion)"
+    assert ax.get_title() == r"img\$_1: 2 edges"  # the user's `$` drawn literally
+    fig.savefig(__import__("io").BytesIO(), format="png")  # it renders
+    # into a given axes: the same figure comes back
+    from matplotlib.figure import Figure
+
+    f2 = Figure()
+    ax2 = f2.add_subplot()
+    assert plots.plot_graph(_summary(), "img$_1", ax2) is f2
+
+
+def test_plot_polarisation_draws_one_arrow_per_cell():
+    from causalcrystal.simulator import simulate
+
+    cells = simulate((0.0,), shape=(6, 5), seed=fixed_seed(0))
+    img = str(cells["image"].values[0])
+    d = plots.polarisation_data(cells, img)
+    assert len(d["x"]) == 30 and d["image"] is None
+    np.testing.assert_array_equal(d["Px"], cells["Px"].values)
+    fig = plots.plot_polarisation(cells, img)
+    ax = fig.axes[0]
+    (q,) = ax.collections
+    assert q.N == 30 and ax.yaxis_inverted() and len(fig.axes) == 2  # the arrows and the colour bar
+    np.testing.assert_allclose(q.U, d["Px"])
+    np.testing.assert_allclose(q.V, d["Py"])
