@@ -9,6 +9,10 @@ figure uses LaTeX, whatever the user's matplotlibrc says.
   in layers by causal order (causes above their effects), arrow width ~ |mean coefficient|.
 * :func:`polarisation_data` / :func:`plot_polarisation`: every cell's (Px, Py) as an arrow over the
   micrograph (when the cell table knows it) or over the cell positions.
+* :func:`prior_posterior_data` / :func:`plot_prior_posterior`: prior against posterior of the
+  concentration model's ``y0``, ``eps0``, ``y_star`` (the MPB position and its width, Eqs. 12-16).
+* :func:`rank_data` / :func:`plot_rank`: rank plots of one tile's estimated coefficients (the
+  chains of a converged tile are indistinguishable).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy as np
 
 from causalcrystal.cells import DESCRIPTORS
 
-__all__ = ["graph_data", "graph_layers", "literal", "plot_graph", "plot_polarisation", "polarisation_data"]
+__all__ = ["graph_data", "graph_layers", "literal", "plot_graph", "plot_polarisation", "plot_prior_posterior",
+           "plot_rank", "polarisation_data", "prior_posterior_data", "rank_data"]
 
 #: Edges whose mean inclusion probability over the image's tiles reaches this are drawn.
 INCLUSION_MIN = 0.5
@@ -203,5 +208,94 @@ def plot_polarisation(cells, image: str, ax=None, *, title: str | None = None, c
     ax.tick_params(labelsize=7)
     if colorbar:
         fig.colorbar(q, ax=ax, shrink=0.7, label="direction of (Px, Py) (deg)")
+    no_tex(fig)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# the concentration model: prior against posterior
+
+
+def prior_posterior_data(idata, var_names=("y0", "eps0", "y_star"), bins: int = 40) -> dict:
+    """Per variable: ``{"edges", "prior", "posterior"}``, histogram densities of the prior and the
+    posterior draws on common bin edges (the range of both). ``idata``: ``concentration.nc`` (with
+    its ``prior`` group, drawn from the PyMC model). Raises ``KeyError`` naming a missing group."""
+    for group in ("prior", "posterior"):
+        if group not in idata.groups():
+            raise KeyError(f"the InferenceData has no {group!r} group (concentration.nc files from before the prior "
+                           "group was stored: re-run `causalcrystal concentration RUN --overwrite`)")
+    out = {}
+    for name in var_names:
+        pr, po = idata.prior[name].values.ravel(), idata.posterior[name].values.ravel()
+        lo, hi = np.nanquantile(np.concatenate([pr, po]), [0.001, 0.999])
+        edges = np.linspace(lo, hi, bins + 1)
+        out[name] = {"edges": edges, "prior": np.histogram(pr, edges, density=True)[0],
+                     "posterior": np.histogram(po, edges, density=True)[0]}
+    return out
+
+
+def plot_prior_posterior(idata, var_names=("y0", "eps0", "y_star"), axes=None):
+    """Prior (grey) against posterior (blue) densities of the concentration model's shared
+    parameters, one panel each: how much the series taught the model about the MPB position
+    ``y0``, its width ``1/eps0`` and ``y_star = y0 + 1/eps0`` (paper Eqs. 12-16). Returns the figure."""
+    data = prior_posterior_data(idata, var_names)
+    if axes is None:
+        fig, first = _axes(None, 3.2 * len(var_names), 2.8)
+        fig.delaxes(first)
+        axes = fig.subplots(1, len(var_names), squeeze=False).ravel()
+    else:
+        axes = np.atleast_1d(axes).ravel()
+        fig = axes[0].figure
+    for ax, name in zip(axes, var_names):
+        d = data[name]
+        mid = 0.5 * (d["edges"][1:] + d["edges"][:-1])
+        ax.fill_between(mid, d["prior"], step="mid", color="0.8", label="prior")
+        ax.step(mid, d["posterior"], where="mid", color="#2166ac", label="posterior")
+        ax.set_title(literal(name), fontsize=9)
+        ax.set_yticks([])
+    axes[0].legend(fontsize=7)
+    no_tex(fig)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# convergence of one tile
+
+
+def rank_data(run, tile: int, var_name: str = "B"):
+    """One tile's draws of the estimated coefficients (``constant_data.allowed``) as an
+    ``xarray.DataArray`` (chain, draw, edge) with edge labels ``"effect<-cause"``; ``run``: a
+    :class:`causalcrystal.runs.Run` or a run folder."""
+    from causalcrystal.runs import _as_run, allowed_mask
+
+    r = _as_run(run)
+    mask = allowed_mask(r).sel(tile=tile)
+    v = r.posterior.posterior[var_name].sel(tile=tile).stack(edge=("effect", "cause"))
+    keep = mask.stack(edge=("effect", "cause")).values
+    v = v.isel(edge=np.flatnonzero(keep))
+    labels = [f"{e}<-{c}" for e, c in v["edge"].values]
+    v = v.drop_vars([c for c in v.coords if c not in ("chain", "draw")]).assign_coords(edge=labels)
+    return v
+
+
+def plot_rank(run, tile: int, var_name: str = "B", max_edges: int = 12):
+    """Rank plots (:func:`arviz.plot_rank`) of one tile's estimated coefficients (at most
+    ``max_edges``, the largest |mean| first): flat bars per chain when the chains agree. Returns
+    the figure."""
+    import arviz as az
+
+    v = rank_data(run, tile, var_name)
+    top = np.argsort(-np.abs(v.mean(("chain", "draw")).values))[:max_edges]
+    v = v.isel(edge=top)
+    ncol = min(4, v.sizes["edge"])
+    nrow = -(-v.sizes["edge"] // ncol)
+    fig, first = _axes(None, 2.6 * ncol, 2.0 * nrow)
+    fig.delaxes(first)
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    az.plot_rank(v.to_dataset(name=var_name), var_names=[var_name], ax=axes.ravel()[: v.sizes["edge"]])
+    for ax in axes.ravel()[v.sizes["edge"]:]:
+        ax.set_axis_off()
+    for ax in axes.ravel():
+        ax.set_title(literal(ax.get_title()), fontsize=8)
     no_tex(fig)
     return fig

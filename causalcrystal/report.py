@@ -48,7 +48,8 @@ from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.errors import CausalCrystalError
 from causalcrystal.jobs import atomic_text, describe_holder, read_manifest, running
 from causalcrystal.jobs import status as job_status
-from causalcrystal.plots import graph_data, literal, no_tex, plot_graph, plot_polarisation, polarisation_data  # noqa: F401
+from causalcrystal.plots import (graph_data, literal, no_tex, plot_graph, plot_polarisation,  # noqa: F401
+                                 plot_prior_posterior, polarisation_data)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -773,6 +774,16 @@ def section_concentration(ctx: Context) -> str:
         out += _table(pd.DataFrame(rows), "Shared parameters: prior-to-posterior contraction (contraction.json); "
                       "y_star = y0 + 1/eps0 is identified with free amplitudes, y0 and eps0 separately only with "
                       "informative amplitude priors.")
+    try:
+        import arviz as az
+
+        idata = az.from_netcdf(d / "concentration.nc")
+        if "prior" in idata.groups():
+            out += _img(plot_prior_posterior(idata), "prior against posterior of y0, eps0, y_star",
+                        "Prior (grey; the concentration.nc prior group, drawn from the PyMC model) against posterior "
+                        "(blue). (causalcrystal.plots.plot_prior_posterior)")
+    except (OSError, KeyError, ValueError):
+        pass  # the tables above carry the numbers; older files have no prior group
     if (d / "couplings.csv").is_file():
         out += _table(pd.read_csv(d / "couplings.csv"), "Couplings (couplings.csv): link, amplitude and, when "
                       "computed, universal-versus-dependent evidence (ELPD difference, its SE, stacking weight).")

@@ -72,3 +72,22 @@ def test_plot_polarisation_draws_one_arrow_per_cell():
     assert q.N == 30 and ax.yaxis_inverted() and len(fig.axes) == 2  # the arrows and the colour bar
     np.testing.assert_allclose(q.U, d["Px"])
     np.testing.assert_allclose(q.V, d["Py"])
+
+
+def test_prior_posterior_draws_both_densities_on_common_bins():
+    import arviz as az
+
+    rng = np.random.default_rng(fixed_seed(2))
+    prior = {k: rng.normal(m, 0.1, (1, 2000)) for k, m in (("y0", 0.2), ("eps0", 5.0), ("y_star", 0.4))}
+    post = {k: rng.normal(m, 0.01, (2, 500)) for k, m in (("y0", 0.18), ("eps0", 5.0), ("y_star", 0.38))}
+    idata = az.from_dict(prior=prior, posterior=post)
+    d = plots.prior_posterior_data(idata)
+    for name, v in d.items():
+        width = np.diff(v["edges"])
+        # densities on the same bins, each integrating to ~1 (the 0.1 % tails fall outside)
+        assert abs((v["prior"] * width).sum() - 1) < 0.01 and abs((v["posterior"] * width).sum() - 1) < 0.01
+        assert v["posterior"].max() > 5 * v["prior"].max()  # 10x narrower: a taller density
+    fig = plots.plot_prior_posterior(idata)
+    assert [ax.get_title() for ax in fig.axes] == ["y0", "eps0", "y_star"]
+    with pytest.raises(KeyError, match="no 'prior' group.*--overwrite"):
+        plots.prior_posterior_data(az.from_dict(posterior=post))

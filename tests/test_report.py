@@ -62,7 +62,8 @@ def _concentration_output(run_dir: Path, spec_path: Path) -> None:
             "quad": np.zeros((1, S, C, 2)), "tau": np.abs(rng.normal(0, 0.1, (1, S, C))),
             "omega": np.abs(rng.normal(0, 0.1, (1, S, C))),
             "theta": centre[:, None] + 0.1 * rng.standard_normal((1, S, C, G))}
-    idata = az.from_dict(posterior=post, constant_data={"image_y": np.asarray(image_y)},
+    prior = {k: v[:, :100] + rng.normal(0, 0.05, (1, 100)) for k, v in post.items() if k in ("y0", "eps0", "y_star")}
+    idata = az.from_dict(posterior=post, prior=prior, constant_data={"image_y": np.asarray(image_y)},
                          coords={"coupling": [c.label for c in spec.couplings], "term": ["linear", "quadratic"],
                                  "image": images},
                          dims={"amplitude": ["coupling"], "quad": ["coupling", "term"], "tau": ["coupling"],
@@ -415,3 +416,23 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_rank_plot_of_a_tile_shows_its_estimated_coefficients(run):
+    import causalcrystal as cc
+
+    r = cc.open_run(run)
+    tile = int(r.posterior.posterior["tile"][0])
+    v = cc.plots.rank_data(r, tile)
+    n = int((r.summary["tile"] == tile).sum())  # the tile's rows of summary.csv: its estimated edges
+    assert v.dims == ("chain", "draw", "edge") and v.sizes["edge"] == n
+    assert set(v["edge"].values) == {f"{e}<-{c}" for e, c in r.summary.loc[r.summary["tile"] == tile,
+                                                                          ["effect", "cause"]].values}
+    fig = cc.plots.plot_rank(r, tile, max_edges=6)
+    assert sum(ax.axison for ax in fig.axes) == min(6, n)
+
+
+def test_concentration_section_shows_prior_against_posterior(report):
+    _, html = report
+    sec = _section(html, "concentration")
+    assert 'alt="prior against posterior of y0, eps0, y_star"' in sec and "plot_prior_posterior" in sec
