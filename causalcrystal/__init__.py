@@ -6,7 +6,10 @@ architecture section for where each pipeline stage lives.
 
 from importlib import import_module
 
+from causalcrystal import logs as _logs
+
 __version__ = "0.1.0"
+_logs._default_setup()  # messages to stderr unless the application configured logging (as PyMC does)
 
 # No exported name may equal a submodule's name: importing the submodule would set the package
 # attribute to the module and shadow the function (hence simulator.py exporting simulate).
@@ -36,8 +39,8 @@ __all__ = sorted(_EXPORTS)
 #: Submodules reachable as attributes (``cc.io.read``) without importing them first.
 _SUBMODULES = ("atoms", "cells", "checks", "cli", "collinearity", "columns", "compare", "concentration",
                "direction", "discovery", "engine", "errors", "evidence", "executor", "gibbs", "interventions",
-               "io", "jobs", "joint", "lgd", "plots", "priors", "report", "runs", "scenarios", "sem", "simulator",
-               "tiling")
+               "io", "jobs", "joint", "lgd", "logs", "plots", "priors", "report", "runs", "scenarios", "sem",
+               "simulator", "tiling")
 
 
 def __getattr__(name):

@@ -498,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``causalcrystal`` console script."""
     args = build_parser().parse_args(argv)
     from causalcrystal.errors import CausalCrystalError
+    from causalcrystal.logs import show
+
+    show()  # the command line prints the jobs' messages whatever the logging setup (--quiet: log=None-op)
 
     try:
         return int(args.func(args) or 0)

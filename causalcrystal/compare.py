@@ -456,7 +456,9 @@ def compare_run(
 
     from causalcrystal.executor import check_workers
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    from causalcrystal.logs import resolve
+
+    log = resolve(log)  # default: the 'causalcrystal' logger
     check_workers(workers)
     plan = _plan_compare(run_dir, out_dir, cells, candidates=candidates, families=families, pairs=pairs, tiles=tiles,
                          max_tiles=max_tiles, directions=directions, image_directions=image_directions, seed=seed)

@@ -999,7 +999,9 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     from causalcrystal.engine import run_fingerprint
     from causalcrystal.jobs import Job, status
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    from causalcrystal.logs import resolve
+
+    log = resolve(log)  # default: the 'causalcrystal' logger
     spec = load_spec(spec) if isinstance(spec, str) else spec
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.resolve() == run_dir.resolve():

@@ -291,7 +291,9 @@ def run_pipeline(
     folder holds a finished run, another run or files the project did not write),
     :class:`~causalcrystal.jobs.FolderLockedError` (another job is writing to it).
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    from causalcrystal.logs import resolve
+
+    log = resolve(log)  # default: the 'causalcrystal' logger
     check_workers(workers)
     plan = _plan_run(cells, tile_size=tile_size, stride=stride, min_cells=min_cells, n_bootstrap=n_bootstrap,
                      image_bootstrap=image_bootstrap, exogenous=exogenous, standardize=standardize, spec=spec,

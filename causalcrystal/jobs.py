@@ -138,7 +138,9 @@ class Job:
         self.work, self.final, self.companions = work, final, tuple(companions)
         self.parts = parts  # glob of the work files this job writes (others in work/ are the user's)
         self.version = version
-        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        from causalcrystal.logs import resolve
+
+        self.log = resolve(log)  # default: the 'causalcrystal' logger
         self.resumed = False
         self._replaces: list[str] = []  # PREVIOUS/<name> folders this job deletes when it finishes
         self._lock = None

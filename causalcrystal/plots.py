@@ -266,9 +266,9 @@ def rank_data(run, tile: int, var_name: str = "B"):
     """One tile's draws of the estimated coefficients (``constant_data.allowed``) as an
     ``xarray.DataArray`` (chain, draw, edge) with edge labels ``"effect<-cause"``; ``run``: a
     :class:`causalcrystal.runs.Run` or a run folder."""
-    from causalcrystal.runs import _as_run, allowed_mask
+    from causalcrystal.runs import as_run, allowed_mask
 
-    r = _as_run(run)
+    r = as_run(run)
     mask = allowed_mask(r).sel(tile=tile)
     v = r.posterior.posterior[var_name].sel(tile=tile).stack(edge=("effect", "cause"))
     keep = mask.stack(edge=("effect", "cause")).values

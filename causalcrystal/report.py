@@ -1102,7 +1102,9 @@ def write_report(run_dir, out=None, *, concentration=None, compare=None, overwri
     existing report is replaced only with ``overwrite=True``; the file is written atomically.
     ``log``: a callable for progress messages (default: stderr).
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    from causalcrystal.logs import resolve
+
+    log = resolve(log)  # default: the 'causalcrystal' logger
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report.html"
     if out.is_dir():

@@ -38,7 +38,7 @@ import xarray as xr
 from causalcrystal.errors import CausalCrystalError
 from causalcrystal.jobs import describe_holder, read_manifest, running, safe_name, status
 
-__all__ = ["MissingPartError", "Run", "allowed_mask", "open_run", "summary", "tile_loo"]
+__all__ = ["MissingPartError", "Run", "allowed_mask", "as_run", "open_run", "summary", "tile_loo"]
 
 
 class MissingPartError(CausalCrystalError, FileNotFoundError):
@@ -163,7 +163,8 @@ class Run:
         return json.loads(json.dumps(self.manifest))
 
 
-def _as_run(run) -> Run:
+def as_run(run) -> Run:
+    """``run`` itself when it is a :class:`Run`, else :func:`open_run` of that folder."""
     return run if isinstance(run, Run) else Run(run)
 
 
@@ -171,7 +172,7 @@ def allowed_mask(run):
     """``xarray.DataArray`` bool ``(tile, effect, cause)``: the coefficients any of each tile's
     causal orders allows (the rest are fixed at 0). From ``constant_data.allowed``; files written
     before it was stored: the coefficients with any non-zero draw."""
-    idata = _as_run(run).posterior
+    idata = as_run(run).posterior
     if "constant_data" in idata.groups() and "allowed" in idata.constant_data:
         return idata.constant_data["allowed"].astype(bool)
     return (idata.posterior["B"] != 0).any(("chain", "draw"))
@@ -192,7 +193,7 @@ def summary(run, var_names=("B",), hdi_prob: float = 0.9, **kwargs):
     import arviz as az
     import pandas as pd
 
-    r = _as_run(run)
+    r = as_run(run)
     post = r.posterior.posterior
     mask = allowed_mask(r)
     tables = []
@@ -228,7 +229,7 @@ def tile_loo(run, tile: int, **kwargs):
     """
     import arviz as az
 
-    idata = _as_run(run).posterior
+    idata = as_run(run).posterior
     tiles = idata.log_likelihood["tile"].values.tolist()
     if tile not in tiles:
         raise KeyError(f"tile {tile} is not in this run's posterior (tiles {tiles[:5]}{'...' if len(tiles) > 5 else ''})")

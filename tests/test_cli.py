@@ -135,3 +135,34 @@ def test_modules_use_each_other_only_through_public_names():
                 bad += [f"{f.name}: from {node.module} import {a.name}" for a in node.names
                         if a.name.startswith("_") and a.name != "__version__"]
     assert not bad, bad
+
+
+def test_job_messages_go_through_the_causalcrystal_logger(tmp_path, caplog):
+    """Issue 14.6: the jobs' messages are records of logging.getLogger("causalcrystal") (INFO, and
+    WARNING for warnings and notes), printed to stderr by the CLI and by default when the
+    application configured no logging."""
+    import logging
+
+    from causalcrystal.jobs import Job
+    from causalcrystal.logs import emit
+
+    with caplog.at_level(logging.INFO, logger="causalcrystal"):
+        emit("discovery: 3 tiles")
+        emit("report: WARNING: section 'maps' failed")
+        emit("note: kept for you")
+        with Job("demo", tmp_path, {"a": 1}, outputs=("x.csv",)).open() as job:
+            job.finish()
+        with Job("demo", tmp_path, {"a": 2}, outputs=("x.csv",)).open(overwrite=True) as job:
+            job.finish()
+    levels = [(r.levelname, r.getMessage()[:22]) for r in caplog.records if r.name == "causalcrystal"]
+    assert levels[:3] == [("INFO", "discovery: 3 tiles"), ("WARNING", "report: WARNING: secti"),
+                          ("WARNING", "note: kept for you")]
+    assert any(lv == "INFO" and m.startswith("--overwrite: moved") for lv, m in levels)  # the Job's default log
+    # a fresh interpreter without logging configuration prints INFO to stderr (as PyMC does)
+    code = "import causalcrystal.logs as l, causalcrystal; l.emit('hello from cc')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr.strip() == "hello from cc"
+    code = ("import logging; logging.basicConfig(format='app %(name)s %(message)s', level=logging.INFO); "
+            "import causalcrystal.logs as l, causalcrystal; l.emit('hi')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr.strip() == "app causalcrystal hi"  # the application's handler, printed once

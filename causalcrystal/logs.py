@@ -1,0 +1,68 @@
+"""Messages of long jobs go through ``logging.getLogger("causalcrystal")``.
+
+``run_pipeline``, ``compare_run``, ``run_concentration``, ``write_report`` and the output-folder
+rules (:class:`causalcrystal.jobs.Job`) take ``log=None``: by default their messages (what is
+being done, what was resumed, what was moved aside) are INFO records and their warnings
+(``"WARNING: ..."``) WARNING records of that logger; pass ``log=callable`` to receive the text
+instead (``log=lambda m: None`` silences a job).
+
+As PyMC does for its own logger, importing causalcrystal attaches a handler that prints the
+messages to ``sys.stderr`` at INFO when the application has configured no logging (no handler
+on the root logger); an application that configures logging gets the records through its own
+handlers instead. The command line always prints them (``--quiet`` silences them).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+logger = logging.getLogger("causalcrystal")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (so a notebook's or a test's replacement
+    stream receives the text, as ``print(..., file=sys.stderr)`` did)."""
+
+    def __init__(self, level=logging.NOTSET):
+        super().__init__()
+        self.setLevel(level)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def emit(message: str) -> None:
+    """Log ``message`` on the causalcrystal logger: WARNING when it is a warning (``"WARNING: ..."``,
+    also after a prefix such as ``"report: "``) or a ``"note: ..."`` about something left for the
+    user to decide, INFO otherwise."""
+    text = str(message)
+    head = text.lstrip()[:40]
+    warn = "WARNING" in head or head.startswith("note:")
+    logger.log(logging.WARNING if warn else logging.INFO, text)
+
+
+def resolve(log):
+    """``log`` when given, else :func:`emit` (the default of every job's ``log=None``)."""
+    return log if log is not None else emit
+
+
+def show(level: int = logging.INFO) -> None:
+    """Print the causalcrystal messages to ``sys.stderr`` from ``level`` up (idempotent): what the
+    command line does, and what a notebook whose logging is configured otherwise can call."""
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(level)
+
+
+def _default_setup() -> None:
+    """At import: PyMC's convention (pymc/__init__.py) for an application without logging config."""
+    if not logging.root.handlers:
+        show(logging.INFO)
+        logger.propagate = False  # printed once, by our handler (root has none anyway)
