@@ -82,6 +82,11 @@ def test_every_submodule_is_reachable_from_the_package_without_an_import():
     assert out.split() == ["causalcrystal.io", "True", "True"]
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         cc.nonexistent
+    # the exported names (the job functions among them) resolve, and none shadows a submodule
+    assert {"run_pipeline", "compare_run", "run_concentration", "write_report", "open_run"} <= set(cc.__all__)
+    assert not set(cc.__all__) & set(cc._SUBMODULES)
+    for name in cc.__all__:
+        assert getattr(cc, name) is not None, name
 
 
 def test_every_model_specification_ships_in_the_wheel():
