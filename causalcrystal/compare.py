@@ -96,6 +96,7 @@ import xarray as xr
 
 from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.errors import CausalCrystalError
+from causalcrystal.evidence import loo_warnings_recorded
 from causalcrystal.priors import DagPrior, forbidden_into, inclusion_weights
 from causalcrystal.sem import ModelSpec, load_spec
 
@@ -268,8 +269,7 @@ def compare_models(X: np.ndarray, models: list[Model], seed: int, threads: int |
         seconds = time.perf_counter() - clock
         idata = az.from_dict(posterior={"sigma": out["sigma"]},
                              log_likelihood={"z": out["loglik"].astype(np.float64)})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a high Pareto k is recorded in the 'warning' column
+        with loo_warnings_recorded():  # a high Pareto k is recorded in the 'warning' column
             elpds[m.label] = az.loo(idata, pointwise=True)
         allowed = m.prior.allowed
         rh, ess = out["r_hat"][allowed], out["ess_bulk"][allowed]
@@ -289,8 +289,7 @@ def compare_models(X: np.ndarray, models: list[Model], seed: int, threads: int |
         rows[only].update(elpd_loo=float(e["elpd_loo"]), se=float(e["se"]), p_loo=float(e["p_loo"]),
                           elpd_diff=0.0, dse=0.0, weight=1.0, rank=0, warning=bool(e["warning"]))
         return [rows[only]], fits
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with loo_warnings_recorded():
         cmp = az.compare(elpds, method="stacking")
     w = np.clip(cmp["weight"].to_numpy(dtype=float), 0.0, None)
     w = w / w.sum()

@@ -84,6 +84,7 @@ from scipy import special
 from causalcrystal import lgd
 from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.errors import CausalCrystalError
+from causalcrystal.evidence import loo_warnings_recorded
 from causalcrystal.sem import models_dir
 
 LINKS = ("universal", "ps", "cross", "quadratic")
@@ -760,8 +761,7 @@ def universality(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: 
         fits[c.label] = other
         dep, uni = (idata, other) if alt == "universal" else (other, idata)
         dep_link = c.link if alt == "universal" else "quadratic"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with loo_warnings_recorded():  # the largest Pareto k is recorded (pareto_k_max)
             cmp = az.compare({"dependent": _coupling_idata(dep, c.label), "universal": _coupling_idata(uni, c.label)},
                              method="stacking", seed=seed)
             ks = [az.loo(_coupling_idata(x, c.label), pointwise=True).pareto_k.values.max() for x in (dep, uni)]
@@ -837,8 +837,7 @@ def compare_links(summ: xr.Dataset, specs, seed: int = 0, params: lgd.LGDParams 
         ll = fits[sp.name].log_likelihood["m"].sum("coupling")
         per_image[sp.name] = az.InferenceData(posterior=fits[sp.name].posterior[["y0"]],
                                               log_likelihood=xr.Dataset({"m": ll}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with loo_warnings_recorded():  # the largest Pareto k is recorded (pareto_k_max)
         table = az.compare(per_image, method="stacking", seed=seed)
         ks = {n: float(az.loo(x, pointwise=True).pareto_k.values.max()) for n, x in per_image.items()}
     table = table.reset_index(names="spec")

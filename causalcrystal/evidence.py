@@ -28,10 +28,26 @@ or direction probabilities.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
+
+@contextlib.contextmanager
+def loo_warnings_recorded():
+    """Silence, around :func:`arviz.loo` / :func:`arviz.compare`, only what the caller records
+    itself: the high-Pareto-k warning (callers store ``pareto_k`` / a ``warning`` column) and
+    ArviZ's own deprecation chatter (pandas ``inplace``, changed defaults). Any other warning
+    still reaches the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*shape parameter of Pareto distribution.*", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"arviz(\..*)?")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"arviz(\..*)?")
+        warnings.filterwarnings("ignore", message=r".*inplace keyword.*")
+        yield
+
 
 #: Pareto k above which a cell's PSIS-LOO estimate is not usable (Vehtari et al. 2024)
 K_INVALID = 1.0

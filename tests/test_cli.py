@@ -171,3 +171,25 @@ def test_job_messages_go_through_the_causalcrystal_logger(tmp_path, caplog):
             "import causalcrystal.logs as l, causalcrystal; l.emit('hi')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stderr.strip() == "app causalcrystal hi"  # the application's handler, printed once
+
+
+def test_loo_warning_filter_is_targeted():
+    """Issue 14.6: around az.loo / az.compare only the warnings the callers record themselves (high
+    Pareto k) and ArviZ's deprecation chatter are silenced; any other warning reaches the user."""
+    import warnings
+
+    import arviz as az
+
+    from causalcrystal.evidence import loo_warnings_recorded
+
+    rng = np.random.default_rng(0)
+    idata = az.from_dict(posterior={"a": rng.normal(size=(2, 100))},
+                         log_likelihood={"z": rng.standard_t(1.5, size=(2, 100, 30))})  # heavy tails: high k
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with loo_warnings_recorded():
+            loo = az.loo(idata, pointwise=True)
+            az.compare({"m1": idata, "m2": idata}, method="stacking")
+            warnings.warn("something else", RuntimeWarning)
+    assert float(loo.pareto_k.max()) > 0.7  # the case the filter is for did occur
+    assert [str(w.message) for w in seen] == ["something else"]
