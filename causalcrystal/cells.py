@@ -274,7 +274,8 @@ def apply_nonfinite_policy(ds: xr.Dataset, policy: str = "drop", source: str | N
     out.attrs["nonfinite_dropped"] = json.dumps(previous)
     warnings.warn(
         f"{src}: dropped {n_bad} of {ds.sizes['cell']} cells with non-finite descriptors "
-        f"({detail}). Pass nonfinite='raise' or 'keep' to change this.",
+        f"({detail}). To refuse such input instead: --nonfinite raise (causalcrystal run), "
+        "nonfinite='raise' (causalcrystal.read); nonfinite='keep' keeps them (causalcrystal.read only).",
         NonFiniteWarning,
         stacklevel=2,
     )

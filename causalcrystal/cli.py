@@ -234,7 +234,7 @@ def _run(cells, args) -> int:
 def _cmd_run(args) -> int:
     from causalcrystal.io import read
 
-    return _run(read(args.inputs, xy_order=args.xy_order), args)
+    return _run(read(args.inputs, nonfinite=args.nonfinite, xy_order=args.xy_order), args)
 
 
 def _cmd_demo(args) -> int:
@@ -397,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Discovery, DAG priors and a Bayesian SEM posterior for every tile.")
     p.add_argument("inputs", nargs="+", help="Sm-BFO .h5 files or folders, .csv, .parquet or .nc")
     p.add_argument("--xy-order", choices=["xy", "yx"], default="xy", help="row order of xy_COM in Sm-BFO files")
+    p.add_argument("--nonfinite", choices=["drop", "raise"], default="drop",
+                   help="cells with NaN/inf descriptors: drop them with a warning (default) or refuse the input")
     _run_options(p)
     p.set_defaults(func=_cmd_run)
 
@@ -501,6 +503,16 @@ def main(argv: list[str] | None = None) -> int:
     from causalcrystal.logs import show
 
     show()  # the command line prints the jobs' messages whatever the logging setup (--quiet: log=None-op)
+    import warnings
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        # a user of the command line needs the message, not the library's source line
+        print(f"WARNING ({category.__name__}): {message}", file=sys.stderr)
+
+    previous = warnings.showwarning
+    warnings.showwarning = one_line
+    if getattr(args, "quiet", False):
+        warnings.filterwarnings("ignore", message=".*could not link to a BLAS.*")
 
     try:
         return int(args.func(args) or 0)
@@ -509,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         # no traceback (each message names the file or option and the fix)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

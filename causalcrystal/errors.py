@@ -10,3 +10,8 @@ and the fix.
 
 class CausalCrystalError(Exception):
     """Base class of causalcrystal's own errors."""
+
+
+class WorkerLostError(CausalCrystalError, RuntimeError):
+    """A worker process ended abruptly (killed by a signal, e.g. the out-of-memory killer) while a
+    job ran; the parts finished so far are kept, so the same command resumes."""

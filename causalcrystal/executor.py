@@ -20,10 +20,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
+
+from causalcrystal.errors import WorkerLostError
 
 
 class InlineExecutor:
@@ -85,7 +88,14 @@ class LocalExecutor:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 idx = pending.pop(fut)
-                yield idx, fut.result()
+                try:
+                    result = fut.result()
+                except BrokenProcessPool as err:
+                    raise WorkerLostError(
+                        f"a worker process ended abruptly ({err}); it was killed (e.g. by the out-of-memory killer "
+                        "or kill -9). Every part finished before is kept: run the same command again to resume it "
+                        f"(with fewer --workers than {self.workers} if memory is short).") from None
+                yield idx, result
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

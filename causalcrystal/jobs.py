@@ -301,14 +301,14 @@ class Job:
         moves = [(out / n, n) for n in names]
         if parts:  # only the job's own work files: a user's file in the work folder stays where it is
             moves += [(p, f"{self.work}/{p.name}") for p in parts]
-            names.append(f"{self.work}/ ({len(parts)} work files)")
+            names.append(f"the {len(parts)} work files of {self.work}/")
         for c in self.companions:
             p = out / c
             if p.is_dir() and read_manifest(p) is not None:
                 _check_unlocked(p)
                 own = _job_files(p)  # only the derived job's own files: the user's stay in the folder
                 moves += [(f, f"{c}/{f.relative_to(p).as_posix()}") for f in own]
-                names.append(f"{c}/ ({len(own)} files)")
+                names.append(f"the {len(own)} files of {c}/")
             elif p.is_file() and _generated_by_us(p):
                 moves.append((p, c))
                 names.append(c)

@@ -193,3 +193,21 @@ def test_loo_warning_filter_is_targeted():
             warnings.warn("something else", RuntimeWarning)
     assert float(loo.pareto_k.max()) > 0.7  # the case the filter is for did occur
     assert [str(w.message) for w in seen] == ["something else"]
+
+
+def test_nonfinite_policy_on_the_command_line_and_warnings_in_one_line(tmp_path, capsys):
+    """The NonFiniteWarning told CLI users to pass an option `run` did not have, printed under a
+    Python source line; `run --nonfinite raise` now exists and warnings print as one line."""
+    out = tmp_path / "sim.nc"
+    assert main(["simulate", "--out", str(out), "--shape", "8", "8", "--compositions", "0",
+                 "--nonfinite-fraction", "0.05"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(out), "--out", str(tmp_path / "R"), "--nonfinite", "raise"]) == 2
+    err = capsys.readouterr().err
+    assert "sim.nc" in err and "non-finite" in err and not (tmp_path / "R").exists()
+    # drop (the default) warns in one line naming the option, then a bad option stops the run early
+    assert main(["run", str(out), "--out", str(tmp_path / "R"), "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    warning = next(line for line in err.splitlines() if "NonFiniteWarning" in line)
+    assert warning.startswith("WARNING (NonFiniteWarning): ") and "--nonfinite raise" in warning
+    assert "warnings.warn(" not in err and ".py:" not in err  # no source lines

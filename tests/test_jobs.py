@@ -501,3 +501,18 @@ def test_compare_on_a_default_run_fits_every_family_with_the_runs_draws(small_ce
                          seed=0)
     mog, lap = plan["specs"]["mog"].sampler, plan["specs"]["laplace"].sampler
     assert mog.name == "gibbs" and lap.name == "nutpie" and mog.draws == lap.draws == 150
+
+
+def test_a_killed_worker_is_a_clear_error_not_a_traceback():
+    """A worker killed mid-job (OOM killer, kill -9) broke the pool and `run` ended in a raw
+    BrokenProcessPool traceback; now it is one error saying that the same command resumes."""
+    from causalcrystal.errors import CausalCrystalError, WorkerLostError
+    from causalcrystal.executor import LocalExecutor
+
+    ex = LocalExecutor(1)
+    try:
+        with pytest.raises(WorkerLostError, match="ended abruptly.*run the same command again to resume"):
+            list(ex.imap(os._exit, [3]))  # the worker process dies without a word
+    finally:
+        ex.close()
+    assert issubclass(WorkerLostError, CausalCrystalError)
