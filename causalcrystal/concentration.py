@@ -640,11 +640,19 @@ def prior_draws(d: _Data, spec: ConcentrationSpec, n: int = N_PRIOR, seed: int =
     :func:`contraction`."""
     import pymc as pm
 
-    with warnings.catch_warnings():
-        # the tile likelihood is a Potential: prior predictive sampling ignores it, as intended here
-        warnings.filterwarnings("ignore", message=".*Potential.*", category=UserWarning)
-        with build_model(d, spec):
-            pp = pm.sample_prior_predictive(draws=n, var_names=list(PRIOR_VARS), random_seed=int(seed))
+    import logging
+
+    pymc_log = logging.getLogger("pymc")
+    level = pymc_log.level
+    pymc_log.setLevel(logging.WARNING)  # not PyMC's "Sampling: [...]" line in the job's output
+    try:
+        with warnings.catch_warnings():
+            # the tile likelihood is a Potential: prior predictive sampling ignores it, as intended here
+            warnings.filterwarnings("ignore", message=".*Potential.*", category=UserWarning)
+            with build_model(d, spec):
+                pp = pm.sample_prior_predictive(draws=n, var_names=list(PRIOR_VARS), random_seed=int(seed))
+    finally:
+        pymc_log.setLevel(level)
     return pp.prior
 
 
