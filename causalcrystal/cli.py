@@ -211,6 +211,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                         "only when the new run finishes; files causalcrystal did not write are never touched)")
     p.add_argument("--keep-tiles", action="store_true",
                    help="keep the per-tile work files (--out/tiles, ~2 MB per tile) after the run finishes")
+    p.add_argument("--keep-loglik", action="store_true",
+                   help="store the pointwise log-likelihood in posterior.nc (~1 MB per 256-cell tile; by default "
+                        "causalcrystal.tile_loo recomputes a tile's on demand)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -227,7 +230,7 @@ def _run(cells, args) -> int:
                        seed=args.seed,
                        scheduler=args.scheduler,
                        workers=args.workers, overwrite=args.overwrite, progress=not args.quiet,
-                       keep_tiles=getattr(args, "keep_tiles", False))
+                       keep_tiles=getattr(args, "keep_tiles", False), keep_loglik=getattr(args, "keep_loglik", False))
     return 0 if res["finished"] else 3
 
 

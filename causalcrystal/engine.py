@@ -18,7 +18,8 @@
     ArviZ InferenceData: posterior ``B`` and ``edge_inclusion`` (chain, draw, tile, effect, cause),
     ``c``, ``sigma`` (chain, draw, tile, variable), for ``mog`` ``noise_weight``, ``noise_loc``,
     ``noise_var`` (..., variable, component); ``log_likelihood`` ``z`` (chain, draw, tile,
-    member; NaN padding); ``sample_stats`` (diverging, tree_depth, step_size); ``constant_data``
+    member; NaN padding; only with ``keep_loglik``, see ``posterior.attrs['log_likelihood']``);
+    ``sample_stats`` (diverging, tree_depth, step_size); ``constant_data``
     with the tile means and scales ``B`` is in, the candidate orders and their pseudo-BMA+ weights,
     ELPD, p_loo, Pareto k, ``allowed_weight`` and ``allowed`` (tile, effect, cause; bool: the
     coefficients estimated, the rest stored as exact zeros); the units of ``B`` in
@@ -265,6 +266,7 @@ def run_pipeline(
     progress: bool = True,
     stop_after: int | None = None,
     keep_tiles: bool = False,
+    keep_loglik: bool = False,
     log=None,
 ) -> dict:
     """Discovery, priors and per-tile posteriors for a cell table; write the outputs to ``out_dir``.
@@ -280,6 +282,9 @@ def run_pipeline(
     ``tile_size``: cells per tile side, or ``"whole"`` (one tile per image; for small images).
     ``min_cells``: fewest cells per tile, for tiling and discovery alike (:func:`tile_min_cells`).
     ``stop_after`` samples at most that many new tiles and returns (a partial, resumable run).
+    ``keep_loglik`` stores the pointwise log-likelihood in ``posterior.nc`` (group
+    ``log_likelihood``, ~1 MB per 256-cell tile, half the file); by default it is left out and
+    :func:`causalcrystal.runs.tile_loo` recomputes a tile's from the draws and ``cells.nc``.
     ``keep_tiles`` keeps the per-tile work files (``tiles/``, ~2 MB per tile) after ``posterior.nc``
     is written (by default they are removed: the posterior holds all of it).
 
@@ -316,8 +321,8 @@ def run_pipeline(
             log(f"stopped with {len(done)}/{n_ok} tiles sampled; run the same command again to resume")
             return result
         clock = time.perf_counter()
-        summary = _write_phase(job, plan, disc, priors, done, progress)
-        job.finish(extra={"n_tiles": n_ok}, drop_work=not keep_tiles)
+        summary = _write_phase(job, plan, disc, priors, done, progress, keep_loglik)
+        job.finish(extra={"n_tiles": n_ok, "stored_loglik": bool(keep_loglik)}, drop_work=not keep_tiles)
         timings["writing"] = time.perf_counter() - clock
     out = job.out_dir
     flagged = summary.loc[summary["flagged"], "tile"].unique() if len(summary) else np.array([])
@@ -492,7 +497,7 @@ def _sampling_phase(job: Job, plan: RunPlan, disc, disc_images, scheduler, worke
     return priors, done, {"sampled": len(todo), "reused": reused}
 
 
-def _write_phase(job: Job, plan: RunPlan, disc, priors, done, progress):
+def _write_phase(job: Job, plan: RunPlan, disc, priors, done, progress, keep_loglik: bool = False):
     """``posterior.nc`` then ``summary.csv``, each atomically (the finished marker comes after)."""
     from causalcrystal import discovery
 
@@ -500,7 +505,7 @@ def _write_phase(job: Job, plan: RunPlan, disc, priors, done, progress):
     with job.output("posterior.nc") as tmp:
         summary = write_posterior(tmp, plan.tiles, disc, priors, done, job.work_dir, plan.spec, plan.standardize,
                                   progress, constants=tile_constants(plan.cells, std_cells, plan.tiles, done,
-                                                                     plan.standardize))
+                                                                     plan.standardize), loglik=keep_loglik)
     with job.output("summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     return summary
@@ -606,7 +611,7 @@ def tile_constants(cells: xr.Dataset, std_cells: xr.Dataset, tiles: xr.Dataset, 
 
 
 def write_posterior(path: Path, tiles, disc, priors, done, tile_dir: Path, spec: ModelSpec, standardize: str,
-                    progress: bool = False, constants: xr.Dataset | None = None):
+                    progress: bool = False, constants: xr.Dataset | None = None, loglik: bool = True):
     """Write ``posterior.nc`` (ArviZ InferenceData netCDF) and return the summary table.
 
     Streams: the groups' coordinates and attributes are written by xarray, then every tile's
@@ -621,7 +626,8 @@ def write_posterior(path: Path, tiles, disc, priors, done, tile_dir: Path, spec:
     C, D = first["B"].shape[:2]
     T = len(done)
     width = max(int(n) for n in tiles["n_cells"].values[done])
-    present = {name for _, name, _, _ in _STREAMED if _NPZ_KEY.get(name, name) in first}
+    present = {name for group, name, _, _ in _STREAMED if _NPZ_KEY.get(name, name) in first
+               and (loglik or group != "log_likelihood")}
     sizes = {"chain": C, "draw": D, "tile": T, "effect": len(DESCRIPTORS), "cause": len(DESCRIPTORS),
              "variable": len(DESCRIPTORS), "member": width}
     if "noise_weight" in first:
@@ -650,13 +656,17 @@ def write_posterior(path: Path, tiles, disc, priors, done, tile_dir: Path, spec:
     post.attrs.update(standardize=standardize, units=("standardised per " + standardize) if standardize != "none"
                       else "raw descriptor units", model=json.dumps(spec.to_dict()),
                       causalcrystal=__version__, B_indexing="B[effect, cause]: effect <- cause")
-    loglik = xr.Dataset(coords={**base, "member": np.arange(width)})
-    loglik.attrs["note"] = (
+    post.attrs["log_likelihood"] = (
+        "stored per tile in the log_likelihood group; use causalcrystal.tile_loo(run, tile), not az.loo on the file"
+        if loglik else "not stored (run with --keep-loglik / keep_loglik=True to store it); "
+        "causalcrystal.tile_loo(run, tile) recomputes a tile's from the draws and cells.nc")
+    loglik_group = xr.Dataset(coords={**base, "member": np.arange(width)})
+    loglik_group.attrs["note"] = (
         "pointwise log-likelihood per tile: member indexes the tile's cells (NaN beyond the tile's n_cells), and "
         "overlapping tiles share cells, so arviz.loo on the whole file pools tiles and returns NaN; use "
         "causalcrystal.runs.tile_loo(run, tile) for one tile's PSIS-LOO")
-    groups = {"posterior": post, "log_likelihood": loglik, "sample_stats": xr.Dataset(coords=base),
-              "constant_data": constants}
+    groups = {"posterior": post, **({"log_likelihood": loglik_group} if loglik else {}),
+              "sample_stats": xr.Dataset(coords=base), "constant_data": constants}
     standard = _standard_attrs(spec)
     for n, (name, ds) in enumerate(groups.items()):  # what InferenceData.to_netcdf writes, minus the draws
         ds.attrs = {**standard, **ds.attrs}

@@ -38,7 +38,8 @@ import xarray as xr
 from causalcrystal.errors import CausalCrystalError
 from causalcrystal.jobs import describe_holder, read_manifest, running, safe_name, status
 
-__all__ = ["MissingPartError", "Run", "allowed_mask", "as_run", "open_run", "summary", "tile_loo"]
+__all__ = ["MissingPartError", "Run", "allowed_mask", "as_run", "open_run", "summary", "tile_data", "tile_loglik",
+           "tile_loo"]
 
 
 class MissingPartError(CausalCrystalError, FileNotFoundError):
@@ -219,27 +220,82 @@ def summary(run, var_names=("B",), hdi_prob: float = 0.9, **kwargs):
     return pd.concat(tables)
 
 
+def tile_data(run, tile: int):
+    """``(X, active)``: the cells of ``tile`` as the sampler saw them, ``(n_cells, 8)`` in
+    ``DESCRIPTORS`` order and the run's standardisation, rebuilt from ``cells.nc`` and the run's
+    settings, and the descriptors whose equations enter the likelihood (``None``: all; a derived
+    descriptor's does not). Raises :class:`MissingPartError` without ``cells.nc`` and
+    ``ValueError`` when the rebuilt tile does not match the run's (other cells or settings)."""
+    from causalcrystal import discovery
+    from causalcrystal.engine import run_tiles, tile_min_cells
+    from causalcrystal.tiling import tile_members
+
+    r = as_run(run)
+    s = r.settings
+    cells = r.cells
+    tiles = run_tiles(cells, s["tile_size"], s["stride"], tile_min_cells(s["tile_size"], s["min_cells"]))
+    post = r.posterior.posterior
+    for name in ("image", "row0", "col0", "n_cells"):
+        if name in post.coords and name in tiles and str(post[name].sel(tile=tile).values) != str(
+                tiles[name].values[tile]):
+            raise ValueError(f"tile {tile}: the cells of {safe_name(r.path / 'cells.nc')} rebuild another tile "
+                             f"({name} {tiles[name].values[tile]} vs {post[name].sel(tile=tile).values}); was "
+                             "cells.nc replaced?")
+    X = discovery.tile_matrix(discovery.standardize(cells, s["standardize"]), tile_members(tiles, tile),
+                              s["standardize"])
+    disc = r.discovery
+    active = ~disc["derived"].values[tile].astype(bool) if "derived" in disc else None
+    return X, active
+
+
+def tile_loglik(run, tile: int, recompute: bool = False) -> xr.DataArray:
+    """Pointwise log-likelihood of one tile, ``(chain, draw, member)`` over its cells: the stored
+    one (``posterior.nc`` of a run made with ``keep_loglik``) or, by default, recomputed exactly
+    from the tile's draws (:func:`causalcrystal.sem.pointwise_loglik`) and :func:`tile_data`."""
+    from causalcrystal.sem import ModelSpec, pointwise_loglik
+
+    r = as_run(run)
+    idata = r.posterior
+    if not recompute and "log_likelihood" in idata.groups() and "z" in idata.log_likelihood:
+        z = idata.log_likelihood["z"].sel(tile=tile)
+        n = int(idata.posterior["n_cells"].sel(tile=tile)) if "n_cells" in idata.posterior.coords else \
+            int(np.isfinite(z.isel(chain=0, draw=0)).sum())
+        return z.isel(member=slice(0, n)).drop_vars([c for c in z.coords if c not in ("chain", "draw", "member")])
+    X, active = tile_data(r, tile)
+    post = idata.posterior.sel(tile=tile)
+    noise = ModelSpec.from_dict(r.settings["spec"]).noise
+    v = lambda name: post[name].values.astype(np.float64) if name in post else None  # noqa: E731
+    shape = None
+    if noise == "studentt":
+        shape = v("nu")[:, :, None, None]
+    elif noise == "gennorm":
+        shape = v("noise_shape")[:, :, None, :]
+    mixture = (v("noise_weight"), v("noise_loc"), v("noise_var")) if noise == "mog" else None
+    ll = pointwise_loglik(X, v("B"), v("c"), v("sigma"), shape, noise, mixture=mixture, active=active)
+    return xr.DataArray(ll, dims=("chain", "draw", "member"),
+                        coords={"chain": post["chain"].values, "draw": post["draw"].values,
+                                "member": np.arange(ll.shape[-1])}, name="z")
+
+
 def tile_loo(run, tile: int, **kwargs):
-    """PSIS-LOO of one tile's SEM over its own cells (:func:`arviz.loo`): the file's
-    ``log_likelihood`` holds every tile side by side (``member`` padded with NaN beyond a tile's
-    cell count, and overlapping tiles share cells), so LOO is only meaningful per tile.
+    """PSIS-LOO of one tile's SEM over its own cells (:func:`arviz.loo` on :func:`tile_loglik`):
+    overlapping tiles share cells and padded tiles carry NaN, so LOO over a whole run's file is
+    meaningless; it is only meaningful per tile.
 
     ``tile``: a tile index (``posterior.tile``). Returns ArviZ's ``ELPDData``. Raises ``KeyError``
     naming the tiles present when ``tile`` is not one of them.
     """
     import arviz as az
 
-    idata = as_run(run).posterior
-    tiles = idata.log_likelihood["tile"].values.tolist()
+    r = as_run(run)
+    tiles = r.posterior.posterior["tile"].values.tolist()
     if tile not in tiles:
         raise KeyError(f"tile {tile} is not in this run's posterior (tiles {tiles[:5]}{'...' if len(tiles) > 5 else ''})")
-    z = idata.log_likelihood["z"].sel(tile=tile)
-    n = int(idata.posterior["n_cells"].sel(tile=tile)) if "n_cells" in idata.posterior.coords else \
-        int(np.isfinite(z.isel(chain=0, draw=0)).sum())
-    z = z.isel(member=slice(0, n)).drop_vars([c for c in z.coords if c not in ("chain", "draw", "member")])
-    one = az.InferenceData(log_likelihood=xr.Dataset({"z": z}),
-                           posterior=idata.posterior[["c"]].sel(tile=tile, drop=True) if "c" in idata.posterior
-                           else None)
+    z = tile_loglik(r, tile)
+    # the tile's own draws as the posterior group (ArviZ takes the relative ESS, reff, from it)
+    post = r.posterior.posterior[["sigma"]].sel(tile=tile, drop=True)
+    post = post.drop_vars([c for c in post.coords if c not in ("chain", "draw", "variable")])
+    one = az.InferenceData(posterior=post, log_likelihood=xr.Dataset({"z": z}))
     return az.loo(one, var_name="z", **kwargs)
 
 

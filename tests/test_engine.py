@@ -27,7 +27,8 @@ def cells():
 @pytest.fixture(scope="module")
 def full_run(cells, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "full"
-    res = run_pipeline(cells, out, keep_tiles=True, **KW)  # the contract test compares posterior.nc with tiles/
+    # the contract test compares posterior.nc with tiles/, and the stored log-likelihood with its recomputation
+    res = run_pipeline(cells, out, keep_tiles=True, keep_loglik=True, **KW)
     return out, res
 
 
@@ -89,6 +90,15 @@ def test_outputs_follow_the_contract(full_run):
                                       saved["loglik"])
         np.testing.assert_array_equal(idata.sample_stats["diverging"].values[:, :, t], saved["diverging"])
     assert idata.sample_stats["diverging"].dtype == bool
+    # a run without --keep-loglik recomputes it from the draws and cells.nc: the same numbers (to the
+    # float32 the draws are stored in), for every tile
+    from causalcrystal import runs
+
+    r = runs.open_run(out)
+    for t in idata.posterior["tile"].values:
+        stored, again = runs.tile_loglik(r, int(t)).values, runs.tile_loglik(r, int(t), recompute=True).values
+        assert stored.shape == again.shape == (*stored.shape[:2], int(idata.posterior["n_cells"].sel(tile=t)))
+        np.testing.assert_allclose(again, stored, rtol=1e-4, atol=1e-4 * np.abs(stored).max())
 
 
 def test_resume_gives_the_same_numbers(cells, full_run, tmp_path):

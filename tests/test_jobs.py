@@ -411,6 +411,11 @@ def test_a_finished_run_has_no_work_files_and_its_manifest_says_finished(finishe
     m = json.loads((finished_run / "manifest.json").read_text())
     assert m["status"] == "finished" and m["job"] == "run" and len(m["settings"]["input_sha256"]) == 64
     assert not (finished_run / "tiles").exists()  # ~57 % of a run's disk, not needed once posterior.nc exists
+    # the pointwise log-likelihood (half of posterior.nc) is not stored by default: recomputed on demand
+    import arviz as az
+
+    assert m["stored_loglik"] is False
+    assert "log_likelihood" not in az.from_netcdf(finished_run / "posterior.nc").groups()
     assert {"discovery.nc", "posterior.nc", "summary.csv"} <= {p.name for p in finished_run.iterdir()}
 
 
