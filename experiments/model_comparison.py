@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+import causalcrystal as cc
 from causalcrystal import concentration as cn
 from causalcrystal import lgd
 from causalcrystal.compare import compare_run
@@ -353,6 +354,9 @@ summ_used = xr.load_dataset(CONC / "tile_summaries.nc", engine="h5netcdf")
 summ_used["used"] = summ_used["used"].astype(bool)
 t0 = time.perf_counter()
 lgd_fit = az.from_netcdf(CONC / "concentration.nc")
+# What the series taught the model about the MPB (prior from the PyMC model itself vs posterior)
+fig_pp = cc.plots.plot_prior_posterior(lgd_fit)
+fig_pp.savefig(OUT / "prior_posterior.png", dpi=90)
 uni_fit = cn.fit(summ_used, uni_spec, seed=SEED)
 timings["all_universal_fit"] = time.perf_counter() - t0
 

@@ -131,7 +131,7 @@ def test_model_comparison_notebook(tmp_path, monkeypatch):
     for name in ("compare/models.csv", "compare/averaged.csv", "compare/directions.csv", "concentration/couplings.csv",
                  "concentration/concentration.nc", "averaged_vs_truth.csv", "directions_vs_truth.csv",
                  "spec_comparison.csv", "evidence_vs_truth.csv", "evidence_overview.csv", "report.html",
-                 "key_numbers.json"):
+                 "key_numbers.json", "prior_posterior.png"):
         assert (out / name).is_file(), name
     assert not (out / "joint_agreement.csv").exists()  # the joint model is off unless asked for
 
