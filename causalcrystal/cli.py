@@ -437,8 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="folder of a finished `causalcrystal run` (has posterior.nc)")
     p.add_argument("--out", default=None,
                    help="output folder (default RUN_DIR/concentration, where `report` looks; not the run folder itself)")
-    p.add_argument("--spec", default="lgd", help="concentration specification: a name in models/concentration/ "
-                                                 "or a .toml path (default lgd)")
+    # --model everywhere names a model specification (run: models/, here: models/concentration/);
+    # --spec, its earlier name, still works
+    p.add_argument("--model", "--spec", dest="spec", default="lgd", metavar="NAME",
+                   help="concentration model specification: a name in models/concentration/ or a .toml path "
+                        "(default lgd)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same numbers)")
     p.add_argument("--against", default="",
                    help="compare the whole specification with alternatives by leave-one-image-out LOO, comma-"
@@ -477,9 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=3,
                    help="LiNGAM candidate DAGs per tile to compare, most frequent first (default 3; equal orders "
                         "count once)")
-    p.add_argument("--families", default="mog,laplace",
-                   help="comma-separated noise families / model specs (default mog,laplace; studentt and gennorm "
-                        "are NUTS-only and 2-100x slower per fit, normal warns that directions are unidentified)")
+    p.add_argument("--model", "--families", dest="families", default="mog,laplace", metavar="NAMES",
+                   help="comma-separated model specifications (noise families) to compare: names in models/ or .toml "
+                        "paths (default mog,laplace; studentt and gennorm are NUTS-only and 2-100x slower per fit, "
+                        "normal warns that directions are unidentified; --families is the earlier name)")
     p.add_argument("--pairs", default="a:b,Px:Py",
                    help="comma-separated pairs a:b whose direction to estimate (default a:b,Px:Py)")
     which = p.add_mutually_exclusive_group()

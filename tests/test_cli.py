@@ -211,3 +211,14 @@ def test_nonfinite_policy_on_the_command_line_and_warnings_in_one_line(tmp_path,
     warning = next(line for line in err.splitlines() if "NonFiniteWarning" in line)
     assert warning.startswith("WARNING (NonFiniteWarning): ") and "--nonfinite raise" in warning
     assert "warnings.warn(" not in err and ".py:" not in err  # no source lines
+
+
+def test_one_option_name_for_a_model_specification_in_every_verb():
+    """Issue 14.6: --model names the model specification(s) in run, compare and concentration; the
+    earlier --families / --spec still work."""
+    parser = build_parser()
+    assert parser.parse_args(["run", "x.nc", "--out", "o", "--model", "laplace"]).model == "laplace"
+    for flag in ("--model", "--families"):
+        assert parser.parse_args(["compare", "R", flag, "laplace,studentt"]).families == "laplace,studentt"
+    for flag in ("--model", "--spec"):
+        assert parser.parse_args(["concentration", "R", flag, "universal"]).spec == "universal"
