@@ -680,17 +680,69 @@ def contraction(idata, spec: ConcentrationSpec, n_prior: int = 4000, seed: int =
         eps0 = np.exp(np.log(spec.eps0_prior[0]) + spec.eps0_prior[1] * rng.standard_normal(n_prior))
         prior = {"y0": y0, "eps0": eps0, "y_star": y0 + 1 / eps0}
     out = {}
+    diag = convergence(idata, tuple(prior))
     for name, pr in prior.items():
         post = idata.posterior[name].values.ravel()
         con = float(1 - post.std() / pr.std())
+        ok = diag[name]["converged"]
         out[name] = {"prior_sd": float(pr.std()), "posterior_sd": float(post.std()),
                      "contraction": con,
-                     # < 0.1: the data moved the prior by less than a tenth of its width (or widened it)
-                     "identified": bool(con >= 0.1),
+                     # < 0.1: the data moved the prior by less than a tenth of its width (or widened it);
+                     # and a posterior the sampler did not converge on identifies nothing
+                     "identified": bool(con >= 0.1 and ok is not False),
                      "prior_90": np.quantile(pr, [0.05, 0.95]).tolist(),
                      "posterior_90": np.quantile(post, [0.05, 0.95]).tolist(),
-                     "posterior_mean": float(post.mean())}
+                     "posterior_mean": float(post.mean()), **diag[name]}
+    if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
+        out["divergences"] = int(idata.sample_stats["diverging"].sum())
     return out
+
+
+#: The stage-2 posterior is trusted when every shared parameter and amplitude has r_hat <= this and
+#: bulk ESS >= ESS_PER_CHAIN per chain (Vehtari et al. 2021), and no transition diverged.
+RHAT_MAX = 1.01
+ESS_PER_CHAIN = 100
+
+
+def convergence(idata, var_names=("y0", "eps0", "y_star", "amplitude")) -> dict:
+    """Per variable: the largest ``r_hat``, the smallest bulk ``ess_bulk`` (over its elements) and
+    ``converged`` (r_hat <= :data:`RHAT_MAX` and ESS >= :data:`ESS_PER_CHAIN` x chains; ``None``
+    with one chain, where neither can be judged)."""
+    import arviz as az
+
+    post = idata.posterior
+    chains = post.sizes.get("chain", 1)
+    out = {}
+    for name in var_names:
+        if name not in post:
+            continue
+        if chains < 2:
+            out[name] = {"r_hat": float("nan"), "ess_bulk": float("nan"), "converged": None}
+            continue
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)  # constant draws
+            rh = float(np.nanmax(az.rhat(post[[name]])[name].values))
+            ess = float(np.nanmin(az.ess(post[[name]], method="bulk")[name].values))
+        out[name] = {"r_hat": rh, "ess_bulk": ess, "converged": bool(rh <= RHAT_MAX and ess >= ESS_PER_CHAIN * chains)}
+    return out
+
+
+def convergence_warning(idata, cont: dict) -> str | None:
+    """A ``"WARNING: ..."`` line when the stage-2 posterior is not to be trusted (parameters not
+    converged, divergent transitions), else ``None``."""
+    diag = convergence(idata)
+    bad = {k: v for k, v in diag.items() if v["converged"] is False}
+    div = int(cont.get("divergences", 0) or 0)
+    n = int(idata.posterior.sizes.get("chain", 1) * idata.posterior.sizes.get("draw", 0))
+    if not bad and not div:
+        return None
+    parts = [f"{k} (r_hat {v['r_hat']:.2f}, bulk ESS {v['ess_bulk']:.0f})" for k, v in bad.items()]
+    what = ("not converged: " + ", ".join(parts)) if parts else ""
+    if div:
+        what += ("; " if what else "") + f"{div} of {n} transitions diverged"
+    return (f"WARNING: the concentration posterior is {'not reliable' if parts else 'suspect'}: {what}. Do not "
+            "read y0 / y_star from it; give the specification more [sampler] tune and draws, fewer couplings, or "
+            "more images (contraction.json marks these parameters not identified).")
 
 
 def curves(idata, spec: ConcentrationSpec, y=None) -> xr.Dataset:
@@ -1045,6 +1097,8 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
         f"contraction {y0['contraction']:.2f}), y_star = {cont['y_star']['posterior_mean']:.3f} "
         f"(contraction {cont['y_star']['contraction']:.2f}); wrote {out_dir}")
     for name in ("y0", "y_star"):
+        if cont[name].get("converged") is False:
+            continue  # the convergence warning said so: the contraction of an unconverged posterior means nothing
         if not cont[name]["identified"]:
             log(f"WARNING: {name} is not identified by these images: its posterior is no narrower than its prior "
                 f"(contraction {cont[name]['contraction']:.2f}); report the prior, not a measurement (more images, "
@@ -1106,6 +1160,9 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
     table = coupling_table(idata, spec, summ, evidence)
     cur = curves(idata, spec).to_dataframe().reset_index()
     cont = contraction(idata, spec, seed=seed)
+    warning = convergence_warning(idata, cont)
+    if warning:
+        log(warning)
     with job.output("concentration.nc") as tmp:
         idata.to_netcdf(str(tmp), engine="h5netcdf")
     with job.output("couplings.csv") as tmp:

@@ -771,6 +771,14 @@ def section_concentration(ctx: Context) -> str:
         cont = json.loads((d / "contraction.json").read_text())
         rows = [{"parameter": k, **{kk: (", ".join(f"{x:.3g}" for x in vv) if isinstance(vv, list) else vv)
                                     for kk, vv in v.items()}} for k, v in cont.items() if isinstance(v, dict)]
+        bad = [r["parameter"] for r in rows if r.get("converged") is False]
+        div = int(cont.get("divergences", 0) or 0)
+        if bad or div:
+            out += _note(f"The concentration posterior is not to be trusted: "
+                         + (f"not converged for {', '.join(bad)} (r_hat &gt; 1.01 or bulk ESS too low)" if bad else "")
+                         + ("; " if bad and div else "") + (f"{div} divergent transitions" if div else "")
+                         + ". Read no y0 / y_star from it (more tune and draws in the specification, fewer couplings "
+                         "or more images).", "warn")
         out += _table(pd.DataFrame(rows), "Shared parameters: prior-to-posterior contraction (contraction.json); "
                       "y_star = y0 + 1/eps0 is identified with free amplitudes, y0 and eps0 separately only with "
                       "informative amplitude priors.")

@@ -449,3 +449,37 @@ def test_amplitude_priors_in_other_units_than_the_data_are_refused(tmp_path):
     # a spec without amplitudes (wide priors) has nothing to check
     wide = replace(spec, couplings=tuple(replace(c, amplitude=None) for c in spec.couplings))
     cn.check_units(wide, run)
+
+
+def test_an_unconverged_concentration_posterior_is_not_reported_as_identified():
+    """A fresh-user check found y0 / y_star reported 'identified' (contraction 0.9-1.0) from a stage-2
+    fit with r_hat 2.6, bulk ESS 2 and 1,890 of 2,000 transitions divergent, and no warning."""
+    import arviz as az
+
+    spec = cn.load_spec("lgd")
+    rng = np.random.default_rng(fixed_seed(7))
+    mu, sd, lo, hi = spec.y0_prior
+
+    def fit(split: bool, diverging: int):
+        y0 = rng.normal(0.2, 0.005, (2, 1000))
+        if split:
+            y0[1] += 0.05  # the two chains stuck in different places
+        eps0 = rng.lognormal(np.log(5.0), 0.05, (2, 1000))
+        post = {"y0": y0, "eps0": eps0, "y_star": y0 + 1 / eps0, "amplitude": rng.normal(1, 0.1, (2, 1000, 2))}
+        div = np.zeros((2, 1000), dtype=bool)
+        div.flat[:diverging] = True
+        prior = {"y0": np.clip(rng.normal(mu, sd, (1, 2000)), lo, hi), "eps0": rng.lognormal(np.log(5.0), 0.5, (1, 2000))}
+        prior["y_star"] = prior["y0"] + 1 / prior["eps0"]
+        return az.from_dict(posterior=post, prior=prior, sample_stats={"diverging": div})
+
+    good = fit(False, 0)
+    cont = cn.contraction(good, spec)
+    assert cont["y0"]["converged"] and cont["y0"]["identified"] and cont["divergences"] == 0
+    assert cn.convergence_warning(good, cont) is None
+    bad = fit(True, 0)
+    cont = cn.contraction(bad, spec)
+    assert cont["y0"]["r_hat"] > 1.5 and cont["y0"]["converged"] is False and not cont["y0"]["identified"]
+    assert "not reliable" in cn.convergence_warning(bad, cont) and "y0 (r_hat" in cn.convergence_warning(bad, cont)
+    div = fit(False, 30)  # converged but with divergent transitions: suspect, said
+    cont = cn.contraction(div, spec)
+    assert cont["divergences"] == 30 and "30 of 2000 transitions diverged" in cn.convergence_warning(div, cont)
