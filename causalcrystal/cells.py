@@ -256,8 +256,9 @@ def apply_nonfinite_policy(ds: xr.Dataset, policy: str = "drop", source: str | N
     )
     if policy == "raise":
         raise CellTableError(
-            f"{src}: non-finite descriptor values ({detail}). Clean them upstream, or read with "
-            "nonfinite='drop' (drop those cells, reported) or nonfinite='keep'."
+            f"{src}: non-finite descriptor values ({detail}). Clean them upstream, or drop those cells (reported): "
+            "--nonfinite drop (causalcrystal run, the default) / nonfinite='drop' (causalcrystal.read; "
+            "nonfinite='keep' keeps them)."
         )
     good = np.ones(ds.sizes["cell"], dtype=bool)
     for name in DESCRIPTORS:

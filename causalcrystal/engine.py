@@ -680,6 +680,14 @@ def write_posterior(path: Path, tiles, disc, priors, done, tile_dir: Path, spec:
     rows = []
     bar = Progress(T, "writing posterior.nc", enabled=progress)
     with h5netcdf.File(path, "a") as f:
+        # file-level attrs (InferenceData.attrs): what an ArviZ user must know before az.summary / az.loo
+        f.attrs["causalcrystal"] = __version__
+        f.attrs["how_to_read"] = (
+            "one posterior per tile (dim tile); B is stored as exact zeros on the edges a tile's causal orders forbid "
+            "(constant_data.allowed), so az.summary on the file lists them with r_hat NaN: use "
+            "causalcrystal.summary(run). Tiles overlap (shared cells) and log_likelihood is NaN-padded, so az.loo on "
+            "the whole file is wrong even when it returns a number: use causalcrystal.tile_loo(run, tile). "
+            + post.attrs["log_likelihood"])
         out = {}
         for group, name, dims, dtype in _STREAMED:
             if name not in present:

@@ -309,7 +309,7 @@ class Job:
                 own = _job_files(p)  # only the derived job's own files: the user's stay in the folder
                 moves += [(f, f"{c}/{f.relative_to(p).as_posix()}") for f in own]
                 names.append(f"the {len(own)} files of {c}/")
-            elif p.is_file() and _generated_by_us(p):
+            elif p.is_file() and generated_by_us(p):
                 moves.append((p, c))
                 names.append(c)
         if not moves:
@@ -564,7 +564,8 @@ def _check_unlocked(folder: Path) -> None:
 GENERATOR = "causalcrystal"
 
 
-def _generated_by_us(path: Path) -> bool:
+def generated_by_us(path: Path) -> bool:
+    """Whether ``path`` is an HTML report causalcrystal wrote (its generator meta tag)."""
     try:
         with open(path, "rb") as f:
             head = f.read(4096)

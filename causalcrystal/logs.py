@@ -27,7 +27,7 @@ class _StderrHandler(logging.StreamHandler):
     def __init__(self, level=logging.NOTSET):
         super().__init__()
         self.setLevel(level)
-        self.setFormatter(logging.Formatter("%(message)s"))
+        self.setFormatter(_Formatter())
 
     @property
     def stream(self):
@@ -38,6 +38,18 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _Formatter(logging.Formatter):
+    """The message as it was written: a WARNING record gets back the ``"WARNING: "`` that
+    :func:`emit` took off (an application's own handler shows the level its own way)."""
+
+    def format(self, record):
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING and not text.startswith(("WARNING", "note:")) \
+                and "WARNING:" not in text[:40]:
+            return "WARNING: " + text
+        return text
+
+
 def emit(message: str) -> None:
     """Log ``message`` on the causalcrystal logger: WARNING when it is a warning (``"WARNING: ..."``,
     also after a prefix such as ``"report: "``) or a ``"note: ..."`` about something left for the
@@ -45,6 +57,8 @@ def emit(message: str) -> None:
     text = str(message)
     head = text.lstrip()[:40]
     warn = "WARNING" in head or head.startswith("note:")
+    if text.startswith("WARNING: "):
+        text = text[len("WARNING: "):]  # the level says it (application handlers print "WARNING|WARNING: ..." else)
     logger.log(logging.WARNING if warn else logging.INFO, text)
 
 

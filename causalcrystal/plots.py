@@ -280,8 +280,10 @@ def rank_data(run, tile: int, var_name: str = "B"):
 
 def plot_rank(run, tile: int, var_name: str = "B", max_edges: int = 12):
     """Rank plots (:func:`arviz.plot_rank`) of one tile's estimated coefficients (at most
-    ``max_edges``, the largest |mean| first): flat bars per chain when the chains agree. Returns
-    the figure."""
+    ``max_edges``, the largest |mean| first): flat bars per chain when the chains agree. A tall bar
+    in the same place in *every* chain is not a mixing problem: the spike-and-slab prior makes a
+    share of the draws exactly 0 (tied ranks); a chain whose bars differ from the others' is.
+    Returns the figure."""
     import arviz as az
 
     v = rank_data(run, tile, var_name)
@@ -296,6 +298,10 @@ def plot_rank(run, tile: int, var_name: str = "B", max_edges: int = 12):
     for ax in axes.ravel()[v.sizes["edge"]:]:
         ax.set_axis_off()
     for ax in axes.ravel():
-        ax.set_title(literal(ax.get_title()), fontsize=8)
+        ax.set_title(literal(ax.get_title().replace("\n", " ")), fontsize=8)
+        ax.xaxis.label.set_fontsize(7)
+        ax.yaxis.label.set_fontsize(7)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"tile {tile}: rank plots of {var_name} (estimated edges, largest |mean| first)", fontsize=9)
     no_tex(fig)
     return fig

@@ -46,7 +46,7 @@ import numpy as np
 
 from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.errors import CausalCrystalError
-from causalcrystal.jobs import atomic_text, describe_holder, read_manifest, running
+from causalcrystal.jobs import atomic_text, describe_holder, generated_by_us, read_manifest, running
 from causalcrystal.jobs import status as job_status
 from causalcrystal.plots import (graph_data, literal, no_tex, plot_graph, plot_polarisation,  # noqa: F401
                                  plot_prior_posterior, polarisation_data)
@@ -1117,8 +1117,11 @@ def write_report(run_dir, out=None, *, concentration=None, compare=None, overwri
     out = Path(out) if out is not None else run_dir / "report.html"
     if out.is_dir():
         raise FileExistsError(f"{out} is a folder; give --out a file name such as {out / 'report.html'}.")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it or choose another --out.")
+    # a report this project generated is regenerated (it is derived, nothing of the user's is in it);
+    # any other file is the user's and is only replaced on request
+    if out.exists() and not overwrite and not generated_by_us(out):
+        raise FileExistsError(f"{out} exists and is not a causalcrystal report; pass --overwrite (CLI) / "
+                              "overwrite=True (Python) to replace it, or choose another --out.")
     clock = time.perf_counter()
     log(f"report: reading {run_dir}")
     ctx = load_context(run_dir, concentration, compare, log)

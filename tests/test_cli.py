@@ -162,6 +162,14 @@ def test_job_messages_go_through_the_causalcrystal_logger(tmp_path, caplog):
     levels = [(r.levelname, r.getMessage()[:22]) for r in caplog.records if r.name == "causalcrystal"]
     assert levels[:3] == [("INFO", "discovery: 3 tiles"), ("WARNING", "report: WARNING: secti"),
                           ("WARNING", "note: kept for you")]
+    # a leading "WARNING: " is the level's to say: not doubled by an application's handler, and put
+    # back by the handler the CLI (and an unconfigured import) prints with
+    with caplog.at_level(logging.INFO, logger="causalcrystal"):
+        emit("WARNING: 2 tiles flagged")
+    assert caplog.records[-1].getMessage() == "2 tiles flagged" and caplog.records[-1].levelname == "WARNING"
+    from causalcrystal.logs import _StderrHandler
+
+    assert _StderrHandler().format(caplog.records[-1]) == "WARNING: 2 tiles flagged"
     assert any(lv == "INFO" and m.startswith("--overwrite: moved") for lv, m in levels)  # the Job's default log
     # a fresh interpreter without logging configuration prints INFO to stderr (as PyMC does)
     code = "import causalcrystal.logs as l, causalcrystal; l.emit('hello from cc')"
@@ -205,6 +213,7 @@ def test_nonfinite_policy_on_the_command_line_and_warnings_in_one_line(tmp_path,
     assert main(["run", str(out), "--out", str(tmp_path / "R"), "--nonfinite", "raise"]) == 2
     err = capsys.readouterr().err
     assert "sim.nc" in err and "non-finite" in err and not (tmp_path / "R").exists()
+    assert "--nonfinite drop (causalcrystal run" in err  # the CLI's spelling of the fix
     # drop (the default) warns in one line naming the option, then a bad option stops the run early
     assert main(["run", str(out), "--out", str(tmp_path / "R"), "--seed", "-1"]) == 2
     err = capsys.readouterr().err

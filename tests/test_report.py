@@ -182,6 +182,10 @@ def test_never_overwrites_without_flag_and_errors_are_clear(run, tmp_path, capsy
     assert main(["report", str(run), "--out", str(out), "--overwrite", "--quiet"]) == 0
     assert out.read_text().startswith("<!DOCTYPE html>")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]  # no temporary file left behind
+    # a report causalcrystal generated is derived: `report RUN` after `demo` regenerates it without a flag
+    before = out.stat().st_mtime_ns
+    assert main(["report", str(run), "--out", str(out), "--quiet"]) == 0
+    assert out.stat().st_mtime_ns > before and out.read_text().startswith("<!DOCTYPE html>")
     # not a finished run; a companion folder that is not one
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -413,6 +417,7 @@ attrs = run.posterior.posterior.attrs
 assert attrs["inference_library"] == "nutpie" and attrs["arviz_version"] == az.__version__ and "created_at" in attrs
 assert "log_likelihood" not in run.posterior.groups()  # not stored by default: tile_loo recomputed it
 assert "tile_loo" in run.posterior.posterior.attrs["log_likelihood"]
+assert "causalcrystal.summary" in run.posterior.attrs["how_to_read"] and "az.loo" in run.posterior.attrs["how_to_read"]
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
