@@ -142,6 +142,8 @@ def plot_graph(summary, image: str, ax=None, *, n_tiles: int | None = None, orde
                                                   for u, v in edgelist},
                                      bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
     ax.set_title(title if title is not None else f"{literal(image)}: {len(edgelist)} edges", fontsize=9)
+    ax.text(0.5, -0.02, "arrow cause -> effect; label: mean coefficient (inclusion); red +, blue -; "
+            "width ~ |mean|", transform=ax.transAxes, ha="center", va="top", fontsize=6.5, color="0.35")
     ax.margins(0.12)
     ax.set_axis_off()
     no_tex(fig)
@@ -205,15 +207,22 @@ def plot_polarisation(cells, image: str, ax=None, *, title: str | None = None, c
     ax.set_title(title if title is not None else literal(image), fontsize=9)
     ax.set_aspect("equal")
     ax.set_xlabel(f"x ({literal(d['units'])})", fontsize=8)
+    ax.set_ylabel(f"y ({literal(d['units'])}, down)", fontsize=8)
     ax.tick_params(labelsize=7)
     if colorbar:
-        fig.colorbar(q, ax=ax, shrink=0.7, label="direction of (Px, Py) (deg)")
+        cb = fig.colorbar(q, ax=ax, shrink=0.7)
+        cb.set_label("direction of (Px, Py) (deg)", fontsize=8)
+        cb.ax.tick_params(labelsize=7)
     no_tex(fig)
     return fig
 
 
 # ---------------------------------------------------------------------------------------------
 # the concentration model: prior against posterior
+
+
+#: What the concentration model's shared parameters are measured in (paper Eqs. 12-16).
+_UNITS = {"y0": "Sm fraction (MPB position)", "y_star": "Sm fraction (y0 + 1/eps0)", "eps0": "1 / Sm fraction"}
 
 
 def prior_posterior_data(idata, var_names=("y0", "eps0", "y_star"), bins: int = 40) -> dict:
@@ -252,6 +261,8 @@ def plot_prior_posterior(idata, var_names=("y0", "eps0", "y_star"), axes=None):
         ax.fill_between(mid, d["prior"], step="mid", color="0.8", label="prior")
         ax.step(mid, d["posterior"], where="mid", color="#2166ac", label="posterior")
         ax.set_title(literal(name), fontsize=9)
+        ax.set_xlabel(_UNITS.get(name, ""), fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.set_yticks([])
     axes[0].legend(fontsize=7)
     no_tex(fig)
