@@ -965,24 +965,17 @@ def section_diagnostics(ctx: Context) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# HOOK: Interventions (total effects). The lead fills this section; it already calls
-# causalcrystal.interventions.total_effects_summary when that module exists.
+# interventions: total effects of one tile
 
 
 def section_interventions(ctx: Context) -> str:
-    """Total effects ``(I - B)^-1 - I`` under interventions. HOOK: to be completed by the lead.
-
-    If :mod:`causalcrystal.interventions` is importable, ``total_effects_summary(posterior,
-    tile=first tile, prob=0.9)`` is called on the lazily opened posterior group and its result
-    rendered as a table; otherwise a note says the section is pending.
-    """
+    """Total effects ``(I - B)^-1 - I`` of the first tile with 90 % intervals
+    (:func:`causalcrystal.interventions.total_effects_summary` on the lazily opened posterior group),
+    as a heat map and a table."""
     import xarray as xr
 
-    try:
-        from causalcrystal.interventions import total_effects_summary
-    except ImportError:
-        return _note("Interventions (total effects under do-operations) are not available in this version: the "
-                     "module <code>causalcrystal.interventions</code> is not installed yet.")
+    from causalcrystal.interventions import total_effects_summary
+
     tile = int(ctx.tiles.index[0])
     with xr.open_dataset(ctx.run_dir / "posterior.nc", group="posterior", engine="h5netcdf") as post:
         res = total_effects_summary(post[["B", "c"]], tile=tile, prob=0.9)
