@@ -13,6 +13,8 @@ figure uses LaTeX, whatever the user's matplotlibrc says.
   concentration model's ``y0``, ``eps0``, ``y_star`` (the MPB position and its width, Eqs. 12-16).
 * :func:`rank_data` / :func:`plot_rank`: rank plots of one tile's estimated coefficients (the
   chains of a converged tile are indistinguishable).
+* :func:`total_effect_map_data` / :func:`plot_total_effect_map`: one total effect ``effect <- cause``
+  (all causal paths, ``(I - B)^-1``) in every tile, as a map per image.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import numpy as np
 from causalcrystal.cells import DESCRIPTORS
 
 __all__ = ["graph_data", "graph_layers", "literal", "plot_graph", "plot_polarisation", "plot_prior_posterior",
-           "plot_rank", "polarisation_data", "prior_posterior_data", "rank_data"]
+           "plot_rank", "plot_total_effect_map", "polarisation_data", "prior_posterior_data", "rank_data",
+           "total_effect_map_data"]
 
 #: Edges whose mean inclusion probability over the image's tiles reaches this are drawn.
 INCLUSION_MIN = 0.5
@@ -314,5 +317,76 @@ def plot_rank(run, tile: int, var_name: str = "B", max_edges: int = 12):
         ax.yaxis.label.set_fontsize(7)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"tile {tile}: rank plots of {var_name} (estimated edges, largest |mean| first)", fontsize=9)
+    no_tex(fig)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# one total effect over all tiles
+
+
+def total_effect_map_data(run, effect: str, cause: str, prob: float = 0.9):
+    """Per tile, the posterior of the total effect of ``cause`` on ``effect`` (the sum over all
+    causal paths: ``T = (I - B)^-1``, :func:`causalcrystal.interventions.total_effects`; in the
+    units of ``B``, see ``posterior.attrs['units']``). ``run``: a run or its folder. Returns a
+    DataFrame with ``tile``, ``image``, ``row0``, ``col0``, ``size``, ``mean``, ``lo``, ``hi`` (the
+    central ``prob`` interval) and ``p_nonzero`` (share of draws with a non-zero effect)."""
+    import pandas as pd
+
+    from causalcrystal.interventions import total_effects
+    from causalcrystal.runs import as_run
+
+    i, j = DESCRIPTORS.index(effect), DESCRIPTORS.index(cause)
+    post = as_run(run).posterior.posterior
+    rows = []
+    for t in post["tile"].values:  # one tile's draws at a time: memory flat in the number of tiles
+        T = total_effects(post["B"].sel(tile=t).values.astype(np.float64))[..., i, j].ravel()
+        q = np.quantile(T, [(1 - prob) / 2, (1 + prob) / 2])
+        rows.append({"tile": int(t), **{c: post[c].sel(tile=t).values.item() for c in ("image", "row0", "col0", "size")
+                                       if c in post.coords},
+                     "mean": float(T.mean()), "lo": float(q[0]), "hi": float(q[1]), "p_nonzero": float((T != 0).mean())})
+    out = pd.DataFrame(rows)
+    out["image"] = out["image"].astype(str)
+    return out
+
+
+def plot_total_effect_map(run, effect: str, cause: str, axes=None, prob: float = 0.9):
+    """Map of one total effect (:func:`total_effect_map_data`), one panel per image: each tile a
+    square at its (col0, row0) of side ``size`` coloured by the posterior mean (one diverging scale
+    for all images; hatched where the 90 % interval spans 0). Overlapping tiles (stride < size) are
+    drawn in tile order, a later one over the earlier. Returns the figure."""
+    from matplotlib.patches import Rectangle
+
+    d = total_effect_map_data(run, effect, cause, prob)
+    images = list(dict.fromkeys(d["image"]))
+    if axes is None:
+        fig, first = _axes(None, 3.4 * len(images) + 0.8, 3.2)
+        fig.delaxes(first)
+        axes = fig.subplots(1, len(images), squeeze=False).ravel()
+    else:
+        axes = np.atleast_1d(axes).ravel()
+        fig = axes[0].figure
+    import matplotlib as mpl
+
+    vmax = float(np.abs(d["mean"]).max()) or 1.0
+    norm = mpl.colors.Normalize(-vmax, vmax)
+    cmap = mpl.colormaps["RdBu_r"]
+    for ax, img in zip(axes, images):
+        sub = d[d["image"] == img]
+        size = sub["size"] if "size" in sub else np.ones(len(sub))
+        for (_, r), s in zip(sub.iterrows(), size):
+            spans0 = r["lo"] <= 0 <= r["hi"]
+            ax.add_patch(Rectangle((r["col0"], r["row0"]), s, s, facecolor=cmap(norm(r["mean"])), edgecolor="white",
+                                   linewidth=0.5, hatch="///" if spans0 else None, alpha=0.9))
+        ax.set_xlim(sub["col0"].min(), (sub["col0"] + size).max())
+        ax.set_ylim((sub["row0"] + size).max(), sub["row0"].min())  # rows grow downwards, as in the image
+        ax.set_aspect("equal")
+        ax.set_title(literal(img), fontsize=9)
+        ax.set_xlabel("col (cells)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("row (cells)", fontsize=8)
+    cb = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[:len(images)]), shrink=0.8)
+    cb.set_label(f"total effect {literal(effect)} <- {literal(cause)} (mean)", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
     no_tex(fig)
     return fig

@@ -49,7 +49,7 @@ from causalcrystal.errors import CausalCrystalError
 from causalcrystal.jobs import atomic_text, describe_holder, generated_by_us, read_manifest, running
 from causalcrystal.jobs import status as job_status
 from causalcrystal.plots import (graph_data, literal, no_tex, plot_graph, plot_polarisation,  # noqa: F401
-                                 plot_prior_posterior, polarisation_data)
+                                 plot_prior_posterior, plot_total_effect_map, polarisation_data)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -1018,6 +1018,16 @@ def section_interventions(ctx: Context) -> str:
         out += (f"<details><summary>Table: total effects of {where} with 90 % intervals</summary>"
                 + _table(table[keep], "90 % highest-density intervals; entries with a directed path only.")
                 + "</details>")
+        if np.isfinite(show).any():
+            # the strongest total effect of this tile, in every tile of the run
+            i, j = np.unravel_index(np.nanargmax(np.abs(show)), show.shape)
+            e, c = str(effects[i]), str(causes[j])
+            try:
+                out += _img(plot_total_effect_map(ctx.run_dir, e, c), f"map of the total effect {e} <- {c}",
+                            f"Total effect {_esc(e)} &larr; {_esc(c)} (the largest above) in every tile: posterior mean, "
+                            "hatched where the 90 % interval spans 0 (causalcrystal.plots.plot_total_effect_map).")
+            except Exception as err:  # noqa: BLE001 - the tile-0 results above stand on their own
+                ctx.log(f"report: WARNING: total-effect map skipped ({type(err).__name__}: {err})")
     else:
         out += _table(res.to_dataframe().reset_index(), f"Total effects of {where}.")
     return out

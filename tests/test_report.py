@@ -442,3 +442,27 @@ def test_concentration_section_shows_prior_against_posterior(report):
     _, html = report
     sec = _section(html, "concentration")
     assert 'alt="prior against posterior of y0, eps0, y_star"' in sec and "plot_prior_posterior" in sec
+
+
+def test_total_effect_map_covers_every_tile_and_matches_the_intervention_module(run):
+    """Issue 14.4: one total effect over all tiles (the report shows tile 0 only)."""
+    import causalcrystal as cc
+    from causalcrystal.interventions import total_effects_draws
+
+    r = cc.open_run(run)
+    d = cc.plots.total_effect_map_data(r, "b", "I14")
+    post = r.posterior.posterior
+    assert list(d["tile"]) == [int(t) for t in post["tile"].values] and (d["lo"] <= d["hi"]).all()
+    for t in d["tile"].values[:2]:
+        T = total_effects_draws(post[["B", "c"]], tile=int(t)).sel(effect="b", cause="I14")
+        assert d.loc[d["tile"] == t, "mean"].item() == pytest.approx(float(T.mean()), rel=1e-6, abs=1e-9)
+    fig = cc.plots.plot_total_effect_map(r, "b", "I14")
+    n_img = d["image"].nunique()
+    assert len(fig.axes) == n_img + 1  # one panel per image and the colour bar
+    assert sum(len(ax.patches) for ax in fig.axes[:n_img]) == len(d)  # one square per tile
+
+
+def test_interventions_section_maps_the_strongest_total_effect_over_all_tiles(report):
+    _, html = report
+    sec = _section(html, "interventions")
+    assert 'alt="map of the total effect' in sec and "plot_total_effect_map" in sec
