@@ -50,16 +50,22 @@ def no_tex(fig) -> None:
         t.set_usetex(False)
 
 
-def _axes(ax, width: float = 4.6, height: float = 4.6):
-    """``(figure, ax)``: the given axes' figure, or a new figure (not registered with pyplot, so
-    nothing leaks in scripts and notebooks display it when returned)."""
-    if ax is not None:
-        return ax.figure, ax
+def new_figure(width: float, height: float, layout: str | None = "constrained", dpi: float | None = None):
+    """A matplotlib ``Figure`` with its own Agg canvas, not registered with pyplot (nothing leaks
+    in scripts; notebooks display it when returned)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout=layout, dpi=dpi)
     FigureCanvasAgg(fig)
+    return fig
+
+
+def _axes(ax, width: float = 4.6, height: float = 4.6):
+    """``(figure, ax)``: the given axes' figure, or one axes on a :func:`new_figure`."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = new_figure(width, height)
     return fig, fig.add_subplot()
 
 
@@ -252,8 +258,7 @@ def plot_prior_posterior(idata, var_names=("y0", "eps0", "y_star"), axes=None):
     ``y0``, its width ``1/eps0`` and ``y_star = y0 + 1/eps0`` (paper Eqs. 12-16). Returns the figure."""
     data = prior_posterior_data(idata, var_names)
     if axes is None:
-        fig, first = _axes(None, 3.2 * len(var_names), 2.8)
-        fig.delaxes(first)
+        fig = new_figure(3.2 * len(var_names), 2.8)
         axes = fig.subplots(1, len(var_names), squeeze=False).ravel()
     else:
         axes = np.atleast_1d(axes).ravel()
@@ -305,8 +310,7 @@ def plot_rank(run, tile: int, var_name: str = "B", max_edges: int = 12):
     v = v.isel(edge=top)
     ncol = min(4, v.sizes["edge"])
     nrow = -(-v.sizes["edge"] // ncol)
-    fig, first = _axes(None, 2.6 * ncol, 2.0 * nrow)
-    fig.delaxes(first)
+    fig = new_figure(2.6 * ncol, 2.0 * nrow)
     axes = fig.subplots(nrow, ncol, squeeze=False)
     az.plot_rank(v.to_dataset(name=var_name), var_names=[var_name], ax=axes.ravel()[: v.sizes["edge"]])
     for ax in axes.ravel()[v.sizes["edge"]:]:
@@ -360,8 +364,7 @@ def plot_total_effect_map(run, effect: str, cause: str, axes=None, prob: float =
     d = total_effect_map_data(run, effect, cause, prob)
     images = list(dict.fromkeys(d["image"]))
     if axes is None:
-        fig, first = _axes(None, 3.4 * len(images) + 0.8, 3.2)
-        fig.delaxes(first)
+        fig = new_figure(3.4 * len(images) + 0.8, 3.2)
         axes = fig.subplots(1, len(images), squeeze=False).ravel()
     else:
         axes = np.atleast_1d(axes).ravel()

@@ -48,8 +48,8 @@ from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.errors import CausalCrystalError
 from causalcrystal.jobs import atomic_text, describe_holder, generated_by_us, read_manifest, running
 from causalcrystal.jobs import status as job_status
-from causalcrystal.plots import (graph_data, literal, no_tex, plot_graph, plot_polarisation,  # noqa: F401
-                                 plot_prior_posterior, plot_total_effect_map, polarisation_data)
+from causalcrystal.plots import (graph_data, literal, new_figure, no_tex, plot_graph,  # noqa: F401
+                                 plot_polarisation, plot_prior_posterior, plot_total_effect_map, polarisation_data)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -228,22 +228,14 @@ def _esc(x) -> str:
     return html.escape(str(x))
 
 
-def _mpl(text) -> str:
-    """User text for matplotlib, drawn literally (:func:`causalcrystal.plots.literal`); apply it
-    at every call that hands such text to matplotlib (titles, labels, ticks, legends, text)."""
-    return literal(text)
-
-
-_no_tex = no_tex  # every figure drawn without LaTeX, whatever the user's matplotlibrc says
+# User text for matplotlib drawn literally: apply it at every call that hands such text to
+# matplotlib (titles, labels, ticks, legends, text); and every figure drawn without LaTeX.
+_mpl = literal
+_no_tex = no_tex
 
 
 def _fig(width: float, height: float, layout: str | None = "constrained"):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(width, height, layout, dpi=DPI)
 
 
 def _img(fig, alt: str, caption: str = "") -> str:

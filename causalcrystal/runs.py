@@ -119,6 +119,17 @@ class Run:
         return read(self._file("cells.nc", "runs made before the cell table was stored lack it: re-run the run "
                                            "(the same command with --overwrite) to store it."))
 
+    @cached_property
+    def _tiling(self):
+        """``(standardised cells, tiles)`` rebuilt from ``cells`` and the settings, once per Run
+        (:func:`tile_data` asks for one tile at a time)."""
+        from causalcrystal import discovery
+        from causalcrystal.engine import run_tiles, tile_min_cells
+
+        s = self.settings
+        tiles = run_tiles(self.cells, s["tile_size"], s["stride"], tile_min_cells(s["tile_size"], s["min_cells"]))
+        return discovery.standardize(self.cells, s["standardize"]), tiles
+
     # -- derived jobs ---------------------------------------------------------------------------
 
     def _derived(self, job: str, final: str, command: str) -> Path:
@@ -227,13 +238,11 @@ def tile_data(run, tile: int):
     descriptor's does not). Raises :class:`MissingPartError` without ``cells.nc`` and
     ``ValueError`` when the rebuilt tile does not match the run's (other cells or settings)."""
     from causalcrystal import discovery
-    from causalcrystal.engine import run_tiles, tile_min_cells
     from causalcrystal.tiling import tile_members
 
     r = as_run(run)
     s = r.settings
-    cells = r.cells
-    tiles = run_tiles(cells, s["tile_size"], s["stride"], tile_min_cells(s["tile_size"], s["min_cells"]))
+    std, tiles = r._tiling
     post = r.posterior.posterior
     for name in ("image", "row0", "col0", "n_cells"):
         if name in post.coords and name in tiles and str(post[name].sel(tile=tile).values) != str(
@@ -241,8 +250,7 @@ def tile_data(run, tile: int):
             raise ValueError(f"tile {tile}: the cells of {safe_name(r.path / 'cells.nc')} rebuild another tile "
                              f"({name} {tiles[name].values[tile]} vs {post[name].sel(tile=tile).values}); was "
                              "cells.nc replaced?")
-    X = discovery.tile_matrix(discovery.standardize(cells, s["standardize"]), tile_members(tiles, tile),
-                              s["standardize"])
+    X = discovery.tile_matrix(std, tile_members(tiles, tile), s["standardize"])
     disc = r.discovery
     active = ~disc["derived"].values[tile].astype(bool) if "derived" in disc else None
     return X, active
