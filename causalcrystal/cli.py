@@ -321,7 +321,7 @@ def _cmd_compare(args) -> int:
                       families=[f.strip() for f in args.families.split(",") if f.strip()],
                       pairs=[p.strip() for p in args.pairs.split(",") if p.strip()], tiles=tiles,
                       max_tiles=args.max_tiles, directions=not args.no_directions,
-                      image_directions=not args.no_image_directions, seed=args.seed,
+                      image_directions=not args.no_image_directions, models=not args.directions_only, seed=args.seed,
                       scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
                       progress=not args.quiet, log=(lambda m: None) if args.quiet else None)
     return 0 if res["finished"] else 3
@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "K) x families SEM fits + 2 per pair, plus 2 per pair and image; per 256-cell fit ~3 s "
                     "(laplace) or ~6 s (studentt) per worker after a 10-30 s compile per family and worker: with the "
                     "defaults ~35 s of worker time per tile, ~30 min for 100 tiles on 2 cores (use --max-tiles for a "
-                    "first look). Outputs in --out: models.csv, averaged.csv, directions.csv, manifest.json; "
+                    "first look; --directions-only for a direction map over every tile, ~3 s of worker time per "
+                    "tile). Outputs in --out: models.csv, averaged.csv, directions.csv, manifest.json; "
                     "an interrupted compare resumes.")
     p.add_argument("run_dir", help="folder of a `causalcrystal run` or `demo` (has discovery.nc)")
     p.add_argument("inputs", nargs="*", help="the input files the run was made from (as given to `run`; default: "
@@ -490,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--max-tiles", type=int, default=None, help="compare at most N tiles, spread over the run")
     which.add_argument("--tiles", default=None, help="comma-separated tile indices to compare (default: all)")
     p.add_argument("--no-directions", action="store_true", help="skip the direction probabilities (fewer fits)")
+    p.add_argument("--directions-only", action="store_true",
+                   help="only the direction probabilities of --pairs, no candidate DAG x family models: a direction "
+                        "map over every tile at ~1-2 s per tile (only the equations that differ between the two "
+                        "orientations are fitted); models.csv and averaged.csv stay empty")
     p.add_argument("--no-image-directions", action="store_true",
                    help="direction probabilities per tile only, not per whole image (a whole image mixes film, "
                         "substrate and domains, so its linear SEM is misspecified; 2 large fits per pair and image)")

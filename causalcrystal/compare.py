@@ -78,6 +78,9 @@ per pair with ``directions``, plus 2 fits per pair and whole image. Measured on 
 256-cell tiles, default sampler settings, 2 workers of one thread each): ~3 s per ``laplace`` fit,
 ~6 s per ``studentt`` fit (it needs the ESS re-run more often), after a compile of 10-30 s per noise
 family and worker; with the defaults that is ~35 s of worker time per tile, ~30 min for 100 tiles.
+A direction map alone (``models=False``, ``--directions-only``) fits only the equations that differ
+between a pair's two orientations: ~3 s of worker time per tile for the two default pairs
+(benchmarks/RESULTS.md).
 ``gennorm`` is far slower (~70 s per fit) and not a default family.
 """
 
@@ -424,6 +427,7 @@ def compare_run(
     max_tiles: int | None = None,
     directions: bool = True,
     image_directions: bool = True,
+    models: bool = True,
     seed: int = 0,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -441,6 +445,10 @@ def compare_run(
     estimate per tile and (with ``image_directions``) per whole image, with the run's model spec,
     when ``directions``; ``tiles`` /
     ``max_tiles``: which tiles (default all fitted ones; ``max_tiles`` spreads them evenly).
+    ``models=False`` (``--directions-only``): no candidate DAG x family fits, only the direction
+    probabilities (a direction map over every tile; ``models.csv`` and ``averaged.csv`` are written
+    empty). A direction test fits only the equations that differ between the two orientations
+    (:mod:`causalcrystal.direction`), ~1-2 s per tile and pair set instead of ~35 s for the models.
     ``workers`` / ``scheduler`` as in :func:`causalcrystal.engine.run_pipeline` (``workers=1``: in
     this process). ``stop_after``: finish at most that many tiles/images and return (resumable).
 
@@ -460,7 +468,8 @@ def compare_run(
     log = resolve(log)  # default: the 'causalcrystal' logger
     check_workers(workers)
     plan = _plan_compare(run_dir, out_dir, cells, candidates=candidates, families=families, pairs=pairs, tiles=tiles,
-                         max_tiles=max_tiles, directions=directions, image_directions=image_directions, seed=seed)
+                         max_tiles=max_tiles, directions=directions, image_directions=image_directions,
+                         models=models, seed=seed)
     job = Job("compare", out_dir, plan["settings"], outputs=OUTPUTS, work=WORK, parts=PARTS,
               final=FINAL, version=__version__, log=log)
     with job.open(overwrite):
@@ -470,8 +479,9 @@ def compare_run(
         if stop_after is not None:
             todo = todo[: max(0, int(stop_after))]
         n_cand, specs, pairs = plan["n_cand"], plan["specs"], plan["pairs"]
-        log(f"compare: {len(plan['selected'])} tile(s) x up to {n_cand * len(specs)} model(s) "
-            f"({n_cand} candidate order(s) x {', '.join(specs)}), {len(pairs)} pair(s) per tile"
+        what = (f"up to {n_cand * len(specs)} model(s) ({n_cand} candidate order(s) x {', '.join(specs)})"
+                if plan["models"] else "directions only")
+        log(f"compare: {len(plan['selected'])} tile(s) x {what}, {len(pairs)} pair(s) per tile"
             + (f" and per image ({len(jobs) - len(plan['selected'])} images)" if pairs and image_directions else "")
             + (f"; resuming: {reused} finished part(s) kept" if reused else ""))
 
@@ -516,7 +526,7 @@ def compare_run(
 
 
 def _plan_compare(run_dir, out_dir, cells, *, candidates, families, pairs, tiles, max_tiles, directions,
-                  image_directions, seed) -> dict:
+                  image_directions, seed, models=True) -> dict:
     """Check the run, the cells and every option; the settings the manifest records. Raises
     :class:`CompareError` naming what is wrong, before the output folder is touched."""
     from causalcrystal.engine import run_fingerprint
@@ -551,6 +561,9 @@ def _plan_compare(run_dir, out_dir, cells, *, candidates, families, pairs, tiles
             raise CompareError(f"pair {a}:{b}: {a if a in exo else b} is exogenous in the run (nothing points into "
                                "it), so the pair has no direction to compare; choose other pairs.")
     pairs = pairs if directions else []
+    if not models and not pairs:
+        raise CompareError("directions only (--directions-only) with no directions to estimate (--no-directions or "
+                           "no --pairs): there is nothing to compute.")
     selected = select_tiles(disc, tiles, max_tiles)
     tiling, images, std = run_cells(cells, run)
     settings = {"run_dir": str(run_dir.resolve()), "run_fingerprint": run_fingerprint(run_dir, "discovery.nc"),
@@ -558,10 +571,12 @@ def _plan_compare(run_dir, out_dir, cells, *, candidates, families, pairs, tiles
                 "families": {name: sp.to_dict() for name, sp in specs.items()}, "pairs": [list(p) for p in pairs],
                 "tiles": selected, "directions": bool(directions), "image_directions": bool(image_directions),
                 "seed": int(seed)}
+    if not models:  # recorded only when set, so comparisons made before the option keep their settings
+        settings["models"] = False
     n_cand = min(candidates, disc.sizes.get("candidate", 1))
     return {"run": run, "settings": settings, "specs": specs, "pairs": pairs, "exo": exo, "selected": selected,
             "tiling": tiling, "images": images, "std": std, "n_cand": n_cand, "seed": int(seed),
-            "image_directions": bool(image_directions)}
+            "image_directions": bool(image_directions), "models": bool(models)}
 
 
 def _compare_tasks(plan: dict):
@@ -586,7 +601,7 @@ def _compare_tasks(plan: dict):
     def tile_task(k: int, threads) -> CompareTask:
         X = discovery.tile_matrix(std, tile_members(tiling, k), mode)
         models, seen = [], set()
-        for c in range(n_cand):
+        for c in range(n_cand if plan["models"] else 0):
             f = float(freq[k, c]) if freq is not None else float("nan")
             if c > 0 and not f > 0:
                 continue
@@ -643,6 +658,9 @@ def _assemble(job, jobs) -> dict:
             tables[name] += part[name]
     frames = {name: pd.DataFrame(rows) for name, rows in tables.items()}
     frames["directions"] = _direction_frame(frames["directions"])
+    for name, columns in (("models", _MODEL_COLUMNS), ("averaged", _AVERAGED_COLUMNS)):
+        if not len(frames[name]):
+            frames[name] = pd.DataFrame(columns=list(columns))
     for name in ("averaged", "directions", "models"):
         with job.output(f"{name}.csv") as tmp:
             frames[name].to_csv(tmp, index=False)
@@ -652,6 +670,14 @@ def _assemble(job, jobs) -> dict:
 _DIRECTION_COLUMNS = ("level", "tile", "image", "pair", "a", "b", "n_cells", "p_forward", "elpd_diff", "dse",
                       "coef_forward", "coef_backward", "lingam_forward", "lingam_backward", "found_both_ways",
                       "valid", "reason", "placements", "order", "seconds")
+
+
+#: the columns of models.csv and averaged.csv (so an empty table, e.g. with --directions-only, still has its header)
+_MODEL_COLUMNS = ("tile", "image", "row0", "col0", "model", "candidate", "family", "order", "candidate_frequency",
+                  "pareto_k_max", "divergences", "r_hat_max", "ess_bulk_min", "seconds", "elpd_loo", "se", "p_loo",
+                  "elpd_diff", "dse", "weight", "rank", "warning")
+_AVERAGED_COLUMNS = ("tile", "image", "row0", "col0", "effect", "cause", "mean", "sd", "q05", "q50", "q95",
+                     "p_positive", "p_negative", "p_sign", "p_allowed", "inclusion_prob", "top_model", "mean_top")
 
 
 def _direction_frame(frame):

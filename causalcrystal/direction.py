@@ -102,10 +102,10 @@ def direction_probability(X: np.ndarray, order, weights: np.ndarray, a, b, *, fo
     orders = [o for pair in pairs for o in pair]
     priors = [dag_prior(o, W, forbidden, floor=spec.prior.floor) for o in orders]
     n = X.shape[0]
-    fits, eq_elpd, eq_k, eq_p, refits = _fit_orders(X, priors, spec, seed, active)
-    # pointwise elpd of each order (all its equations) for the weights; the pair's two equations
-    # for the diagnostics (every other equation is shared by the forward and backward order)
-    elpd_i = np.stack([eq_elpd[m].sum(0) for m in range(len(orders))])
+    fits, elpd_i, eq_k, eq_p, refits = _fit_orders(X, priors, spec, seed, active)
+    # pointwise elpd of each order for the weights: only the equations that differ between the
+    # orders are fitted (the others add the same to every order and cancel exactly), which for a
+    # pair adjacent in the order are the pair's two equations
     w = pseudo_bma_weights(elpd_i, seed=seed)
     p_forward = float(w[0::2].sum())
     best = int(np.argmax([w[2 * q] + w[2 * q + 1] for q in range(len(pairs))]))
@@ -121,8 +121,8 @@ def direction_probability(X: np.ndarray, order, weights: np.ndarray, a, b, *, fo
     elif kmax > K_INVALID:
         valid, reason = False, f"PSIS-LOO failed for a cell of the pair's equations (Pareto k {kmax:.2f} > 1)"
     return {"pair": f"{DESCRIPTORS[a]}->{DESCRIPTORS[b]}", "p_forward": p_forward if valid else float("nan"),
-            "elpd_diff": diff, "dse": dse, "coef_forward": float(fits[f]["B"][..., b, a].mean()),
-            "coef_backward": float(fits[g]["B"][..., a, b].mean()), "valid": valid, "reason": reason,
+            "elpd_diff": diff, "dse": dse, "coef_forward": float(fits[f](b, a)),
+            "coef_backward": float(fits[g](a, b)), "valid": valid, "reason": reason,
             "pareto_k": kmax, "p_loo": p_loo, "placements": len(pairs), "refits": refits}
 
 
@@ -143,25 +143,47 @@ def _deterministic_pair(X: np.ndarray, a: int, b: int, derived) -> str:
 
 
 def _fit_orders(X, priors, spec: ModelSpec, seed: int, active):
-    """Per order: the fit, pointwise elpd per equation in descriptor indexing (V, n), Pareto k
-    (V, n) and p_loo (V,). With the Gibbs sampler, cells whose Pareto k exceeds 0.7 get their
-    exact LOO by refitting the equation without them."""
-    from causalcrystal.sem import fit_orders
+    """Fit what differs between the orders. Returns per order: a function ``coef(effect, cause)``
+    (the posterior mean of that coefficient in the units of ``X``), the pointwise elpd (n,) of the
+    order's differing equations, and per equation in descriptor indexing Pareto k (V, n) and p_loo
+    (V,) (0 for the equations all orders share); and the number of exact refits.
 
-    fits, loos = fit_orders(X, priors, spec, seed, active)
-    elpd = [lo["elpd_eq"].copy() for lo in loos]
-    ks = [lo["k_eq"].copy() for lo in loos]
-    ps = [lo["p_eq"] for lo in loos]
-    refits = 0
-    if spec.noise == "mog" and spec.sampler.name == "gibbs":
-        from causalcrystal.sem import tile_standardise
+    With the Gibbs sampler only the equations that differ between the orders are sampled
+    (:func:`causalcrystal.sem.distinct_equations` with ``drop_common``), and cells whose Pareto k
+    exceeds 0.7 get their exact LOO by refitting the equation without them. Other samplers fit
+    every order whole; their shared equations' elpd is then the same up to Monte Carlo error."""
+    from causalcrystal import sem
 
-        Xs, _, sd = tile_standardise(X)  # the refits see the data the fits saw
-        cache: dict = {}
-        for m, pr in enumerate(priors):
-            refits += _reloo(Xs, np.log(sd), pr, spec, seed, elpd[m], ks[m],
-                             np.asarray(fits[m]["eq_active"], dtype=bool), cache)
-    return fits, elpd, ks, ps, refits
+    if not (spec.noise == "mog" and spec.sampler.name == "gibbs"):
+        fits, loos = sem.fit_orders(X, priors, spec, seed, active)
+        coefs = [lambda i, j, f=f: f["B"][..., i, j].mean() for f in fits]
+        return (coefs, np.stack([lo["elpd_i"] for lo in loos]), [lo["k_eq"] for lo in loos],
+                [lo["p_eq"] for lo in loos], 0)
+    Xs, _, sd = sem.tile_standardise(X)
+    batch, rows_of, per_order = sem.distinct_equations(Xs, priors, active, drop_common=True)
+
+    def weighted(eq_loo):
+        lo = sem.orders_loo(batch, rows_of, per_order, eq_loo)
+        weight = sem.pseudo_bma(lo, seed)
+        return np.unique(np.concatenate([rows_of[m][rows_of[m] >= 0] for m in range(len(priors))
+                                         if weight[m] >= 0.01]))
+
+    fit, eq_loo, _ = sem.sample_equation_batch(batch, spec, seed, weighted)
+    refits = _reloo(batch, fit, eq_loo, spec, seed)
+    loos = sem.orders_loo(batch, rows_of, per_order, eq_loo)
+    means = fit["beta"].mean(axis=(0, 1))  # (U, P)
+
+    def coef_of(eqs, rows):
+        def coef(i, j):
+            pos = int(np.flatnonzero(eqs["child"] == i)[0])
+            u = rows[pos]
+            hit = np.flatnonzero(batch["parents"][u] == j) if u >= 0 else []
+            return means[u, hit[0]] * sd[i] / sd[j] if len(hit) else 0.0
+        return coef
+
+    coefs = [coef_of(eqs, rows) for eqs, rows in zip(per_order, rows_of)]
+    return (coefs, np.stack([lo["elpd_i"] for lo in loos]), [lo["k_eq"] for lo in loos],
+            [lo["p_eq"] for lo in loos], refits)
 
 
 #: cells with a Pareto k above this get an exact refit (Vehtari et al. 2017: 0.7)
@@ -170,37 +192,31 @@ K_REFIT = 0.7
 MAX_REFITS = 8
 
 
-def _reloo(X, log_sd, prior, spec: ModelSpec, seed: int, elpd, k, act, cache) -> int:
+def _reloo(batch: dict, fit: dict, eq_loo, spec: ModelSpec, seed: int) -> int:
     """Exact LOO for the cells PSIS cannot handle: refit the equation without the cell (Gibbs, on
-    the tile-standardised ``X``; ``log_sd`` converts back) and take ``log mean_s p(x_i | theta_s)``.
-    Updates ``elpd`` and ``k`` (set to 0) in place; returns the number of refits. ``cache`` shares
-    refits between orders that contain the same equation."""
+    the tile-standardised data of ``batch``) and take ``log mean_s p(x_i | theta_s)``. Updates
+    ``eq_loo.elpd`` and ``eq_loo.pareto_k`` (set to 0) in place; returns the number of refits.
+    Each distinct equation is refitted once, whichever orders share it."""
     from causalcrystal.gibbs import mixture_logpdf, sample_equations
-    from causalcrystal.sem import equations
 
-    eqs = equations(X, prior)
     done = 0
-    for row in range(len(eqs["child"])):
-        v = int(eqs["child"][row])
-        if not act[v]:
+    sp = spec.sampler
+    for row in range(len(batch["child"])):
+        if not batch["active"][row]:
             continue
-        cells = np.flatnonzero(k[v] > K_REFIT)[:MAX_REFITS]
-        for i in cells:
-            key = (v, tuple(eqs["parents"][row].tolist()), int(i))
-            if key not in cache:
-                keep = np.ones(X.shape[0], dtype=bool)
-                keep[i] = False
-                sp = spec.sampler
-                fit = sample_equations(eqs["y"][row:row + 1, keep], eqs["X"][row:row + 1, keep], eqs["pmask"][row:row + 1],
-                                       eqs["w"][row:row + 1], spec.prior, spec.mixture, chains=sp.chains, draws=sp.draws,
-                                       tune=sp.tune, thin=sp.thin, seed=seed + 104729 + int(i), loglik=False)
-                beta = fit["beta"][:, :, 0].reshape(-1, eqs["X"].shape[2])
-                resid = eqs["y"][row, i] - beta @ eqs["X"][row, i]
-                S = resid.size
-                lp = mixture_logpdf(resid[:, None], fit["noise_weight"][:, :, 0].reshape(S, -1),
-                                    fit["noise_loc"][:, :, 0].reshape(S, -1), fit["noise_var"][:, :, 0].reshape(S, -1))[:, 0]
-                cache[key] = float(np.logaddexp.reduce(lp) - np.log(S)) - float(log_sd[v])
-                done += 1
-            elpd[v, i] = cache[key]
-            k[v, i] = 0.0
+        for i in np.flatnonzero(eq_loo.pareto_k[row] > K_REFIT)[:MAX_REFITS]:
+            keep = np.ones(batch["y"].shape[1], dtype=bool)
+            keep[i] = False
+            sub = sample_equations(batch["y"][row:row + 1, keep], batch["X"][row:row + 1, keep],
+                                   batch["pmask"][row:row + 1], batch["w"][row:row + 1], spec.prior, spec.mixture,
+                                   chains=sp.chains, draws=sp.draws, tune=sp.tune, thin=sp.thin,
+                                   seed=seed + 104729 + int(i), loglik=False)
+            beta = sub["beta"][:, :, 0].reshape(-1, batch["X"].shape[2])
+            resid = batch["y"][row, i] - beta @ batch["X"][row, i]
+            S = resid.size
+            lp = mixture_logpdf(resid[:, None], sub["noise_weight"][:, :, 0].reshape(S, -1),
+                                sub["noise_loc"][:, :, 0].reshape(S, -1), sub["noise_var"][:, :, 0].reshape(S, -1))[:, 0]
+            eq_loo.elpd[row, i] = float(np.logaddexp.reduce(lp) - np.log(S))
+            eq_loo.pareto_k[row, i] = 0.0
+            done += 1
     return done

@@ -277,7 +277,8 @@ def _kernel():
     if _KERNEL is None:
         import numba
 
-        global _collapsed_logml
+        global _collapsed_logml, _cholesky
+        _cholesky = numba.njit(cache=True, nogil=True)(_cholesky_py)
         _collapsed_logml = numba.njit(cache=True, nogil=True)(_collapsed_logml_py)
         _KERNEL = numba.njit(cache=True, nogil=True)(_equation_chain)
     return _KERNEL
@@ -295,7 +296,7 @@ def _collapsed_logml_py(A0, rhs, g, slab2, spike2, A, L, v):  # pragma: no cover
         for b in range(P):
             A[a, b] = A0[a, b]
         A[a, a] += da + 1e-12
-    L[:, :] = np.linalg.cholesky(A)
+    _cholesky(A, L)
     for a in range(P):
         out -= np.log(L[a, a])
         acc = rhs[a]
@@ -307,6 +308,28 @@ def _collapsed_logml_py(A0, rhs, g, slab2, spike2, A, L, v):  # pragma: no cover
 
 
 _collapsed_logml = _collapsed_logml_py  # replaced by its compiled version in _kernel()
+
+
+def _cholesky_py(A, L):  # pragma: no cover
+    """Lower Cholesky factor of the symmetric positive definite ``A`` written into ``L`` (P <= 7).
+    In place: ``np.linalg.cholesky`` allocates a new array per call, and a sweep makes 2P + 1 calls."""
+    P = A.shape[0]
+    for a in range(P):
+        for b in range(a + 1):
+            acc = A[a, b]
+            for c in range(b):
+                acc -= L[a, c] * L[b, c]
+            if a == b:
+                if acc <= 0.0:
+                    raise np.linalg.LinAlgError("Matrix is not positive definite")
+                L[a, a] = np.sqrt(acc)
+            else:
+                L[a, b] = acc / L[b, b]
+        for b in range(a + 1, P):
+            L[a, b] = 0.0
+
+
+_cholesky = _cholesky_py  # replaced by its compiled version in _kernel()
 
 
 def _equation_chain(y, X, pm, logit_w, coef, m0, v, res, slab2, spike2, alpha, a0, var_rel, mu_sd_rel, K,
@@ -434,7 +457,7 @@ def _equation_chain(y, X, pm, logit_w, coef, m0, v, res, slab2, spike2, alpha, a
                 for b in range(P):
                     A[a, b] = A0[a, b]
                 A[a, a] += d[a] + 1e-12
-            L[:, :] = np.linalg.cholesky(A)
+            _cholesky(A, L)
             # mean = A^-1 rhs; draw = mean + L^-T z
             for a in range(P):
                 acc = rhs[a]

@@ -627,56 +627,65 @@ def sample_tile_orders(X: np.ndarray, priors: list[DagPrior], spec: ModelSpec, s
     return mix_orders(fits, priors, weight_seed, loos)
 
 
-def _gibbs_orders(X, priors, spec: ModelSpec, seed: int, active, weight_seed: int) -> tuple[list[dict], list]:
-    """Sample the distinct equations of all orders in one Gibbs batch; assemble each order.
+def distinct_equations(X: np.ndarray, priors: list[DagPrior], active: np.ndarray | None = None,
+                       drop_common: bool = False) -> tuple[dict, list[np.ndarray], list[dict]]:
+    """The structural equations of several causal orders of one tile, each distinct equation once.
 
-    Returns the per-order fits and their LOO (:func:`order_loo`), computed once per distinct
-    equation. Convergence (r_hat, bulk ESS) is required of the equations of the orders that carry
-    weight (>= 1 %): an order the data reject may mix slowly without mattering, and re-running it
-    would multiply the cost. Equations that fall short are re-run once with 2-4x the sweeps."""
+    An equation is the child, its parents and their prior weights (and whether it enters the
+    likelihood): orders that share it share its posterior, so it is sampled once
+    (:func:`sample_equation_batch`). ``drop_common``: leave out the equations that *every* order
+    contains. They add the same log-likelihood to every order, so they cancel from every comparison
+    of the orders (pseudo-BMA+ weights and ELPD differences are exactly unchanged); a direction test
+    (:mod:`causalcrystal.direction`) then samples two to six equations instead of a whole tile.
+
+    Returns ``(batch, rows_of, per_order)``: ``batch`` the distinct equations stacked like
+    :func:`equations`' arrays (U rows); ``rows_of[m]`` (V,) the batch row of each equation of order
+    ``m`` in causal position order (-1 for a dropped common equation); ``per_order`` each order's
+    :func:`equations`.
+    """
+    per_order = [equations(X, pr, active) for pr in priors]
+    keyed = [[_equation_key(eqs, r) for r in range(len(eqs["child"]))] for eqs in per_order]
+    common = set.intersection(*(set(k) for k in keyed)) if drop_common else set()
+    keys: dict[tuple, int] = {}
+    first: dict[int, tuple[int, int]] = {}
+    rows_of = []
+    for o, ks in enumerate(keyed):
+        rows = np.full(len(ks), -1, dtype=np.int64)
+        for r, key in enumerate(ks):
+            if key in common:
+                continue
+            rows[r] = keys.setdefault(key, len(keys))
+            first.setdefault(int(rows[r]), (o, r))
+        rows_of.append(rows)
+    names = ("y", "X", "pmask", "w", "active", "child", "parents")
+    if keys:
+        batch = {name: np.stack([per_order[o][name][r] for o, r in (first[u] for u in range(len(keys)))])
+                 for name in names}
+    else:  # identical orders: nothing differs
+        batch = {name: per_order[0][name][:0] for name in names}
+    return batch, rows_of, per_order
+
+
+def sample_equation_batch(batch: dict, spec: ModelSpec, seed: int, needed=None) -> tuple[dict, object, int]:
+    """Gibbs draws and PSIS-LOO per equation of a batch of distinct equations (from
+    :func:`distinct_equations`), with the run's convergence rule.
+
+    ``needed(eq_loo)`` -> batch rows whose convergence is required (default all): e.g. only the
+    equations of orders that carry weight (an order the data reject may mix slowly without
+    mattering, and re-running it would multiply the cost). Required equations whose r_hat exceeds
+    :data:`RHAT_MAX` or whose bulk ESS is below the spec's ``target_ess`` are re-run once with
+    2-4x the sweeps (:func:`rerun_factor`), thinned back to the same number of draws.
+
+    Returns ``(fit, eq_loo, factor)``: :func:`causalcrystal.gibbs.sample_equations`' arrays (leading
+    axes chain, draw, equation), :class:`causalcrystal.evidence.EquationLoo` per equation, and the
+    re-run factor (0 if none).
+    """
     from causalcrystal.evidence import loo_by_equation
 
     sp = spec.sampler
-    per_order = [equations(X, pr, active) for pr in priors]
-    keys: dict[tuple, int] = {}
-    rows_of = [np.asarray([keys.setdefault(_equation_key(eqs, r), len(keys)) for r in range(len(eqs["child"]))])
-               for eqs in per_order]
-    first = {}
-    for o, rows in enumerate(rows_of):
-        for r, u in enumerate(rows):
-            first.setdefault(int(u), (o, r))
-    batch = {name: np.stack([per_order[o][name][r] for o, r in (first[u] for u in range(len(keys)))])
-             for name in ("y", "X", "pmask", "w", "active", "child", "parents")}
     fit = _gibbs_fit(batch, spec, sp.draws, sp.thin, seed)
     eq_loo = loo_by_equation(fit["loglik"])
-
-    def per_order_loo():
-        out = []
-        for eqs, rows in zip(per_order, rows_of):
-            act = batch["active"][rows]
-            lo = _combine_loo(eq_loo.elpd[rows][act], eq_loo.pareto_k[rows][act], eq_loo.p_loo[rows][act])
-            # per equation in descriptor indexing (0 for inactive equations), for callers that compare
-            # orders equation by equation (direction tests)
-            child = eqs["child"]
-            lo["elpd_eq"] = np.zeros_like(eq_loo.elpd[rows])
-            lo["k_eq"] = np.zeros_like(eq_loo.pareto_k[rows])
-            lo["p_eq"] = np.zeros(len(rows))
-            lo["elpd_eq"][child[act]] = eq_loo.elpd[rows][act]
-            lo["k_eq"][child[act]] = eq_loo.pareto_k[rows][act]
-            lo["p_eq"][child[act]] = eq_loo.p_loo[rows][act]
-            out.append(lo)
-        return out
-
-    def assemble(reran):
-        out = []
-        for eqs, rows in zip(per_order, rows_of):
-            r_o, e_o = _eq_diagnostics(fit["beta"][:, :, rows], eqs["pmask"])
-            out.append(assemble_gibbs(X, eqs, fit, None, spec, r_o, e_o, reran, rows=rows))
-        return out
-
-    loos = per_order_loo()
-    weight = pseudo_bma(loos, weight_seed)
-    need = np.unique(np.concatenate([rows_of[m] for m in range(len(priors)) if weight[m] >= 0.01]))
+    need = np.arange(len(batch["child"])) if needed is None else np.asarray(needed(eq_loo), dtype=np.int64)
     short = []
     for u in need:
         if batch["pmask"][u].any():
@@ -684,7 +693,7 @@ def _gibbs_orders(X, priors, spec: ModelSpec, seed: int, active, weight_seed: in
             if e.min() < sp.target_ess or r.max() > RHAT_MAX:
                 short.append((u, e.min()))
     if not short:
-        return assemble(0), loos
+        return fit, eq_loo, 0
     rows = np.array([u for u, _ in short])
     factor = rerun_factor(min(e for _, e in short), sp.target_ess)
     sub = _gibbs_fit({k: v[rows] for k, v in batch.items()}, spec, sp.draws, sp.thin * factor, seed + 1)
@@ -693,7 +702,47 @@ def _gibbs_orders(X, priors, spec: ModelSpec, seed: int, active, weight_seed: in
             fit[name][:, :, rows] = arr
     sub_loo = loo_by_equation(sub["loglik"])
     eq_loo.elpd[rows], eq_loo.pareto_k[rows], eq_loo.p_loo[rows] = sub_loo.elpd, sub_loo.pareto_k, sub_loo.p_loo
-    return assemble(factor), per_order_loo()
+    return fit, eq_loo, factor
+
+
+def orders_loo(batch: dict, rows_of: list[np.ndarray], per_order: list[dict], eq_loo) -> list[dict]:
+    """Each order's LOO (:func:`_combine_loo`'s keys) from its equations' (``eq_loo`` per batch row),
+    with ``elpd_eq``, ``k_eq`` (V, n) and ``p_eq`` (V,) in descriptor indexing (0 for equations not in
+    the likelihood or dropped as common to all orders)."""
+    out = []
+    for eqs, rows in zip(per_order, rows_of):
+        have = rows >= 0
+        rows_h = rows[have]
+        act = batch["active"][rows_h]
+        lo = _combine_loo(eq_loo.elpd[rows_h][act], eq_loo.pareto_k[rows_h][act], eq_loo.p_loo[rows_h][act])
+        child = eqs["child"][have][act]
+        n = eq_loo.elpd.shape[1]
+        lo["elpd_eq"], lo["k_eq"], lo["p_eq"] = np.zeros((len(rows), n)), np.zeros((len(rows), n)), np.zeros(len(rows))
+        lo["elpd_eq"][child] = eq_loo.elpd[rows_h][act]
+        lo["k_eq"][child] = eq_loo.pareto_k[rows_h][act]
+        lo["p_eq"][child] = eq_loo.p_loo[rows_h][act]
+        out.append(lo)
+    return out
+
+
+def _gibbs_orders(X, priors, spec: ModelSpec, seed: int, active, weight_seed: int) -> tuple[list[dict], list]:
+    """Sample the distinct equations of all orders in one Gibbs batch; assemble each order.
+
+    Returns the per-order fits and their LOO (:func:`orders_loo`), computed once per distinct
+    equation. Convergence (r_hat, bulk ESS) is required of the equations of the orders that carry
+    weight (>= 1 %, :func:`sample_equation_batch`)."""
+    batch, rows_of, per_order = distinct_equations(X, priors, active)
+
+    def weighted(eq_loo):
+        weight = pseudo_bma(orders_loo(batch, rows_of, per_order, eq_loo), weight_seed)
+        return np.unique(np.concatenate([rows_of[m] for m in range(len(priors)) if weight[m] >= 0.01]))
+
+    fit, eq_loo, factor = sample_equation_batch(batch, spec, seed, weighted)
+    fits = []
+    for eqs, rows in zip(per_order, rows_of):
+        r_o, e_o = _eq_diagnostics(fit["beta"][:, :, rows], eqs["pmask"])
+        fits.append(assemble_gibbs(X, eqs, fit, None, spec, r_o, e_o, factor, rows=rows))
+    return fits, orders_loo(batch, rows_of, per_order, eq_loo)
 
 
 def _combine_loo(elpd_eq: np.ndarray, k_eq: np.ndarray, p_loo_eq: np.ndarray) -> dict:

@@ -207,6 +207,22 @@ def test_other_cells_or_bad_settings_are_refused(run, cells, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_directions_only(run, cells, tmp_path):
+    """A direction map without the model fits: directions.csv per tile, models.csv and averaged.csv
+    written with their headers and no rows (so the report and pandas read them), the setting recorded."""
+    out = tmp_path / "dirs"
+    res = compare_run(run, out, cells, **{**CMP, "models": False, "image_directions": False})
+    assert res["finished"] and len(res["models"]) == 0 and len(res["averaged"]) == 0
+    d = pd.read_csv(out / "directions.csv")
+    assert sorted(d["tile"]) == [0, 7] and set(d["level"]) == {"tile"} and d["pair"].eq("Px->Py").all()
+    assert list(pd.read_csv(out / "models.csv").columns)[:5] == ["tile", "image", "row0", "col0", "model"]
+    assert "effect" in pd.read_csv(out / "averaged.csv").columns
+    assert json.loads((out / "manifest.json").read_text())["settings"]["models"] is False
+    with pytest.raises(CompareError, match="nothing to compute"):
+        compare_run(run, tmp_path / "none", cells, **{**CMP, "models": False, "directions": False})
+    assert not (tmp_path / "none").exists()
+
+
 def test_max_tiles_spreads_over_the_run(run):
     import xarray as xr
 
@@ -254,4 +270,5 @@ def test_compare_has_help(capsys):
         build_parser().parse_args(["compare", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    assert "--candidates" in text and "Cost" in text
+    assert "--candidates" in text and "Cost" in text and "--directions-only" in text
+    assert build_parser().parse_args(["compare", "RUN", "--directions-only"]).directions_only
