@@ -6,7 +6,8 @@
   ``"mog"``): the PyMC model is the definition, Gibbs must reproduce its posterior;
 * with one mixture component and no spike (``w`` = 1), the coefficients' posterior against the
   closed form of Bayesian linear regression with known noise variance, conditioned on the noise;
-* the vectorised PSIS (``evidence.psislw``) against ArviZ's per-row function;
+* PSIS (``evidence.psislw``, both engines) against ArviZ's per-row function, and
+  ``evidence.loo_by_equation`` against ArviZ's LOO and across its engines;
 * near-deterministic descriptors (``collinearity``): found when they hold, not found when noise
   leaves a genuine relation.
 
@@ -155,15 +156,20 @@ def test_gibbs_reproduces_nuts_on_full_tiles():
         _agree(g["B"][:, :, allowed], nuts["B"][:, :, allowed])
 
 
-def test_vectorised_psis_matches_arviz():
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_vectorised_psis_matches_arviz(engine):
     from arviz.stats.stats import _psislw
 
     rng = np.random.default_rng(fixed_seed(45))
     S = 1000
+    outlier = rng.standard_normal(S)
+    outlier[7] = 400.0  # squeezes the other draws into a few of the numba engine's histogram buckets
     rows = [rng.standard_normal(S), 3 * rng.standard_t(2, S), rng.gumbel(size=S) * 5, np.zeros(S),
-            np.repeat(rng.standard_normal(50), 20)]  # heavy tail, constant row, ties at the cut-off
+            np.repeat(rng.standard_normal(50), 20),  # heavy tail, constant row, ties at the cut-off
+            np.round(rng.standard_normal(S), 2), outlier,  # ties within the tail, a far outlier
+            np.where(np.arange(S) == 3, np.nan, rng.standard_normal(S))]
     lw = np.array(rows)
-    ours, k = evidence.psislw(lw)
+    ours, k = evidence.psislw(lw, engine=engine)
     M = int(np.ceil(min(S / 5.0, 3 * S**0.5)))
     for r in range(lw.shape[0]):
         ref, kr = _psislw(lw[r].copy(), -M - 1, np.log(np.finfo(float).tiny), True)
@@ -172,18 +178,34 @@ def test_vectorised_psis_matches_arviz():
     assert k[1] > k[0]  # the heavy-tailed row has the heavier Pareto tail
 
 
-def test_loo_by_equation_adds_up_to_arviz_loo():
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_loo_by_equation_adds_up_to_arviz_loo(engine):
     """Summed over equations the per-equation PSIS-LOO is ArviZ's LOO of the same log-likelihood
     when each equation is given whole (one equation: identical)."""
     import arviz as az
 
     rng = np.random.default_rng(fixed_seed(46))
     ll = rng.normal(-1.0, 0.3, size=(2, 400, 1, 60)) + rng.normal(0, 0.2, size=(1, 1, 1, 60))
-    ours = evidence.loo_by_equation(ll)
+    ours = evidence.loo_by_equation(ll, engine=engine)
     idata = az.from_dict(posterior={"theta": np.zeros((2, 400))}, log_likelihood={"x": ll[:, :, 0]})
     ref = az.loo(idata, pointwise=True)
     np.testing.assert_allclose(ours.elpd.sum(), ref.elpd_loo, rtol=1e-10)
     np.testing.assert_allclose(ours.pareto_k[0], ref.pareto_k.values, atol=1e-10)
+
+
+def test_loo_by_equation_engines_agree():
+    """The compiled engine gives the numpy engine's elpd, Pareto k and p_loo on a float32
+    log-likelihood of several equations (ties within tails, heavy tails, cells left to ArviZ)."""
+    rng = np.random.default_rng(fixed_seed(49))
+    scale = rng.uniform(0.2, 3.0, size=(1, 1, 4, 50))
+    ll = (-1.0 - np.abs(rng.standard_t(3, size=(2, 500, 4, 50))) * scale).astype(np.float32)
+    ll[:, :, 0, :3] = np.repeat(ll[:, :25, 0, :3], 20, axis=1)  # ties at the cut-off: ArviZ's path
+    ll[0, :, 1, 0] += 800.0  # log weights spread over > 700 in one cell
+    a = evidence.loo_by_equation(ll, engine="numba")
+    b = evidence.loo_by_equation(ll, engine="numpy")
+    np.testing.assert_allclose(a.elpd, b.elpd, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.pareto_k, b.pareto_k, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.p_loo, b.p_loo, rtol=0, atol=1e-11)
 
 
 def test_pseudo_bma_weights_follow_the_evidence():
