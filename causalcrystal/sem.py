@@ -677,32 +677,44 @@ def sample_equation_batch(batch: dict, spec: ModelSpec, seed: int, needed=None) 
     2-4x the sweeps (:func:`rerun_factor`), thinned back to the same number of draws.
 
     Returns ``(fit, eq_loo, factor)``: :func:`causalcrystal.gibbs.sample_equations`' arrays (leading
-    axes chain, draw, equation), :class:`causalcrystal.evidence.EquationLoo` per equation, and the
-    re-run factor (0 if none).
+    axes chain, draw, equation) plus ``r_hat`` and ``ess_bulk`` (E, P; NaN for padding),
+    :class:`causalcrystal.evidence.EquationLoo` per equation, and the re-run factor (0 if none).
     """
     from causalcrystal.evidence import loo_by_equation
 
     sp = spec.sampler
+    pmask = batch["pmask"]
     fit = _gibbs_fit(batch, spec, sp.draws, sp.thin, seed)
+    fit["r_hat"], fit["ess_bulk"] = _batch_diagnostics(fit["beta"], pmask)
     eq_loo = loo_by_equation(fit["loglik"])
     need = np.arange(len(batch["child"])) if needed is None else np.asarray(needed(eq_loo), dtype=np.int64)
-    short = []
-    for u in need:
-        if batch["pmask"][u].any():
-            r, e = _diagnostics(fit["beta"][:, :, u, batch["pmask"][u]])
-            if e.min() < sp.target_ess or r.max() > RHAT_MAX:
-                short.append((u, e.min()))
-    if not short:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: equations without parents
+        ess_min = np.nanmin(np.where(pmask, fit["ess_bulk"], np.nan), axis=1)
+        rhat_max = np.nanmax(np.where(pmask, fit["r_hat"], np.nan), axis=1)
+    rows = np.array([u for u in need if pmask[u].any() and (ess_min[u] < sp.target_ess or rhat_max[u] > RHAT_MAX)],
+                    dtype=np.int64)
+    if not rows.size:
         return fit, eq_loo, 0
-    rows = np.array([u for u, _ in short])
-    factor = rerun_factor(min(e for _, e in short), sp.target_ess)
+    factor = rerun_factor(ess_min[rows].min(), sp.target_ess)
     sub = _gibbs_fit({k: v[rows] for k, v in batch.items()}, spec, sp.draws, sp.thin * factor, seed + 1)
     for name, arr in sub.items():
         if name in fit and isinstance(arr, np.ndarray) and arr.ndim >= 3:
             fit[name][:, :, rows] = arr
+    fit["r_hat"][rows], fit["ess_bulk"][rows] = _batch_diagnostics(sub["beta"], pmask[rows])
     sub_loo = loo_by_equation(sub["loglik"])
     eq_loo.elpd[rows], eq_loo.pareto_k[rows], eq_loo.p_loo[rows] = sub_loo.elpd, sub_loo.pareto_k, sub_loo.p_loo
     return fit, eq_loo, factor
+
+
+def _batch_diagnostics(beta: np.ndarray, pmask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """r_hat and bulk ESS of every real coefficient of a batch of equations in one ArviZ call
+    (``beta``: chain, draw, E, P) -> two (E, P) arrays, NaN where ``pmask`` is False (one call per
+    equation cost ~25 ms per tile in ArviZ's per-call overhead, measured)."""
+    rhat = np.full(pmask.shape, np.nan)
+    ess = np.full(pmask.shape, np.nan)
+    rhat[pmask], ess[pmask] = _diagnostics(beta[:, :, pmask])
+    return rhat, ess
 
 
 def orders_loo(batch: dict, rows_of: list[np.ndarray], per_order: list[dict], eq_loo) -> list[dict]:
@@ -740,7 +752,7 @@ def _gibbs_orders(X, priors, spec: ModelSpec, seed: int, active, weight_seed: in
     fit, eq_loo, factor = sample_equation_batch(batch, spec, seed, weighted)
     fits = []
     for eqs, rows in zip(per_order, rows_of):
-        r_o, e_o = _eq_diagnostics(fit["beta"][:, :, rows], eqs["pmask"])
+        r_o, e_o = fit["r_hat"][rows][eqs["pmask"]], fit["ess_bulk"][rows][eqs["pmask"]]
         fits.append(assemble_gibbs(X, eqs, fit, None, spec, r_o, e_o, factor, rows=rows))
     return fits, orders_loo(batch, rows_of, per_order, eq_loo)
 
