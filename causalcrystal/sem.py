@@ -526,31 +526,23 @@ def _mixture_param(draws: dict):
 def _sample_tile_gibbs(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: int,
                        active: np.ndarray | None = None) -> dict:
     """``sample_tile`` for the ``mog`` family with the exact Gibbs sampler (same outputs)."""
-    sp = spec.sampler
     eqs = equations(np.asarray(X, dtype=np.float64), prior, active)
-    fit = _gibbs_fit(eqs, spec, sp.draws, sp.thin, seed)
-    rhat, ess = _eq_diagnostics(fit["beta"], eqs["pmask"])
-    reran = 0
-    if rhat.size and (ess.min() < sp.target_ess or rhat.max() > RHAT_MAX):
-        reran = rerun_factor(ess.min(), sp.target_ess)
-        fit = _gibbs_fit(eqs, spec, sp.draws, sp.thin * reran, seed + 1)
-        rhat, ess = _eq_diagnostics(fit["beta"], eqs["pmask"])
-    return assemble_gibbs(X, eqs, fit, prior, spec, rhat, ess, reran)
+    fit, _, reran = sample_equation_batch(eqs, spec, seed, loo=False)
+    pmask = eqs["pmask"]
+    return assemble_gibbs(X, eqs, fit, prior, spec, fit["r_hat"][pmask], fit["ess_bulk"][pmask], reran)
 
 
-def _gibbs_fit(eqs: dict, spec: ModelSpec, draws: int, thin: int, seed: int) -> dict:
+def _gibbs_fit(eqs: dict, spec: ModelSpec, draws: int, thin: int, seed: int, state=None, tune: int | None = None
+               ) -> dict:
     """Gibbs draws of a batch of equations; each equation's random stream follows from ``seed`` and
-    the equation itself (child and parents), so it gets the same draws in any batch or order."""
+    the equation itself (child and parents), so it gets the same draws in any batch or order.
+    ``state`` / ``tune``: continue chains (:func:`causalcrystal.gibbs.sample_equations`)."""
     sp = spec.sampler
     seeds = [int(np.random.SeedSequence([int(seed) % (2**32), int(c), *[int(p) + 1 for p in par]]).generate_state(1)[0])
              for c, par in zip(eqs["child"], eqs["parents"])]
     return sample_equations(eqs["y"], eqs["X"], eqs["pmask"], eqs["w"], spec.prior, spec.mixture, chains=sp.chains,
-                            draws=draws, tune=sp.tune, thin=thin, seed=np.asarray(seeds))
-
-
-def _eq_diagnostics(beta: np.ndarray, pmask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """r_hat and bulk ESS of the real coefficients of a batch of equations (``beta``: chain, draw, E, P)."""
-    return _diagnostics(beta[:, :, pmask])
+                            draws=draws, tune=sp.tune if tune is None else tune, thin=thin, seed=np.asarray(seeds),
+                            state=state)
 
 
 def assemble_gibbs(X, eqs: dict, fit: dict, prior: DagPrior | None, spec: ModelSpec, rhat, ess, reran: int,
@@ -666,19 +658,21 @@ def distinct_equations(X: np.ndarray, priors: list[DagPrior], active: np.ndarray
     return batch, rows_of, per_order
 
 
-def sample_equation_batch(batch: dict, spec: ModelSpec, seed: int, needed=None) -> tuple[dict, object, int]:
+def sample_equation_batch(batch: dict, spec: ModelSpec, seed: int, needed=None, loo: bool = True
+                          ) -> tuple[dict, object, int]:
     """Gibbs draws and PSIS-LOO per equation of a batch of distinct equations (from
     :func:`distinct_equations`), with the run's convergence rule.
 
     ``needed(eq_loo)`` -> batch rows whose convergence is required (default all): e.g. only the
     equations of orders that carry weight (an order the data reject may mix slowly without
     mattering, and re-running it would multiply the cost). Required equations whose r_hat exceeds
-    :data:`RHAT_MAX` or whose bulk ESS is below the spec's ``target_ess`` are re-run once with
+    :data:`RHAT_MAX` or whose bulk ESS is below the spec's ``target_ess`` are continued once to
     2-4x the sweeps (:func:`rerun_factor`), thinned back to the same number of draws.
 
     Returns ``(fit, eq_loo, factor)``: :func:`causalcrystal.gibbs.sample_equations`' arrays (leading
     axes chain, draw, equation) plus ``r_hat`` and ``ess_bulk`` (E, P; NaN for padding),
-    :class:`causalcrystal.evidence.EquationLoo` per equation, and the re-run factor (0 if none).
+    :class:`causalcrystal.evidence.EquationLoo` per equation (None with ``loo=False``; then
+    ``needed`` gets None), and the re-run factor (0 if none).
     """
     from causalcrystal.evidence import loo_by_equation
 
@@ -686,7 +680,7 @@ def sample_equation_batch(batch: dict, spec: ModelSpec, seed: int, needed=None) 
     pmask = batch["pmask"]
     fit = _gibbs_fit(batch, spec, sp.draws, sp.thin, seed)
     fit["r_hat"], fit["ess_bulk"] = _batch_diagnostics(fit["beta"], pmask)
-    eq_loo = loo_by_equation(fit["loglik"])
+    eq_loo = loo_by_equation(fit["loglik"]) if loo else None
     need = np.arange(len(batch["child"])) if needed is None else np.asarray(needed(eq_loo), dtype=np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: equations without parents
@@ -697,13 +691,23 @@ def sample_equation_batch(batch: dict, spec: ModelSpec, seed: int, needed=None) 
     if not rows.size:
         return fit, eq_loo, 0
     factor = rerun_factor(ess_min[rows].min(), sp.target_ess)
-    sub = _gibbs_fit({k: v[rows] for k, v in batch.items()}, spec, sp.draws, sp.thin * factor, seed + 1)
-    for name, arr in sub.items():
-        if name in fit and isinstance(arr, np.ndarray) and arr.ndim >= 3:
-            fit[name][:, :, rows] = arr
+    # Continue the short equations' chains (no new burn-in) to ``factor`` times their length and
+    # thin the whole chain back to ``draws``: every factor-th kept draw of the first part, then the
+    # continuation at ``thin * factor``. The same span of sweeps as a fresh run of ``factor`` times
+    # the length, without its burn-in and with the first part's sweeps reused (~30 % less work).
+    first = np.arange(0, sp.draws, factor)
+    more = _gibbs_fit({k: v[rows] for k, v in batch.items()}, spec, sp.draws - first.size, sp.thin * factor,
+                      seed + 1, state=fit["state"][:, rows], tune=0)
+    sub = {}
+    for name, arr in more.items():
+        if name in fit and isinstance(arr, np.ndarray) and arr.ndim >= 3 and name != "state":
+            sub[name] = np.concatenate([fit[name][:, first][:, :, rows], arr], axis=1)
+            fit[name][:, :, rows] = sub[name]
+    fit["state"][:, rows] = more["state"]
     fit["r_hat"][rows], fit["ess_bulk"][rows] = _batch_diagnostics(sub["beta"], pmask[rows])
-    sub_loo = loo_by_equation(sub["loglik"])
-    eq_loo.elpd[rows], eq_loo.pareto_k[rows], eq_loo.p_loo[rows] = sub_loo.elpd, sub_loo.pareto_k, sub_loo.p_loo
+    if loo:
+        sub_loo = loo_by_equation(sub["loglik"])
+        eq_loo.elpd[rows], eq_loo.pareto_k[rows], eq_loo.p_loo[rows] = sub_loo.elpd, sub_loo.pareto_k, sub_loo.p_loo
     return fit, eq_loo, factor
 
 
