@@ -884,11 +884,16 @@ def section_compare(ctx: Context) -> str:
             else:
                 out += _note("directions.csv has tile rows, but none matches a tile of this run.", "warn")
     models = tables.get("models.csv")
-    if models is not None and "weight" in models and ({"family", "candidate", "model"} & set(models.columns)):
+    if models is not None and len(models) and "weight" in models and ({"family", "candidate", "model"} & set(models.columns)):
         out += _img(_weights_figure(models), "model weights", "Stacking weights (models.csv) of the noise families "
                     "and of the candidate causal orders (0 = LiNGAM's most frequent), summed within each tile and "
                     "averaged over the tiles of each image.")
+    if models is not None and not len(models):
+        out += _note("Directions only (<code>compare --directions-only</code>): no candidate DAG x noise family models "
+                     "were fitted, so models.csv and averaged.csv are empty.")
     for name, df in tables.items():
+        if not len(df):
+            continue
         open_ = " open" if len(df) <= 30 else ""
         out += f"<details{open_}><summary>{_esc(name)} ({len(df)} rows)</summary>{_table(df)}</details>"
     return out
