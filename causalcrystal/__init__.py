@@ -35,6 +35,7 @@ _EXPORTS = {
     "Run": "causalcrystal.runs",
     "summary": "causalcrystal.runs",
     "tile_loo": "causalcrystal.runs",
+    "tile_idata": "causalcrystal.runs",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -409,14 +409,17 @@ def _equation_chain(y, X, pm, logit_w, coef, m0, v, res, slab2, spike2, alpha, a
         for i in range(n):
             e = y[i] - fit[i]
             mx = -1e300
+            kmx = 0
             for k in range(K):
                 dd = e - mu[k]
                 lp[k] = cst[k] - dd * dd * half_inv[k]
                 if lp[k] > mx:
                     mx = lp[k]
+                    kmx = k
             tot = 0.0
             for k in range(K):
-                lp[k] = np.exp(lp[k] - mx)
+                # exp(0) = 1 for the largest: one exponential fewer per cell (they are most of a sweep)
+                lp[k] = 1.0 if k == kmx else np.exp(lp[k] - mx)
                 tot += lp[k]
             if pending >= 0:
                 # this sweep starts from the last kept draw, so its label probabilities are that

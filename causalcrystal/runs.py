@@ -307,6 +307,64 @@ def tile_loo(run, tile: int, **kwargs):
     return az.loo(one, var_name="z", **kwargs)
 
 
+def tile_idata(run, tile: int, predictive_draws: int = 200, seed: int = 0):
+    """One tile as an ArviZ ``InferenceData`` that ArviZ's functions read as they expect.
+
+    Groups: ``posterior`` (the tile's draws, ``tile`` dropped), ``observed_data`` ``x``
+    (member, variable): the tile's cells as the sampler saw them (:func:`tile_data`, the run's
+    standardisation), ``posterior_predictive`` ``x`` (chain, draw, member, variable): one simulated
+    data set of the tile's size per kept draw, thinned to about ``predictive_draws`` draws in all
+    (:func:`causalcrystal.sem.simulate_sem`, ``x = (I - B)^-1 (c + e)`` with the noise family's
+    ``e``), and ``log_likelihood`` ``x`` (chain, draw, member) (:func:`tile_loglik`). So
+    ``az.plot_ppc(tile_idata(run, k))`` compares every descriptor's observed and replicated
+    distributions, and ``az.loo(...)`` is the tile's LOO (:func:`tile_loo`). A derived descriptor
+    (``attrs["derived"]``) has no equation in the likelihood; its replicated values come from its
+    fitted regression and are not a check of the model.
+
+    Raises ``KeyError`` naming the tiles present when ``tile`` is not one of them.
+    """
+    import arviz as az
+
+    from causalcrystal.cells import DESCRIPTORS
+    from causalcrystal.sem import ModelSpec, simulate_sem
+
+    r = as_run(run)
+    idata = r.posterior
+    tiles = idata.posterior["tile"].values.tolist()
+    if tile not in tiles:
+        raise KeyError(f"tile {tile} is not in this run's posterior (tiles {tiles[:5]}{'...' if len(tiles) > 5 else ''})")
+    X, active = tile_data(r, tile)
+    post = idata.posterior.sel(tile=tile, drop=True)
+    post = post.drop_vars([c for c in post.coords if c not in post.dims])
+    noise = ModelSpec.from_dict(r.settings["spec"]).noise
+    C, D = post.sizes["chain"], post.sizes["draw"]
+    step = max(1, int(np.ceil(C * D / max(int(predictive_draws), 1))))
+    sub = post.isel(draw=slice(None, None, step))
+    d = sub.sizes["draw"]
+    flat = lambda name: sub[name].values.astype(np.float64).reshape(C * d, *sub[name].shape[2:])  # noqa: E731
+    shape = mixture = None
+    if noise == "mog":
+        mixture = (flat("noise_weight"), flat("noise_loc"), flat("noise_var"))
+    elif noise == "studentt":
+        shape = flat("nu").reshape(-1, 1)
+    elif noise == "gennorm":
+        shape = flat("noise_shape")
+    rng = np.random.default_rng(seed)
+    rep = simulate_sem(flat("B"), flat("c"), flat("sigma"), noise, X.shape[0], rng, shape=shape, mixture=mixture)
+    member = np.arange(X.shape[0])
+    names = list(DESCRIPTORS)[:X.shape[1]]
+    pp = xr.Dataset({"x": (("chain", "draw", "member", "variable"), rep.reshape(C, d, *rep.shape[1:]))},
+                    coords={"chain": sub["chain"].values, "draw": sub["draw"].values, "member": member,
+                            "variable": names})
+    obs = xr.Dataset({"x": (("member", "variable"), X)}, coords={"member": member, "variable": names})
+    ll = tile_loglik(r, tile)
+    out = az.InferenceData(posterior=post, observed_data=obs, posterior_predictive=pp,
+                           log_likelihood=xr.Dataset({"x": ll.rename(None)}))
+    der = [] if active is None else [v for v, a in zip(names, active) if not a]
+    out.attrs.update({"tile": int(tile), "noise": noise, "derived": der})
+    return out
+
+
 def open_run(path: str | Path) -> Run:
     """Open the finished run in folder ``path`` (the ``--out`` of ``causalcrystal run`` / ``demo``).
 

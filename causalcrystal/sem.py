@@ -899,33 +899,61 @@ def prior_predictive(prior: DagPrior, spec: ModelSpec, n_cells: int, draws: int 
     B = to_descriptor_matrix(beta, prior.order)
     c = rng.normal(0.0, pr.intercept_sd, size=(draws, n))
     sigma = np.abs(rng.normal(0.0, pr.scale_sd, size=(draws, n)))
-    size = (draws, n_cells, n)
+    shape = mixture = None
     if spec.noise == "mog":
         # the mixture priors at unit residual variance (v = 1, m0 = 0: standardised data)
         mix = spec.mixture
         K = mix.components
-        pi = rng.dirichlet(np.full(K, mix.alpha), size=(draws, n))
-        mu = rng.normal(0.0, mix.mu_sd_rel, size=(draws, n, K))
-        s2 = mix.var_rel / rng.gamma(mix.a0, 1.0, size=(draws, n, K))
+        mixture = (rng.dirichlet(np.full(K, mix.alpha), size=(draws, n)),
+                   rng.normal(0.0, mix.mu_sd_rel, size=(draws, n, K)),
+                   mix.var_rel / rng.gamma(mix.a0, 1.0, size=(draws, n, K)))
+        c[:] = 0.0
+        sigma[:] = 1.0
+    elif spec.noise == "studentt":
+        shape = rng.gamma(pr.nu_alpha, 1.0 / pr.nu_beta, size=(draws, 1))  # the model's prior (PriorSpec)
+    elif spec.noise == "gennorm":
+        # the truncated LogNormal of the model, by inverse CDF
+        mu, sd = np.log(pr.shape_median), pr.shape_sigma
+        lo, hi = stats.norm.cdf((np.log([pr.shape_min, pr.shape_max]) - mu) / sd)
+        shape = np.exp(mu + sd * stats.norm.ppf(rng.uniform(lo, hi, size=(draws, n))))
+    z = simulate_sem(B, c, sigma, spec.noise, n_cells, rng, shape=shape, mixture=mixture)
+    return {"z": z, "B": B, "c": c, "sigma": sigma}
+
+
+def simulate_sem(B: np.ndarray, c: np.ndarray, sigma: np.ndarray, noise: str, n_cells: int, rng,
+                 shape: np.ndarray | None = None, mixture=None) -> np.ndarray:
+    """Data sets from the SEM's generative process, one per draw: ``x = (I - B)^-1 (c + e)``.
+
+    ``B`` (draw, var, var) ``[effect, cause]``; ``c``, ``sigma`` (draw, var); ``noise`` the family
+    (``e`` scaled by ``sigma``: Laplace scale, normal s.d., Student-t scale with ``shape`` = nu
+    (draw, 1) or (draw, var), generalised normal with ``shape`` (draw, var); the densities of
+    :func:`noise_logp`); ``mixture`` for ``mog``: ``(weights, locations, variances)`` (draw, var, K),
+    which replace ``c`` and ``sigma`` (the intercept is the mixture's mean). Returns
+    ``(draw, n_cells, var)``. Used for prior (:func:`prior_predictive`) and posterior predictive
+    checks (:func:`causalcrystal.runs.tile_idata`).
+    """
+    from scipy import stats
+
+    B = np.asarray(B, dtype=np.float64)
+    draws, n = B.shape[0], B.shape[-1]
+    size = (draws, n_cells, n)
+    if noise == "mog":
+        pi, mu, s2 = (np.asarray(a, dtype=np.float64) for a in mixture)
+        K = pi.shape[-1]
         u = rng.random((draws, n_cells, n, 1))
         comp = (np.cumsum(pi, -1)[:, None] < u).sum(-1).clip(max=K - 1)  # (draws, cells, vars)
         take = lambda a: np.take_along_axis(np.broadcast_to(a[:, None], (draws, n_cells, n, K)), comp[..., None], -1)[..., 0]  # noqa: E731
         e = take(mu) + np.sqrt(take(s2)) * rng.normal(size=size)
-        c[:] = 0.0
-        sigma[:] = 1.0
-    elif spec.noise == "laplace":
-        e = rng.laplace(0.0, 1.0, size=size)
-    elif spec.noise == "normal":
-        e = rng.normal(size=size)
-    elif spec.noise == "studentt":
-        nu = rng.gamma(pr.nu_alpha, 1.0 / pr.nu_beta, size=(draws, 1, 1))  # the model's prior (PriorSpec)
-        e = rng.standard_t(nu, size=size)
     else:
-        # the truncated LogNormal of the model, by inverse CDF
-        mu, sd = np.log(pr.shape_median), pr.shape_sigma
-        lo, hi = stats.norm.cdf((np.log([pr.shape_min, pr.shape_max]) - mu) / sd)
-        p = np.exp(mu + sd * stats.norm.ppf(rng.uniform(lo, hi, size=(draws, 1, n))))
-        e = stats.gennorm.rvs(np.broadcast_to(p, size), size=size, random_state=rng)
-    e = e * sigma[:, None, :]
-    z = np.linalg.solve(np.eye(n)[None] - B, (c[:, None, :] + e).transpose(0, 2, 1)).transpose(0, 2, 1)
-    return {"z": z, "B": B, "c": c, "sigma": sigma}
+        if noise == "laplace":
+            e = rng.laplace(0.0, 1.0, size=size)
+        elif noise == "normal":
+            e = rng.normal(size=size)
+        elif noise == "studentt":
+            e = rng.standard_t(np.broadcast_to(np.asarray(shape)[:, None, :], size), size=size)
+        elif noise == "gennorm":
+            e = stats.gennorm.rvs(np.broadcast_to(np.asarray(shape)[:, None, :], size), size=size, random_state=rng)
+        else:
+            raise ValueError(f"noise family {noise!r} unknown; use mog, laplace, normal, studentt or gennorm.")
+        e = np.asarray(c, dtype=np.float64)[:, None, :] + e * np.asarray(sigma, dtype=np.float64)[:, None, :]
+    return np.linalg.solve(np.eye(n)[None] - B, e.transpose(0, 2, 1)).transpose(0, 2, 1)

@@ -424,6 +424,32 @@ print("ok")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
+def test_tile_idata_serves_arviz_ppc_and_loo(run):
+    """One tile as ArviZ expects it: observed cells, replicated data sets from the fitted SEM, the
+    tile's log-likelihood. The replicated data must look like the observed (a posterior predictive
+    check of a model fitted to these very cells: the observed s.d. of a descriptor is an extreme
+    0.5 % tail of the replicated ones for at most 2 of 8 descriptors)."""
+    import arviz as az
+
+    import causalcrystal as cc
+
+    r = cc.open_run(run)
+    tile = int(r.posterior.posterior["tile"][0])
+    n = int(r.posterior.posterior["n_cells"].sel(tile=tile))
+    idata = cc.tile_idata(r, tile, predictive_draws=100, seed=fixed_seed(2))
+    assert {"posterior", "observed_data", "posterior_predictive", "log_likelihood"} <= set(idata.groups())
+    obs, rep = idata.observed_data["x"], idata.posterior_predictive["x"]
+    assert obs.dims == ("member", "variable") and obs.shape == (n, 8)
+    assert rep.dims == ("chain", "draw", "member", "variable") and rep.sizes["chain"] * rep.sizes["draw"] == 100
+    ppp = (rep.std("member") < obs.std("member")).mean(("chain", "draw")).values
+    assert ((ppp < 0.005) | (ppp > 0.995)).sum() <= 2, ppp
+    axes = az.plot_ppc(idata, flatten=["member"], num_pp_samples=20)
+    assert np.size(axes) == 8
+    assert az.loo(idata, var_name="x").n_data_points == n
+    with pytest.raises(KeyError, match="not in this run"):
+        cc.tile_idata(r, 10_000)
+
+
 def test_rank_plot_of_a_tile_shows_its_estimated_coefficients(run):
     import causalcrystal as cc
 
