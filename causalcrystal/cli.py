@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "K) x families SEM fits + 2 per pair, plus 2 per pair and image; per 256-cell fit ~3 s "
                     "(laplace) or ~6 s (studentt) per worker after a 10-30 s compile per family and worker: with the "
                     "defaults ~35 s of worker time per tile, ~30 min for 100 tiles on 2 cores (use --max-tiles for a "
-                    "first look; --directions-only for a direction map over every tile, ~3 s of worker time per "
+                    "first look; --directions-only for a direction map over every tile, ~1.5 s of worker time per "
                     "tile). Outputs in --out: models.csv, averaged.csv, directions.csv, manifest.json; "
                     "an interrupted compare resumes.")
     p.add_argument("run_dir", help="folder of a `causalcrystal run` or `demo` (has discovery.nc)")

@@ -79,7 +79,7 @@ per pair with ``directions``, plus 2 fits per pair and whole image. Measured on 
 ~6 s per ``studentt`` fit (it needs the ESS re-run more often), after a compile of 10-30 s per noise
 family and worker; with the defaults that is ~35 s of worker time per tile, ~30 min for 100 tiles.
 A direction map alone (``models=False``, ``--directions-only``) fits only the equations that differ
-between a pair's two orientations: ~3 s of worker time per tile for the two default pairs
+between a pair's two orientations: ~1.5 s of worker time per tile for the two default pairs
 (benchmarks/RESULTS.md).
 ``gennorm`` is far slower (~70 s per fit) and not a default family.
 """
@@ -448,7 +448,8 @@ def compare_run(
     ``models=False`` (``--directions-only``): no candidate DAG x family fits, only the direction
     probabilities (a direction map over every tile; ``models.csv`` and ``averaged.csv`` are written
     empty). A direction test fits only the equations that differ between the two orientations
-    (:mod:`causalcrystal.direction`), ~1-2 s per tile and pair set instead of ~35 s for the models.
+    (:mod:`causalcrystal.direction`), ~1.5 s per tile for the two default pairs instead of ~35 s for
+    the models.
     ``workers`` / ``scheduler`` as in :func:`causalcrystal.engine.run_pipeline` (``workers=1``: in
     this process). ``stop_after``: finish at most that many tiles/images and return (resumable).
 
