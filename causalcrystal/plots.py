@@ -359,37 +359,131 @@ def plot_total_effect_map(run, effect: str, cause: str, axes=None, prob: float =
     square at its (col0, row0) of side ``size`` coloured by the posterior mean (one diverging scale
     for all images; hatched where the 90 % interval spans 0). Overlapping tiles (stride < size) are
     drawn in tile order, a later one over the earlier. Returns the figure."""
-    from matplotlib.patches import Rectangle
-
     d = total_effect_map_data(run, effect, cause, prob)
     images = list(dict.fromkeys(d["image"]))
-    if axes is None:
-        fig = new_figure(3.4 * len(images) + 0.8, 3.2)
-        axes = fig.subplots(1, len(images), squeeze=False).ravel()
-    else:
-        axes = np.atleast_1d(axes).ravel()
-        fig = axes[0].figure
+    fig, axes = _image_axes(len(images), axes)
     import matplotlib as mpl
 
     vmax = float(np.abs(d["mean"]).max()) or 1.0
     norm = mpl.colors.Normalize(-vmax, vmax)
     cmap = mpl.colormaps["RdBu_r"]
+    _tile_squares(axes, images, d, "mean", norm, cmap, hatch=(d["lo"] <= 0) & (0 <= d["hi"]))
+    cb = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[:len(images)]), shrink=0.8)
+    cb.set_label(f"total effect {literal(effect)} <- {literal(cause)} (mean)", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+    no_tex(fig)
+    return fig
+
+
+def _tile_squares(axes, images, d, column: str, norm, cmap, hatch=None) -> None:
+    """Per image (one axes each), every tile of ``d`` (``image``, ``row0``, ``col0``, ``size``)
+    as a square coloured by ``d[column]`` (grey where NaN), hatched where ``hatch``; in tile order,
+    a later tile over an earlier one where they overlap; rows grow downwards, as in the image."""
+    from matplotlib.patches import Rectangle
+
+    hatch = np.zeros(len(d), dtype=bool) if hatch is None else np.asarray(hatch, dtype=bool)
     for ax, img in zip(axes, images):
-        sub = d[d["image"] == img]
-        size = sub["size"] if "size" in sub else np.ones(len(sub))
-        for (_, r), s in zip(sub.iterrows(), size):
-            spans0 = r["lo"] <= 0 <= r["hi"]
-            ax.add_patch(Rectangle((r["col0"], r["row0"]), s, s, facecolor=cmap(norm(r["mean"])), edgecolor="white",
-                                   linewidth=0.5, hatch="///" if spans0 else None, alpha=0.9))
+        m = (d["image"] == img).to_numpy()
+        sub = d[m]
+        size = sub["size"].to_numpy() if "size" in sub else np.ones(len(sub))
+        for (_, r), s, h in zip(sub.iterrows(), size, hatch[m]):
+            v = r[column]
+            face = "lightgrey" if not np.isfinite(v) else cmap(norm(v))
+            ax.add_patch(Rectangle((r["col0"], r["row0"]), s, s, facecolor=face, edgecolor="white", linewidth=0.5,
+                                   hatch="///" if h else None, alpha=0.9))
         ax.set_xlim(sub["col0"].min(), (sub["col0"] + size).max())
-        ax.set_ylim((sub["row0"] + size).max(), sub["row0"].min())  # rows grow downwards, as in the image
+        ax.set_ylim((sub["row0"] + size).max(), sub["row0"].min())
         ax.set_aspect("equal")
         ax.set_title(literal(img), fontsize=9)
         ax.set_xlabel("col (cells)", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel("row (cells)", fontsize=8)
+
+
+def _image_axes(n: int, axes):
+    if axes is None:
+        fig = new_figure(3.4 * n + 0.8, 3.2)
+        return fig, fig.subplots(1, n, squeeze=False).ravel()
+    axes = np.atleast_1d(axes).ravel()
+    return axes[0].figure, axes
+
+
+def direction_map_data(run, pair: str = "a->b"):
+    """Per tile, ``P(pair)`` from the run's comparison (``causalcrystal compare``, e.g.
+    ``--directions-only``; ``directions.csv``): a DataFrame with ``tile``, ``image``, ``row0``,
+    ``col0``, ``size`` (from the run's posterior), ``p_forward`` (NaN where no direction could be
+    given), ``valid`` and ``reason`` (when the comparison recorded them). ``pair``: ``"a->b"`` as in ``directions.csv`` (``"a:b"``
+    accepted). Raises ``ValueError`` naming the pairs present when ``pair`` is not one of them."""
+    from causalcrystal.runs import as_run
+
+    r = as_run(run)
+    pair = pair.replace(":", "->")
+    d = r.compare["directions"]
+    d = d[d["level"].astype(str) == "tile"]
+    pairs = sorted(set(d["pair"].astype(str)))
+    if pair not in pairs:
+        raise ValueError(f"no direction probabilities for {pair!r} in this run's comparison; pairs present: {pairs}")
+    # (valid and reason: comparisons made before they were recorded lack them)
+    d = d[d["pair"].astype(str) == pair][[c for c in ("tile", "p_forward", "valid", "reason") if c in d]]
+    post = r.posterior.posterior
+    coords = {c: post[c].values for c in ("image", "row0", "col0", "size") if c in post.coords}
+    import pandas as pd
+
+    tiles = pd.DataFrame({"tile": post["tile"].values.astype(int), **coords})
+    tiles["image"] = tiles["image"].astype(str)
+    out = tiles.merge(d.assign(tile=d["tile"].astype(int)), on="tile", how="inner")
+    return out.sort_values("tile").reset_index(drop=True)
+
+
+def plot_direction_map(run, pair: str = "a->b", axes=None):
+    """Map of ``P(pair)`` per tile (:func:`direction_map_data`), one panel per image: red where the
+    first of the pair causes the second, blue the reverse, white undecided, grey no direction
+    (``reason`` in the data). Returns the figure."""
+    import matplotlib as mpl
+
+    d = direction_map_data(run, pair)
+    images = list(dict.fromkeys(d["image"]))
+    fig, axes = _image_axes(len(images), axes)
+    norm, cmap = mpl.colors.Normalize(0.0, 1.0), mpl.colormaps["RdBu_r"]
+    _tile_squares(axes, images, d, "p_forward", norm, cmap)
     cb = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[:len(images)]), shrink=0.8)
-    cb.set_label(f"total effect {literal(effect)} <- {literal(cause)} (mean)", fontsize=8)
+    cb.set_label(f"P({literal(pair.replace(':', '->'))})", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+    no_tex(fig)
+    return fig
+
+
+def descriptor_map_data(cells, image: str, name: str):
+    """One descriptor of one image on the cell grid: a 2-D array ``(rows, cols)`` indexed by the
+    cells' ``row``, ``col`` (NaN where the image has no cell), with the descriptor's ``units``.
+    Raises ``ValueError`` naming the images / variables present when ``image`` or ``name`` is not."""
+    if name not in cells:
+        raise ValueError(f"{name!r} is not a variable of the cell table; variables: {sorted(cells.data_vars)}")
+    labels = cells["image"].values.astype(str)
+    m = labels == str(image)
+    if not m.any():
+        raise ValueError(f"image {image!r} is not in the cell table; images: {sorted(set(labels))}")
+    row, col = cells["row"].values[m].astype(int), cells["col"].values[m].astype(int)
+    grid = np.full((row.max() - row.min() + 1, col.max() - col.min() + 1), np.nan)
+    grid[row - row.min(), col - col.min()] = cells[name].values[m]
+    return {"values": grid, "row0": int(row.min()), "col0": int(col.min()),
+            "units": str(cells[name].attrs.get("units", ""))}
+
+
+def plot_descriptor_map(cells, image: str, name: str, ax=None, *, cmap: str = "viridis"):
+    """A descriptor of one image per unit cell (:func:`descriptor_map_data`), rows downwards as in
+    the micrograph. Returns the figure."""
+    fig, ax = _axes(ax, 4.2, 3.8)
+    d = descriptor_map_data(cells, image, name)
+    h, w = d["values"].shape
+    im = ax.imshow(d["values"], cmap=cmap, origin="upper", interpolation="nearest",
+                   extent=(d["col0"] - 0.5, d["col0"] + w - 0.5, d["row0"] + h - 0.5, d["row0"] - 0.5))
+    ax.set_title(f"{literal(name)}: {literal(image)}", fontsize=9)
+    ax.set_xlabel("col (cells)", fontsize=8)
+    ax.set_ylabel("row (cells)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    cb = fig.colorbar(im, ax=ax, shrink=0.8)
+    cb.set_label(f"{literal(name)}" + (f" ({literal(d['units'])})" if d["units"] else ""), fontsize=8)
     cb.ax.tick_params(labelsize=7)
     no_tex(fig)
     return fig

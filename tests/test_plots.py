@@ -58,6 +58,25 @@ def test_plot_graph_returns_a_figure_drawing_the_edges_literally():
     assert plots.plot_graph(_summary(), "img$_1", ax2) is f2
 
 
+def test_descriptor_map_puts_every_cell_at_its_row_and_col():
+    from causalcrystal.simulator import simulate
+
+    cells = simulate((0.0, 0.2), shape=(6, 5), seed=fixed_seed(0))
+    img = str(cells["image"].values[-1])
+    keep = ~((cells["image"].values.astype(str) == img) & (cells["row"].values == 2) & (cells["col"].values == 3))
+    cells = cells.isel(cell=np.flatnonzero(keep))  # one missing cell: NaN in the map
+    d = plots.descriptor_map_data(cells, img, "alpha")
+    assert d["values"].shape == (6, 5) and np.isnan(d["values"][2, 3]) and np.isfinite(d["values"]).sum() == 29
+    m = cells["image"].values.astype(str) == img
+    np.testing.assert_array_equal(d["values"][cells["row"].values[m], cells["col"].values[m]], cells["alpha"].values[m])
+    fig = plots.plot_descriptor_map(cells, img, "alpha")
+    assert len(fig.axes) == 2 and fig.axes[0].yaxis_inverted()  # the map and its colour bar; rows downwards
+    with pytest.raises(ValueError, match="images"):
+        plots.descriptor_map_data(cells, "nope", "alpha")
+    with pytest.raises(ValueError, match="variables"):
+        plots.descriptor_map_data(cells, img, "nope")
+
+
 def test_plot_polarisation_draws_one_arrow_per_cell():
     from causalcrystal.simulator import simulate
 

@@ -450,6 +450,25 @@ def test_tile_idata_serves_arviz_ppc_and_loo(run):
         cc.tile_idata(r, 10_000)
 
 
+def test_direction_map_shows_the_comparison_per_tile(run):
+    import pandas as pd
+
+    import causalcrystal as cc
+
+    r = cc.open_run(run)
+    d = cc.plots.direction_map_data(r, "Px:Py")
+    rows = pd.read_csv(run / "compare" / "directions.csv").query("level == 'tile' and pair == 'Px->Py'")
+    assert sorted(d["tile"]) == sorted(rows["tile"].astype(int)) and len(d) == r.posterior.posterior.sizes["tile"]
+    np.testing.assert_allclose(d.set_index("tile")["p_forward"].sort_index(),
+                               rows.set_index("tile")["p_forward"].sort_index())
+    fig = cc.plots.plot_direction_map(r, "Px->Py")
+    n_images = len(set(d["image"]))
+    assert len(fig.axes) == n_images + 1  # one panel per image and the colour bar
+    assert sum(len(ax.patches) for ax in fig.axes[:n_images]) == len(d)  # one square per tile
+    with pytest.raises(ValueError, match="pairs present"):
+        cc.plots.direction_map_data(r, "I14->a")
+
+
 def test_rank_plot_of_a_tile_shows_its_estimated_coefficients(run):
     import causalcrystal as cc
 
