@@ -453,6 +453,71 @@ def plot_direction_map(run, pair: str = "a->b", axes=None):
     return fig
 
 
+def coupling_vs_polarisation_data(run, effect: str, cause: str, prob: float = 0.9):
+    """Per tile, the coupling ``B[effect, cause]`` (posterior mean and central ``prob`` interval, in
+    the units of ``posterior.attrs['units']``) against the tile's polarisation: the mean over its
+    cells of ``|P| = sqrt(Px^2 + Py^2)`` and of ``Px``, ``Py`` (the cell table's units). Returns a
+    DataFrame with ``tile``, ``image``, ``sm_fraction`` (when the cells have it), ``mean``, ``lo``,
+    ``hi``, ``p_allowed`` (share of draws where the tile's orders allow the edge), ``P_abs``,
+    ``Px``, ``Py``. One tile's draws at a time: memory flat in the number of tiles."""
+    import pandas as pd
+
+    from causalcrystal.runs import as_run
+
+    i, j = DESCRIPTORS.index(effect), DESCRIPTORS.index(cause)
+    r = as_run(run)
+    post = r.posterior.posterior
+    allowed = r.posterior.constant_data["allowed"] if "constant_data" in r.posterior.groups() else None
+    rows = []
+    for t in post["tile"].values:
+        b = post["B"].sel(tile=t).values[..., i, j].astype(np.float64).ravel()
+        q = np.quantile(b, [(1 - prob) / 2, (1 + prob) / 2])
+        c = r.tile_cells(int(t))
+        px, py = c["Px"].values, c["Py"].values
+        row = {"tile": int(t), "image": str(post["image"].sel(tile=t).values), "mean": float(b.mean()),
+               "lo": float(q[0]), "hi": float(q[1]), "P_abs": float(np.hypot(px, py).mean()),
+               "Px": float(px.mean()), "Py": float(py.mean())}
+        if "sm_fraction" in c:
+            row["sm_fraction"] = float(c["sm_fraction"].values.mean())
+        if allowed is not None:
+            row["p_allowed"] = float(allowed.sel(tile=t).values[i, j])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_coupling_vs_polarisation(run, effect: str, cause: str, ax=None, prob: float = 0.9):
+    """Each tile's coupling ``effect <- cause`` (posterior mean, ``prob`` interval as a bar) against
+    its mean polarisation magnitude ``|P|`` (:func:`coupling_vs_polarisation_data`), one colour per
+    image. Returns the figure."""
+    fig, ax = _axes(ax, 4.6, 3.6)
+    d = coupling_vs_polarisation_data(run, effect, cause, prob)
+    allowed = d["p_allowed"] > 0 if "p_allowed" in d else np.ones(len(d), dtype=bool)
+    for k, (img, sub) in enumerate(d[allowed].groupby("image", sort=False)):
+        ax.errorbar(sub["P_abs"], sub["mean"], yerr=[sub["mean"] - sub["lo"], sub["hi"] - sub["mean"]], fmt="o",
+                    ms=3, lw=0.8, capsize=0, color=f"C{k % 10}", label=literal(img))
+    if (~allowed).any():  # exact zeros by construction, not estimates
+        ax.plot(d.loc[~allowed, "P_abs"], d.loc[~allowed, "mean"], "x", color="0.6", ms=4,
+                label="edge not allowed in the tile")
+    units = _units(run)
+    ax.axhline(0.0, color="0.6", lw=0.6)
+    ax.set_xlabel("mean |P| of the tile's cells" + (f" ({literal(units['P'])})" if units["P"] else ""), fontsize=8)
+    ax.set_ylabel(f"{literal(effect)} <- {literal(cause)}" + (f" ({literal(units['B'])})" if units["B"] else ""),
+                  fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc="best")
+    no_tex(fig)
+    return fig
+
+
+def _units(run) -> dict:
+    """The units of a run's couplings (``posterior.attrs['units']``) and polarisation (``Px``'s)."""
+    from causalcrystal.runs import as_run
+
+    r = as_run(run)
+    return {"B": str(r.posterior.posterior.attrs.get("units", "")),
+            "P": str(r.cells["Px"].attrs.get("units", "")) if "Px" in r.cells else ""}
+
+
 def descriptor_map_data(cells, image: str, name: str):
     """One descriptor of one image on the cell grid: a 2-D array ``(rows, cols)`` indexed by the
     cells' ``row``, ``col`` (NaN where the image has no cell), with the descriptor's ``units``.

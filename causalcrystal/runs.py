@@ -130,6 +130,19 @@ class Run:
         tiles = run_tiles(self.cells, s["tile_size"], s["stride"], tile_min_cells(s["tile_size"], s["min_cells"]))
         return discovery.standardize(self.cells, s["standardize"]), tiles
 
+    @property
+    def tiles(self):
+        """``xarray.Dataset``: the run's tiling (:func:`causalcrystal.tiling.make_tiles`), rebuilt
+        from ``cells`` and the run's settings; ``tile`` indexes it as in ``posterior.nc``."""
+        return self._tiling[1]
+
+    def tile_cells(self, tile: int):
+        """The cells of one tile in the cell table's own units (``xarray.Dataset`` over ``cell``);
+        :func:`tile_data` gives them as the sampler saw them (standardised)."""
+        from causalcrystal.tiling import tile_members
+
+        return self.cells.isel(cell=tile_members(self.tiles, int(tile)))
+
     # -- derived jobs ---------------------------------------------------------------------------
 
     def _derived(self, job: str, final: str, command: str) -> Path:

@@ -469,6 +469,26 @@ def test_direction_map_shows_the_comparison_per_tile(run):
         cc.plots.direction_map_data(r, "I14->a")
 
 
+def test_coupling_against_polarisation_per_tile(run):
+    import causalcrystal as cc
+    from causalcrystal.tiling import make_tiles, tile_members
+
+    r = cc.open_run(run)
+    d = cc.plots.coupling_vs_polarisation_data(r, "a", "Px")
+    post = r.posterior.posterior
+    assert list(d["tile"]) == post["tile"].values.tolist()
+    t = int(d["tile"].iloc[-1])
+    np.testing.assert_allclose(d["mean"].iloc[-1], post["B"].sel(tile=t, effect="a", cause="Px").values.mean(),
+                               rtol=1e-6)
+    s = r.settings
+    tiles = make_tiles(r.cells, s["tile_size"], s["stride"])  # the tiling rebuilt independently of Run.tiles
+    cells = r.cells.isel(cell=tile_members(tiles, t))
+    assert d["P_abs"].iloc[-1] == pytest.approx(np.hypot(cells["Px"].values, cells["Py"].values).mean())
+    assert ((d["lo"] <= d["mean"]) & (d["mean"] <= d["hi"])).all()
+    fig = cc.plots.plot_coupling_vs_polarisation(r, "a", "Px")
+    assert len(fig.axes) == 1 and "|P|" in fig.axes[0].get_xlabel()
+
+
 def test_rank_plot_of_a_tile_shows_its_estimated_coefficients(run):
     import causalcrystal as cc
 
