@@ -518,6 +518,55 @@ def _units(run) -> dict:
             "P": str(r.cells["Px"].attrs.get("units", "")) if "Px" in r.cells else ""}
 
 
+def recovery_data(run):
+    """For a run on simulated cells (a ``true_B`` in ``cells.nc``): every estimated edge of every
+    tile (the rows of ``summary.csv``) with its truth in the run's units
+    (:func:`causalcrystal.scenarios.truth_per_tile`: the mean of the tile's cells' ``true_B``,
+    scaled like ``B``). Returns a DataFrame with ``tile``, ``image``, ``effect``, ``cause``,
+    ``truth``, ``mean``, ``lo``, ``hi`` (the summary's 90 % HDI) and ``covered``. Raises
+    ``ValueError`` for cells without a ground truth."""
+    from causalcrystal.runs import as_run
+    from causalcrystal.scenarios import truth_per_tile
+
+    r = as_run(run)
+    if "true_B" not in r.cells:
+        raise ValueError("recovery needs simulated cells with a ground truth (true_B); this run's cells.nc has none.")
+    truth = truth_per_tile(r.cells, r.tiles, r.settings["standardize"])
+    s = r.summary
+    ix = {v: k for k, v in enumerate(DESCRIPTORS)}
+    out = s[["tile", "image", "effect", "cause", "mean"]].copy()
+    out["truth"] = truth[s["tile"].to_numpy(int), s["effect"].map(ix).to_numpy(), s["cause"].map(ix).to_numpy()]
+    out["lo"], out["hi"] = s["hdi_5%"].to_numpy(), s["hdi_95%"].to_numpy()
+    out["covered"] = (out["lo"] <= out["truth"]) & (out["truth"] <= out["hi"])
+    return out.reset_index(drop=True)
+
+
+def plot_recovery(run, ax=None):
+    """Posterior mean and 90 % HDI of every estimated edge against its truth (:func:`recovery_data`;
+    simulated runs), with the identity line and the share of intervals covering the truth.
+    Returns the figure."""
+    fig, ax = _axes(ax, 4.2, 4.0)
+    d = recovery_data(run)
+    hit = d["covered"].to_numpy()
+    for mask, color, label in ((hit, "C0", "interval covers the truth"), (~hit, "C3", "interval misses it")):
+        sub = d[mask]
+        # (an HDI need not contain the mean: bars from the interval, not as errors around the mean)
+        ax.vlines(sub["truth"], sub["lo"], sub["hi"], color=color, lw=0.6, alpha=0.6)
+        ax.plot(sub["truth"], sub["mean"], "o", ms=2.5, color=color, alpha=0.8, label=f"{label} ({mask.sum()})")
+    lim = float(np.nanmax(np.abs(d[["truth", "lo", "hi"]].to_numpy()))) * 1.05 or 1.0
+    ax.plot([-lim, lim], [-lim, lim], color="0.5", lw=0.7)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xlabel("true coefficient (run units)", fontsize=8)
+    ax.set_ylabel("posterior mean, 90 % HDI", fontsize=8)
+    ax.set_title(f"coverage of the 90 % intervals: {hit.mean():.2f} of {len(d)}", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc="upper left")
+    no_tex(fig)
+    return fig
+
+
 def descriptor_map_data(cells, image: str, name: str):
     """One descriptor of one image on the cell grid: a 2-D array ``(rows, cols)`` indexed by the
     cells' ``row``, ``col`` (NaN where the image has no cell), with the descriptor's ``units``.

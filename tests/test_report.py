@@ -16,6 +16,7 @@ import pytest
 from conftest import fixed_seed, lgd_spec_file
 
 from causalcrystal import concentration as cn
+from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.cli import main
 from causalcrystal.report import SECTIONS, write_report
 
@@ -487,6 +488,29 @@ def test_coupling_against_polarisation_per_tile(run):
     assert ((d["lo"] <= d["mean"]) & (d["mean"] <= d["hi"])).all()
     fig = cc.plots.plot_coupling_vs_polarisation(r, "a", "Px")
     assert len(fig.axes) == 1 and "|P|" in fig.axes[0].get_xlabel()
+
+
+def test_recovery_against_the_simulated_truth(run):
+    """Every estimated edge with its truth in the run's units (per-image standardisation: the mean
+    of the tile's cells' true_B times sd(cause) / sd(effect) of the image), computed here by hand."""
+    import causalcrystal as cc
+    from causalcrystal.tiling import make_tiles, tile_members
+
+    r = cc.open_run(run)
+    d = cc.plots.recovery_data(r)
+    assert len(d) == len(r.summary)
+    row = d.iloc[len(d) // 2]
+    s = r.settings
+    cells = r.cells
+    m = tile_members(make_tiles(cells, s["tile_size"], s["stride"]), int(row["tile"]))
+    img = cells["image"].values.astype(str) == str(cells["image"].values[m[0]])
+    i, j = DESCRIPTORS.index(row["effect"]), DESCRIPTORS.index(row["cause"])
+    sd = lambda v: cells[v].values[img].std()  # noqa: E731
+    truth = cells["true_B"].values[m, i, j].mean() * sd(row["cause"]) / sd(row["effect"])
+    assert row["truth"] == pytest.approx(truth, rel=1e-9, abs=1e-12)
+    assert d["covered"].tolist() == ((d["lo"] <= d["truth"]) & (d["truth"] <= d["hi"])).tolist()
+    fig = cc.plots.plot_recovery(r)
+    assert f"{d['covered'].mean():.2f} of {len(d)}" in fig.axes[0].get_title()
 
 
 def test_rank_plot_of_a_tile_shows_its_estimated_coefficients(run):
