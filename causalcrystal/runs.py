@@ -311,7 +311,7 @@ def tile_loo(run, tile: int, **kwargs):
     r = as_run(run)
     tiles = r.posterior.posterior["tile"].values.tolist()
     if tile not in tiles:
-        raise KeyError(f"tile {tile} is not in this run's posterior (tiles {tiles[:5]}{'...' if len(tiles) > 5 else ''})")
+        raise KeyError(_missing_tile(tile, tiles))
     z = tile_loglik(r, tile)
     # the tile's own draws as the posterior group (ArviZ takes the relative ESS, reff, from it)
     post = r.posterior.posterior[["sigma"]].sel(tile=tile, drop=True)
@@ -345,7 +345,7 @@ def tile_idata(run, tile: int, predictive_draws: int = 200, seed: int = 0):
     idata = r.posterior
     tiles = idata.posterior["tile"].values.tolist()
     if tile not in tiles:
-        raise KeyError(f"tile {tile} is not in this run's posterior (tiles {tiles[:5]}{'...' if len(tiles) > 5 else ''})")
+        raise KeyError(_missing_tile(tile, tiles))
     X, active = tile_data(r, tile)
     post = idata.posterior.sel(tile=tile, drop=True)
     post = post.drop_vars([c for c in post.coords if c not in post.dims])
@@ -376,6 +376,11 @@ def tile_idata(run, tile: int, predictive_draws: int = 200, seed: int = 0):
     der = [] if active is None else [v for v, a in zip(names, active) if not a]
     out.attrs.update({"tile": int(tile), "noise": noise, "derived": der})
     return out
+
+
+def _missing_tile(tile, tiles: list) -> str:
+    shown = ", ".join(str(t) for t in tiles[:8]) + (f", ... {tiles[-1]}" if len(tiles) > 8 else "")
+    return f"tile {tile} is not in this run's posterior: its {len(tiles)} tiles are {shown}"
 
 
 def open_run(path: str | Path) -> Run:
