@@ -164,13 +164,7 @@ def _fit_orders(X, priors, spec: ModelSpec, seed: int, active):
     Xs, _, sd = sem.tile_standardise(X)
     batch, rows_of, per_order = sem.distinct_equations(Xs, priors, active, drop_common=True)
 
-    def weighted(eq_loo):
-        lo = sem.orders_loo(batch, rows_of, per_order, eq_loo)
-        weight = sem.pseudo_bma(lo, seed)
-        return np.unique(np.concatenate([rows_of[m][rows_of[m] >= 0] for m in range(len(priors))
-                                         if weight[m] >= 0.01]))
-
-    fit, eq_loo, _ = sem.sample_equation_batch(batch, spec, seed, weighted)
+    fit, eq_loo, _ = sem.sample_equation_batch(batch, spec, seed, sem.weighted_rows(batch, rows_of, per_order, seed))
     refits = _reloo(batch, fit, eq_loo, spec, seed)
     loos = sem.orders_loo(batch, rows_of, per_order, eq_loo)
     means = fit["beta"].mean(axis=(0, 1))  # (U, P)

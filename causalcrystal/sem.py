@@ -711,6 +711,17 @@ def sample_equation_batch(batch: dict, spec: ModelSpec, seed: int, needed=None, 
     return fit, eq_loo, factor
 
 
+def weighted_rows(batch: dict, rows_of: list[np.ndarray], per_order: list[dict], weight_seed: int):
+    """The ``needed`` rule of :func:`sample_equation_batch` for an order mixture: the batch rows of
+    the orders whose pseudo-BMA+ weight (:func:`pseudo_bma` of :func:`orders_loo`) is >= 1 %
+    (dropped common equations, row -1, are not in the batch)."""
+    def needed(eq_loo) -> np.ndarray:
+        weight = pseudo_bma(orders_loo(batch, rows_of, per_order, eq_loo), weight_seed)
+        rows = [r[r >= 0] for r, wm in zip(rows_of, weight) if wm >= 0.01]
+        return np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+    return needed
+
+
 def _batch_diagnostics(beta: np.ndarray, pmask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """r_hat and bulk ESS of every real coefficient of a batch of equations in one ArviZ call
     (``beta``: chain, draw, E, P) -> two (E, P) arrays, NaN where ``pmask`` is False (one call per
@@ -749,11 +760,7 @@ def _gibbs_orders(X, priors, spec: ModelSpec, seed: int, active, weight_seed: in
     weight (>= 1 %, :func:`sample_equation_batch`)."""
     batch, rows_of, per_order = distinct_equations(X, priors, active)
 
-    def weighted(eq_loo):
-        weight = pseudo_bma(orders_loo(batch, rows_of, per_order, eq_loo), weight_seed)
-        return np.unique(np.concatenate([rows_of[m] for m in range(len(priors)) if weight[m] >= 0.01]))
-
-    fit, eq_loo, factor = sample_equation_batch(batch, spec, seed, weighted)
+    fit, eq_loo, factor = sample_equation_batch(batch, spec, seed, weighted_rows(batch, rows_of, per_order, weight_seed))
     fits = []
     for eqs, rows in zip(per_order, rows_of):
         r_o, e_o = fit["r_hat"][rows][eqs["pmask"]], fit["ess_bulk"][rows][eqs["pmask"]]
