@@ -1,5 +1,5 @@
-"""Output size per tile: ``posterior.nc`` with and without the pointwise log-likelihood and gzip,
-side by side from the same sampled tiles (issue 13's goal: <= 0.5 MB per tile by default).
+"""Output size per tile: ``posterior.nc`` with and without the pointwise log-likelihood, gzip and
+the rounding of the draws (``engine.quantise_draws``), side by side from the same sampled tiles (issue 13's goal: <= 0.5 MB per tile by default).
 
 Run by hand (about a minute on 2 cores): ``python benchmarks/bench_outputs.py``. It runs the
 demo series once (``causalcrystal demo`` defaults: 3 compositions of 24 x 24 cells, 16 x 16 tiles,
@@ -44,19 +44,21 @@ def main() -> None:
     print("| posterior.nc variant | MB per tile | write s |")
     print("|---|---|---|")
     sizes = {}
-    for label, loglik, level in (("log-likelihood stored, no compression (before)", True, 0),
-                                 ("log-likelihood stored, gzip 4", True, 4),
-                                 ("no log-likelihood, no compression", False, 0),
-                                 ("no log-likelihood, gzip 4 (default)", False, 4)):
-        path = tmp / f"post-{loglik}-{level}.nc"
+    for label, loglik, level, lossless in (
+            ("log-likelihood stored, no compression, lossless (before issue 13)", True, 0, True),
+            ("log-likelihood stored, gzip 4", True, 4, False),
+            ("no log-likelihood, no compression, lossless", False, 0, True),
+            ("no log-likelihood, gzip 4, lossless (--lossless)", False, 4, True),
+            ("no log-likelihood, gzip 4, draws rounded to sd / 4096 (default)", False, 4, False)):
+        path = tmp / f"post-{loglik}-{level}-{lossless}.nc"
         clock = time.perf_counter()
         engine.write_posterior(path, plan.tiles, disc, priors, done, run / "tiles", plan.spec, plan.standardize,
-                               constants=consts, loglik=loglik, compression=level)
+                               constants=consts, loglik=loglik, compression=level, lossless=lossless)
         sec = time.perf_counter() - clock
         sizes[label] = path
         print(f"| {label} | {path.stat().st_size / T / 1e6:.3f} | {sec:.2f} |")
     print("\nper variable in the default file (KB per tile):\n")
-    with h5py.File(sizes["no log-likelihood, gzip 4 (default)"]) as f:
+    with h5py.File(sizes["no log-likelihood, gzip 4, draws rounded to sd / 4096 (default)"]) as f:
         rows = []
         f.visititems(lambda name, obj: rows.append((name, obj.id.get_storage_size()))
                      if isinstance(obj, h5py.Dataset) else None)

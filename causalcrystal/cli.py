@@ -214,6 +214,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-loglik", action="store_true",
                    help="store the pointwise log-likelihood in posterior.nc (~1 MB per 256-cell tile; by default "
                         "causalcrystal.tile_loo recomputes a tile's on demand)")
+    p.add_argument("--lossless", action="store_true",
+                   help="store the posterior draws in posterior.nc exactly as sampled (by default each quantity's "
+                        "draws are rounded to 1/4096 of its posterior s.d. in the tile: ~29%% smaller, error <= 0.012%% "
+                        "of an s.d.)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -230,7 +234,8 @@ def _run(cells, args) -> int:
                        seed=args.seed,
                        scheduler=args.scheduler,
                        workers=args.workers, overwrite=args.overwrite, progress=not args.quiet,
-                       keep_tiles=getattr(args, "keep_tiles", False), keep_loglik=getattr(args, "keep_loglik", False))
+                       keep_tiles=getattr(args, "keep_tiles", False), keep_loglik=getattr(args, "keep_loglik", False),
+                       lossless=getattr(args, "lossless", False))
     return 0 if res["finished"] else 3
 
 

@@ -70,35 +70,90 @@ def test_outputs_follow_the_contract(full_run):
     # in it: spike-and-slab and order mixtures make posteriors bimodal, seed offset 2 had one outside)
     Bv = B.transpose("tile", "effect", "cause", "chain", "draw").values.reshape(*B.shape[2:], -1)
     tix = {t: k for k, t in enumerate(B["tile"].values)}
-    for t, eff, cau, lo, hi in zip(s["tile"], s["effect"], s["cause"], s["hdi_5%"], s["hdi_95%"]):
+    # (summary.csv is computed from the draws as sampled; the file's are rounded to <= sd / 8192)
+    for t, eff, cau, lo, hi, sd in zip(s["tile"], s["effect"], s["cause"], s["hdi_5%"], s["hdi_95%"], s["sd"]):
         d = Bv[tix[t], DESCRIPTORS.index(eff), DESCRIPTORS.index(cau)]
-        inside = ((d >= lo - 1e-6) & (d <= hi + 1e-6)).mean()
+        tol = sd / 8192 + 1e-6
+        inside = ((d >= lo - tol) & (d <= hi + tol)).mean()
         assert inside >= 0.9 - 1.0 / d.size, (t, eff, cau, inside)
     # summary means equal the posterior's
     row = s.iloc[0]
     m = float(B.sel(tile=row["tile"], effect=row["effect"], cause=row["cause"]).mean())
-    assert m == pytest.approx(row["mean"], rel=1e-5, abs=1e-7)
+    assert m == pytest.approx(row["mean"], abs=row["sd"] / 8192 + 1e-7)
     # the loglik of each tile has one column per cell in the tile (the rest NaN padding)
     n_cells = idata.posterior["n_cells"].values
     finite = np.isfinite(idata.log_likelihood["z"].values[0, 0])
     np.testing.assert_array_equal(finite.sum(axis=1), n_cells)
-    # posterior.nc is written tile by tile: every tile's block is exactly its npz, in tile order
+    # posterior.nc is written tile by tile: every tile's block is exactly its npz, in tile order (the
+    # posterior's draws rounded by quantise_draws, the log-likelihood and sample stats as they are)
+    from causalcrystal.engine import quantise_draws
+
     for t, k in enumerate(idata.posterior["tile"].values):
         saved = np.load(out / "tiles" / f"tile_{k:05d}.npz")
-        np.testing.assert_array_equal(B.values[:, :, t], saved["B"].astype(np.float32))
+        np.testing.assert_array_equal(B.values[:, :, t], quantise_draws(saved["B"]))
+        np.testing.assert_array_equal(idata.posterior["sigma"].values[:, :, t], quantise_draws(saved["sigma"]))
         np.testing.assert_array_equal(idata.log_likelihood["z"].values[:, :, t, : n_cells[t]],
                                       saved["loglik"])
         np.testing.assert_array_equal(idata.sample_stats["diverging"].values[:, :, t], saved["diverging"])
     assert idata.sample_stats["diverging"].dtype == bool
-    # a run without --keep-loglik recomputes it from the draws and cells.nc: the same numbers (to the
-    # float32 the draws are stored in), for every tile
+    # a run without --keep-loglik recomputes it from the draws and cells.nc. The stored one came from
+    # the draws as sampled, the recomputed one from the rounded draws in the file: pointwise within
+    # 5 % of each cell's spread over the draws (measured <= 1.3 %), the tile's elpd_loo within 1 % of
+    # its s.e. (measured <= 0.05 %); what a model comparison reads is the elpd
     from causalcrystal import runs
 
     r = runs.open_run(out)
     for t in idata.posterior["tile"].values:
         stored, again = runs.tile_loglik(r, int(t)).values, runs.tile_loglik(r, int(t), recompute=True).values
         assert stored.shape == again.shape == (*stored.shape[:2], int(idata.posterior["n_cells"].sel(tile=t)))
-        np.testing.assert_allclose(again, stored, rtol=1e-4, atol=1e-4 * np.abs(stored).max())
+        spread = stored.reshape(-1, stored.shape[-1]).std(0)
+        assert (np.abs(again - stored).max((0, 1)) <= 0.05 * spread).all()
+        elpd = [az.loo(az.from_dict(posterior={"m": np.zeros(x.shape[:2])}, log_likelihood={"z": x}))
+                for x in (stored, again)]
+        assert abs(elpd[0].elpd_loo - elpd[1].elpd_loo) <= 0.01 * elpd[0].se
+
+
+def test_stored_draws_keep_every_summary_to_a_fraction_of_an_sd():
+    """``quantise_draws`` (posterior.nc's default rounding): every draw within sd / 8192 of the sampled
+    one and on its grid; exact zeros (forbidden edges) and constant quantities untouched; means,
+    s.d.s, 5 / 95 % quantiles, bulk ESS and r_hat of autocorrelated chains unchanged to far below
+    their Monte Carlo error. The quantities span scales 1e-4 .. 1e4 and sit far from zero (an
+    intercept of 5e4 with s.d. 0.3: relative rounding would lose it, the s.d.-relative grid keeps it)."""
+    from causalcrystal.engine import QUANTISE_BITS, quantise_draws
+
+    rng = np.random.default_rng(fixed_seed(31))
+    C, D, Q = 4, 500, 6
+    e = rng.standard_normal((C, D + 50, Q))
+    x = np.zeros_like(e)
+    for d in range(1, D + 50):  # AR(1) chains, rho 0.8: ESS ~ 1/9 of the draws
+        x[:, d] = 0.8 * x[:, d - 1] + 0.6 * e[:, d]
+    x = x[:, 50:]
+    scale = np.array([1e-4, 1e-2, 1.0, 0.3, 1e2, 1e4])
+    loc = np.array([0.0, 0.5, -2.0, 5e4, 0.0, 3e4])
+    a = (loc + scale * x).astype(np.float32)
+    a = np.concatenate([a, np.zeros((C, D, 1), np.float32), np.full((C, D, 1), 2.5, np.float32)], axis=2)
+    b = quantise_draws(a)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    sd = a.astype(np.float64).std((0, 1))
+    err = np.abs(b.astype(np.float64) - a).max((0, 1))
+    assert (err[:Q] <= sd[:Q] / 2 ** (QUANTISE_BITS + 1) * (1 + 1e-6)).all(), err / sd
+    q = np.exp2(np.floor(np.log2(sd[:Q])) - QUANTISE_BITS)
+    np.testing.assert_array_equal(np.mod(b[..., :Q].astype(np.float64), q), 0.0)  # on the grid
+    np.testing.assert_array_equal(b[..., Q:], a[..., Q:])
+    # it did round (the test is not of a no-op), except where float32's own spacing is coarser than
+    # the grid (5e4 with s.d. 0.3: spacing 0.004, grid 6e-5), which it keeps as stored
+    coarse = np.spacing(np.abs(a[0, 0, :Q])) >= q
+    assert coarse.tolist() == [False, False, False, True, False, False] and (err[:Q][~coarse] > 0).all()
+    ds_a, ds_b = az.convert_to_dataset({"x": a[..., :Q]}), az.convert_to_dataset({"x": b[..., :Q]})
+    # mean, s.d. and every order statistic move by at most the largest draw's error
+    for f in (lambda v: v.mean((0, 1)), lambda v: v.std((0, 1)),
+              lambda v: np.quantile(v.reshape(-1, Q), [0.05, 0.95], axis=0)):
+        diff = np.abs(f(b[..., :Q].astype(np.float64)) - f(a[..., :Q].astype(np.float64)))
+        assert (diff <= sd[:Q] / 2 ** (QUANTISE_BITS + 1) * (1 + 1e-6)).all(), diff / sd[:Q]
+    # diagnostics: rank ties from the rounding are rare (2,000 draws over ~8 x 4,096 grid steps)
+    ess_a, ess_b = az.ess(ds_a)["x"].values, az.ess(ds_b)["x"].values
+    np.testing.assert_allclose(ess_b, ess_a, rtol=0.01)
+    np.testing.assert_allclose(az.rhat(ds_b)["x"].values, az.rhat(ds_a)["x"].values, atol=1e-4)
 
 
 def test_resume_gives_the_same_numbers(cells, full_run, tmp_path):

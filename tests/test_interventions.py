@@ -187,8 +187,26 @@ def run_posterior(tmp_path_factory):
     path = out / "posterior.nc"
     write_posterior(path, tiles, disc, [prior] * n_tiles, list(TILES), tile_dir, spec, "image",
                     constants=constants)
+    write_posterior(out / "lossless.nc", tiles, disc, [prior] * n_tiles, list(TILES), tile_dir, spec, "image",
+                    constants=constants, lossless=True)
     return path, {"T_raw": total_effects(B), "tile_mean": dict(zip(TILES, means)),
                   "scale": dict(zip(TILES, scales))}
+
+
+def test_lossless_file_holds_the_draws_as_sampled_and_the_default_rounds_them(run_posterior):
+    """``lossless=True`` (``--lossless``): the draws exactly as sampled; the default file: the same
+    draws through ``quantise_draws`` (tested on its own in test_engine), and smaller."""
+    from causalcrystal.engine import quantise_draws
+
+    path, _ = run_posterior
+    exact, rounded = xr.open_dataset(path.parent / "lossless.nc", group="posterior"), xr.open_dataset(path, group="posterior")
+    for t, k in enumerate(TILES):
+        saved = np.load(path.parent / "tiles" / f"tile_{k:05d}.npz")
+        for name in ("B", "c", "sigma"):
+            np.testing.assert_array_equal(exact[name].values[:, :, t], saved[name].astype(np.float32))
+            np.testing.assert_array_equal(rounded[name].values[:, :, t], quantise_draws(saved[name]))
+    assert "lossless" in exact.attrs["draw_precision"] and "rounded" in rounded.attrs["draw_precision"]
+    assert path.stat().st_size < (path.parent / "lossless.nc").stat().st_size
 
 
 def test_real_posterior_shapes_and_coverage_of_true_total_effects(run_posterior):
