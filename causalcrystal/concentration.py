@@ -578,8 +578,9 @@ def _sample(d: _Data, spec: ConcentrationSpec, seed: int, compiled=None):
 
     if compiled is None:
         compiled = _compiled(d, spec)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    from causalcrystal.logs import sampler_warnings
+
+    with sampler_warnings():
         idata = nutpie.sample(compiled.with_data(**_link_data(d)), draws=spec.draws, tune=spec.tune,
                               chains=spec.chains, cores=spec.chains, seed=int(seed), progress_bar=False,
                               target_accept=0.9)

@@ -268,8 +268,9 @@ def fit_joint(cells: xr.Dataset, run_dir: str | Path, spec: cn.ConcentrationSpec
     clock = time.perf_counter()
     compiled = nutpie.compile_pymc_model(build_model(jd))
     compile_s = time.perf_counter() - clock
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    from causalcrystal.logs import sampler_warnings
+
+    with sampler_warnings():
         idata = nutpie.sample(compiled, draws=draws or sp.draws, tune=tune or sp.tune, chains=sp.chains,
                               cores=sp.chains, seed=int(seed), progress_bar=False, target_accept=0.9,
                               low_rank_modified_mass_matrix=True)

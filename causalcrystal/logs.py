@@ -14,8 +14,10 @@ handlers instead. The command line always prints them (``--quiet`` silences them
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import warnings
 
 logger = logging.getLogger("causalcrystal")
 
@@ -80,3 +82,26 @@ def _default_setup() -> None:
     if not logging.root.handlers:
         show(logging.INFO)
         logger.propagate = False  # printed once, by our handler (root has none anyway)
+
+
+#: Libraries whose deprecation notices are theirs to fix, not the user's (raised inside sampling).
+_SAMPLER_MODULES = r"(pymc|pytensor|nutpie|arviz|xarray)(\..*)?"
+
+
+@contextlib.contextmanager
+def sampler_warnings():
+    """Around a sampler call (NUTS via nutpie or PyMC): hide what says nothing about the user's data
+    or model, and nothing else (measured on the SEM and concentration models: nutpie itself emits
+    no warnings; PyMC emits PyTensor's compile-time BLAS notice):
+
+    * PyTensor's "could not link to a BLAS installation" (a property of the install, shown once by
+      the command line unless ``--quiet``; README, "Install");
+    * FutureWarning / DeprecationWarning raised from PyMC, PyTensor, nutpie, ArviZ or xarray.
+
+    Everything else (a RuntimeWarning from the data, PyMC's warnings about the model) still shows.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*could not link to a BLAS.*", category=UserWarning)
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=_SAMPLER_MODULES)
+        yield

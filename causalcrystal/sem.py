@@ -362,8 +362,9 @@ TARGET_ACCEPT = {"mog": 0.95}
 
 def _run_nuts(cm, Zc, prior: DagPrior, sp: SamplerSpec, draws: int, seed: int, threads: int | None = None,
               extra: dict | None = None, target_accept: float = 0.8):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    from causalcrystal.logs import sampler_warnings
+
+    with sampler_warnings():
         data = {"Z": Zc, "w": prior.w, "m": prior.mask.astype(np.float64), **(extra or {})}
         if sp.name == "nutpie":
             import nutpie

@@ -231,3 +231,23 @@ def test_one_option_name_for_a_model_specification_in_every_verb():
         assert parser.parse_args(["compare", "R", flag, "laplace,studentt"]).families == "laplace,studentt"
     for flag in ("--model", "--spec"):
         assert parser.parse_args(["concentration", "R", flag, "universal"]).spec == "universal"
+
+
+def test_sampler_warnings_hide_library_notices_only():
+    """``logs.sampler_warnings`` (around every NUTS call) hides PyTensor's BLAS notice and the sampling
+    libraries' deprecation notices, and lets everything else through (a warning about the data)."""
+    import warnings
+
+    from causalcrystal.logs import sampler_warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with sampler_warnings():
+            warnings.warn_explicit("PyTensor could not link to a BLAS installation.", UserWarning, "cmodule.py", 1,
+                                   module="pytensor.link.c.cmodule")
+            warnings.warn_explicit("x is deprecated", FutureWarning, "sampling.py", 1, module="pymc.sampling.mcmc")
+            warnings.warn_explicit("y is deprecated", DeprecationWarning, "base.py", 1, module="arviz.data.base")
+            warnings.warn_explicit("overflow encountered in exp", RuntimeWarning, "sem.py", 1, module="causalcrystal.sem")
+            warnings.warn_explicit("z is deprecated", FutureWarning, "other.py", 1, module="somepackage")
+        warnings.warn_explicit("x is deprecated", FutureWarning, "sampling.py", 1, module="pymc.sampling.mcmc")
+    assert [str(w.message) for w in seen] == ["overflow encountered in exp", "z is deprecated", "x is deprecated"]
