@@ -12,6 +12,35 @@ import sys
 from pathlib import Path
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default: those whose help text does not say it get
+    "(default: X)" appended; flags (default off) and options without a default get nothing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        default = ",".join(str(v) for v in action.default) if isinstance(action.default, (list, tuple)) \
+            else action.default
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
+def _parents() -> dict[str, argparse.ArgumentParser]:
+    """Options several verbs share, defined once (argparse parent parsers)."""
+    seed = argparse.ArgumentParser(add_help=False)
+    seed.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same numbers; default 0)")
+    workers = argparse.ArgumentParser(add_help=False)
+    workers.add_argument("--workers", type=int, default=None,
+                         help="local worker processes (default: all cores; 1 = run in this process)")
+    workers.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port) to run tiles on")
+    xy = argparse.ArgumentParser(add_help=False)
+    xy.add_argument("--xy-order", choices=["xy", "yx"], default="xy",
+                    help="row order of xy_COM in Sm-BFO .h5 files (default xy: row 0 is x)")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    return {"seed": seed, "workers": workers, "xy": xy, "quiet": quiet}
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -202,10 +231,6 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="run draws x thin per chain, keep every thin-th (default: the model's; mog 2)")
     p.add_argument("--chains", type=int, default=None,
                    help="chains per tile (default: the model's; mog 2; 4 makes r_hat more reliable, ~1.4x time)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same numbers)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="local worker processes (default: all cores; 1 = run in this process)")
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port) to run tiles on")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out (the old one is moved to --out/.causalcrystal-previous and deleted "
                         "only when the new run finishes; files causalcrystal did not write are never touched)")
@@ -218,7 +243,6 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="store the posterior draws in posterior.nc exactly as sampled (by default each quantity's "
                         "draws are rounded to 1/4096 of its posterior s.d. in the tile: ~29%% smaller, error <= 0.012%% "
                         "of an s.d.)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _run(cells, args) -> int:
@@ -337,16 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="causalcrystal",
         description="Bayesian causal structure of crystalline solids imaged atom by atom.",
+        formatter_class=_HelpFormatter,
     )
+    par = _parents()
     from causalcrystal import __version__
 
     parser.add_argument("--version", action="version", version=f"causalcrystal {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = sub.add_parser("simulate", help="simulate an LGD composition series with ground truth",
+    p = sub.add_parser("simulate", help="simulate an LGD composition series with ground truth", parents=[par["seed"]],
                        description="Simulate Sm-BFO films (LGD model, known causal truth) into a netCDF file.")
     p.add_argument("--out", required=True, help="output netCDF file (.nc)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data; default 0)")
     p.add_argument("--compositions", type=_floats, default=[0.0, 0.07, 0.10, 0.13, 0.20],
                    help="comma-separated Sm fractions (default 0,0.07,0.1,0.13,0.2)")
     p.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), default=[64, 64],
@@ -394,23 +419,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_cmd_descriptors)
 
-    p = sub.add_parser("inspect", help="summarise input files (images, compositions, cells, ranges)",
+    p = sub.add_parser("inspect", help="summarise input files (images, compositions, cells, ranges)", parents=[par["xy"]],
                        description="Summarise inputs: images, Sm fractions, cells, non-finite counts, ranges.")
     p.add_argument("inputs", nargs="+", help="Sm-BFO .h5 files or folders, .csv, .parquet or .nc")
-    p.add_argument("--xy-order", choices=["xy", "yx"], default="xy",
-                   help="row order of xy_COM in Sm-BFO .h5 files (default xy: row 0 is x)")
     p.set_defaults(func=_cmd_inspect)
 
+    jobs = [par["seed"], par["workers"], par["quiet"]]
     p = sub.add_parser("run", help="LiNGAM discovery + Bayesian SEM per tile on input files",
+                       parents=[par["xy"], *jobs],
                        description="Discovery, DAG priors and a Bayesian SEM posterior for every tile.")
     p.add_argument("inputs", nargs="+", help="Sm-BFO .h5 files or folders, .csv, .parquet or .nc")
-    p.add_argument("--xy-order", choices=["xy", "yx"], default="xy", help="row order of xy_COM in Sm-BFO files")
     p.add_argument("--nonfinite", choices=["drop", "raise"], default="drop",
                    help="cells with NaN/inf descriptors: drop them with a warning (default) or refuse the input")
     _run_options(p)
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("demo", help="simulate a small series and run the whole pipeline on it",
+    p = sub.add_parser("demo", help="simulate a small series and run the whole pipeline on it", parents=jobs,
                        description="Simulate a small LGD series with ground truth and run it end to end "
                                    "(results and report.html in --out).")
     _run_options(p)
@@ -421,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unit cells per image (default 24 24)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("report", help="one self-contained HTML report of a finished run",
+    p = sub.add_parser("report", help="one self-contained HTML report of a finished run", parents=[par["quiet"]],
                        description="Write one self-contained HTML file (figures embedded) of a finished run: "
                                    "settings, versions, provenance, causal graphs, coupling maps, PCA, concentration "
                                    "dependence, model comparison and directions, diagnostics, interventions.")
@@ -432,10 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default=None,
                    help="output folder of `causalcrystal compare` (default: RUN_DIR/compare if present)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report file")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("concentration", help="LGD hierarchical model of the couplings against Sm fraction",
+                       parents=[par["seed"], par["quiet"]],
                        description="Two-stage hierarchical model over a finished run: tile posteriors -> image "
                                    "values -> LGD links of the Sm fraction, with y0 (MPB), eps0 and universality "
                                    "evidence (LOO) per coupling.")
@@ -447,7 +471,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "--spec", dest="spec", default="lgd", metavar="NAME",
                    help="concentration model specification: a name in models/concentration/ or a .toml path "
                         "(default lgd)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same numbers)")
     p.add_argument("--against", default="",
                    help="compare the whole specification with alternatives by leave-one-image-out LOO, comma-"
                         "separated: a link name (universal, quadratic, ps, cross: every coupling of --spec on that "
@@ -456,11 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-universality", action="store_true",
                    help="skip the per-coupling universal vs dependent comparison (one fit instead of 1 + couplings)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing result in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=_cmd_concentration)
 
     p = sub.add_parser(
         "compare", help="compare candidate DAGs x noise families per tile; model averaging; edge directions",
+        parents=[par["xy"], *jobs],
         description="For each tile of a finished run: the SEM under each of the top --candidates LiNGAM causal orders "
                     "x each --families noise family, compared by PSIS-LOO with stacking weights; coefficients "
                     "averaged over the models; P(a -> b) per tile and per whole image for each --pairs pair, from "
@@ -480,7 +503,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compositions", type=_floats, default=[0.0, 0.1, 0.2], help="with --demo: the demo's Sm fractions")
     p.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), default=[24, 24],
                    help="with --demo: the demo's cells per image")
-    p.add_argument("--xy-order", choices=["xy", "yx"], default="xy", help="row order of xy_COM in Sm-BFO files")
     p.add_argument("--out", default=None,
                    help="output folder (default RUN_DIR/compare, where `report` looks; not the run folder itself)")
     p.add_argument("--candidates", type=int, default=3,
@@ -503,13 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-image-directions", action="store_true",
                    help="direction probabilities per tile only, not per whole image (a whole image mixes film, "
                         "substrate and domains, so its linear SEM is misspecified; 2 large fits per pair and image)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same inputs and seed, same numbers)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="local worker processes (default: all cores; 1 = run in this process)")
-    p.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:port)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing comparison in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     p.set_defaults(func=_cmd_compare)
+    for verb in sub.choices.values():  # every verb's --help shows its defaults
+        verb.formatter_class = _HelpFormatter
     return parser
 
 

@@ -251,3 +251,21 @@ def test_sampler_warnings_hide_library_notices_only():
             warnings.warn_explicit("z is deprecated", FutureWarning, "other.py", 1, module="somepackage")
         warnings.warn_explicit("x is deprecated", FutureWarning, "sampling.py", 1, module="pymc.sampling.mcmc")
     assert [str(w.message) for w in seen] == ["overflow encountered in exp", "z is deprecated", "x is deprecated"]
+
+
+def test_every_option_with_a_default_shows_it_in_help():
+    """``--help`` of every verb names each option's default (the formatter appends it where the text
+    does not say it), and the options several verbs share are defined once (parent parsers)."""
+    import argparse
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for verb, p in sub.choices.items():
+        text = " ".join(p.format_help().split())
+        for action in p._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and action.help:
+                helptext = " ".join(p._get_formatter()._expand_help(action).split())
+                assert "default" in helptext.lower(), (verb, action.option_strings)
+                assert helptext[:40] in text, (verb, action.option_strings)
+    seeds = {sub.choices[v]._option_string_actions["--seed"].help for v in ("run", "demo", "compare", "concentration")}
+    assert len(seeds) == 1
