@@ -56,7 +56,7 @@ Outputs (in ``out_dir``)
     r_hat_max, ess_bulk_min, seconds``.
 ``averaged.csv``
     one row per tile x edge allowed by at least one model: ``tile, image, row0, col0, effect,
-    cause, mean, sd, q05, q50, q95, p_positive, p_negative, p_sign`` (the larger of the two),
+    cause, mean, sd, eti_5%, median, eti_95%, p_positive, p_negative, p_sign`` (the larger of the two),
     ``p_allowed, inclusion_prob`` (stacking-weighted posterior inclusion probability),
     ``top_model, mean_top`` (the highest-weight model and its mean).
 ``directions.csv``
@@ -100,6 +100,7 @@ import xarray as xr
 from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.errors import CausalCrystalError
 from causalcrystal.evidence import loo_warnings_recorded
+from causalcrystal.intervals import eti_name
 from causalcrystal.priors import DagPrior, forbidden_into, inclusion_weights
 from causalcrystal.sem import ModelSpec, load_spec
 
@@ -309,7 +310,7 @@ def average_coefficients(draws: list[np.ndarray], weights, inclusion: list[np.nd
 
     ``draws[m]``: (draws_m, effect, cause); ``weights``: model weights (normalised here). Exact for
     the pooled draws with draw weights ``w_m / S_m`` (no resampling noise). Returns arrays
-    (effect, cause): ``mean``, ``sd``, one per quantile (``q05``, ``q50``, ``q95``), ``p_positive``,
+    (effect, cause): ``mean``, ``sd``, one per quantile (``eti_5%``, ``median``, ``eti_95%``: :func:`causalcrystal.intervals.eti_name`), ``p_positive``,
     ``p_negative``, ``p_allowed`` (weight of models whose draws are not all exactly 0) and, with
     ``inclusion`` (per-model draws of the inclusion probability), ``inclusion_prob``.
     """
@@ -333,7 +334,7 @@ def average_coefficients(draws: list[np.ndarray], weights, inclusion: list[np.nd
     for q in quantiles:
         # inverted CDF: the smallest draw whose cumulative weight reaches q
         first = np.argmax(cum >= q - 1e-12, axis=0)
-        out[f"q{round(q * 100):02d}"] = np.take_along_axis(srt, first[None], axis=0)[0]
+        out[eti_name(q)] = np.take_along_axis(srt, first[None], axis=0)[0]
     return out
 
 
@@ -677,7 +678,7 @@ _DIRECTION_COLUMNS = ("level", "tile", "image", "pair", "a", "b", "n_cells", "p_
 _MODEL_COLUMNS = ("tile", "image", "row0", "col0", "model", "candidate", "family", "order", "candidate_frequency",
                   "pareto_k_max", "divergences", "r_hat_max", "ess_bulk_min", "seconds", "elpd_loo", "se", "p_loo",
                   "elpd_diff", "dse", "weight", "rank", "warning")
-_AVERAGED_COLUMNS = ("tile", "image", "row0", "col0", "effect", "cause", "mean", "sd", "q05", "q50", "q95",
+_AVERAGED_COLUMNS = ("tile", "image", "row0", "col0", "effect", "cause", "mean", "sd", "eti_5%", "median", "eti_95%",
                      "p_positive", "p_negative", "p_sign", "p_allowed", "inclusion_prob", "top_model", "mean_top")
 
 

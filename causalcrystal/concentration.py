@@ -747,8 +747,10 @@ def convergence_warning(idata, cont: dict) -> str | None:
 
 
 def curves(idata, spec: ConcentrationSpec, y=None) -> xr.Dataset:
-    """Each coupling's predicted link curve against ``y`` with 50 % and 90 % bands (quantiles of
-    the posterior draws of ``f(y)``; the image scatter ``omega`` is not included)."""
+    """Each coupling's predicted link curve against the Sm fraction ``y`` (the paper's symbol; the
+    output's dimension is ``sm_fraction``, since ``y`` is a position elsewhere in the project) with
+    50 % and 90 % equal-tailed bands (``eti_25%`` .. ``eti_75%``, ``eti_5%`` .. ``eti_95%``, ``median``:
+    quantiles of the posterior draws of ``f(y)``; the image scatter ``omega`` is not included)."""
     post = idata.posterior
     if y is None:
         yi = idata.constant_data["image_y"].values
@@ -763,9 +765,11 @@ def curves(idata, spec: ConcentrationSpec, y=None) -> xr.Dataset:
         fy = link_curve(c.link, y[None, :], amp[:, q:q + 1], y0, eps0, spec.k_cross,
                         quad=(quad[:, q, 0:1], quad[:, q, 1:2]), ybar=ybar)
         bands[q] = np.quantile(fy, qs, axis=0).T
-    names = ["q05", "q25", "median", "q75", "q95"]
-    return xr.Dataset({n: (("coupling", "y"), bands[..., k]) for k, n in enumerate(names)},
-                      coords={"coupling": [c.label for c in spec.couplings], "y": y,
+    from causalcrystal.intervals import eti_name
+
+    names = [eti_name(q) for q in qs]
+    return xr.Dataset({n: (("coupling", "sm_fraction"), bands[..., k]) for k, n in enumerate(names)},
+                      coords={"coupling": [c.label for c in spec.couplings], "sm_fraction": y,
                               "link": ("coupling", [c.link for c in spec.couplings])})
 
 
@@ -975,8 +979,8 @@ def coupling_table(idata, spec: ConcentrationSpec, summ: xr.Dataset, evidence=No
         lo, hi = np.quantile(amp[:, q], [0.05, 0.95])
         imgs = summ["image"].values[used[:, q]]
         row = {"coupling": c.label, "link": c.link, "effect_kind": c.effect_kind, "oriented": c.orient,
-               "amplitude_mean": amp[:, q].mean(), "amplitude_sd": amp[:, q].std(), "amplitude_5%": lo,
-               "amplitude_95%": hi, "amplitude_prior": "none" if c.amplitude is None else
+               "amplitude_mean": amp[:, q].mean(), "amplitude_sd": amp[:, q].std(), "amplitude_eti_5%": lo,
+               "amplitude_eti_95%": hi, "amplitude_prior": "none" if c.amplitude is None else
                f"{c.amplitude} x exp(N(0, {c.amplitude_rel_sd}^2))",
                "tau_mean": float(_flat(post["tau"])[:, q].mean()), "omega_mean": float(_flat(post["omega"])[:, q].mean()),
                "n_tiles": int(used[:, q].sum()), "n_images": int(len(set(imgs.tolist())))}
@@ -1047,7 +1051,7 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     Writes into ``out_dir``: ``tile_summaries.nc`` (stage 1, reused when the job is re-run with the
     same settings), ``concentration.nc`` (InferenceData: ``y0``, ``eps0``, ``y_star``,
     ``amplitude``, ...), ``couplings.csv`` (per coupling: link, amplitude, universality evidence),
-    ``curves.csv`` (each coupling's curve against ``y`` with 50 % / 90 % bands),
+    ``curves.csv`` (each coupling's curve against ``sm_fraction`` with 50 % / 90 % bands),
     ``contraction.json`` (prior-to-posterior contraction of the shared parameters),
     ``links.csv`` when ``against`` names alternative specifications (:func:`compare_links`: the
     whole specification against each alternative, e.g. ``("universal", "quadratic")``) and

@@ -303,7 +303,8 @@ def tile_draws(posterior, tile=None, *, units: str = "standardized", variables=N
 
 
 def summarize(draws: xr.DataArray, prob: float = 0.9) -> xr.Dataset:
-    """Posterior ``mean``, ``sd`` and ``hdi_low``/``hdi_high`` (arviz.hdi, probability ``prob``)
+    """Posterior ``mean``, ``sd`` and the ``prob`` highest-density interval (arviz.hdi) named as
+    ``az.summary`` names it (``hdi_5%``, ``hdi_95%`` at 0.9; :func:`causalcrystal.intervals.hdi_names`)
     of draws with dimensions (chain, draw, ...), over the remaining dimensions."""
     import arviz as az
 
@@ -314,8 +315,11 @@ def summarize(draws: xr.DataArray, prob: float = 0.9) -> xr.Dataset:
     hdi = az.hdi(draws, hdi_prob=prob)
     if isinstance(hdi, xr.Dataset):
         hdi = hdi[next(iter(hdi.data_vars))]
+    from causalcrystal.intervals import hdi_names
+
+    lo, hi = hdi_names(prob)
     out = xr.Dataset({"mean": draws.mean(("chain", "draw")), "sd": draws.std(("chain", "draw"), ddof=1),
-                      "hdi_low": hdi.sel(hdi="lower", drop=True), "hdi_high": hdi.sel(hdi="higher", drop=True)})
+                      lo: hdi.sel(hdi="lower", drop=True), hi: hdi.sel(hdi="higher", drop=True)})
     out.attrs.update({k: v for k, v in draws.attrs.items() if isinstance(v, (str, int, float))},
                      prob=prob, interval="highest-density interval (arviz.hdi)")
     return out

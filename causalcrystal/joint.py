@@ -308,8 +308,8 @@ def agreement(first, second, names=("y0", "eps0", "y_star", "amplitude", "theta"
         for idx in np.ndindex(*m1.shape):
             label = name + ("[" + ",".join(str(a[dim].values[i]) for dim, i in zip(dims, idx)) + "]" if dims else "")
             rows.append({"parameter": label, "mean_1": float(m1[idx]), "sd_1": float(s1[idx]),
-                         "q05_1": float(l1[idx]), "q95_1": float(h1[idx]), "mean_2": float(m2[idx]),
-                         "sd_2": float(s2[idx]), "q05_2": float(l2[idx]), "q95_2": float(h2[idx]),
+                         "eti_5%_1": float(l1[idx]), "eti_95%_1": float(h1[idx]), "mean_2": float(m2[idx]),
+                         "sd_2": float(s2[idx]), "eti_5%_2": float(l2[idx]), "eti_95%_2": float(h2[idx]),
                          "z": float(m1[idx] - m2[idx]) / max(float(s1[idx]), float(s2[idx]), 1e-300),
                          "overlap_90": bool(max(l1[idx], l2[idx]) <= min(h1[idx], h2[idx]))})
     return pd.DataFrame(rows)

@@ -700,7 +700,11 @@ def section_concentration(ctx: Context) -> str:
         if src and Path(src).resolve() != ctx.run_dir.resolve():
             out += _note(f"This concentration output was fitted to <code>{_esc(src)}</code>, not to this run.", "warn")
         out += _stale_note(ctx, man, "posterior.nc", "concentration")
-    curves = pd.read_csv(d / "curves.csv")
+    from causalcrystal.intervals import renamed
+
+    curves = renamed(pd.read_csv(d / "curves.csv"))
+    if "sm_fraction" not in curves and "y" in curves:  # written before the axis was named sm_fraction
+        curves = curves.rename(columns={"y": "sm_fraction"})
     summ = None
     if (d / "tile_summaries.nc").is_file():
         with xr.open_dataset(d / "tile_summaries.nc", engine="h5netcdf") as ds:
@@ -715,10 +719,11 @@ def section_concentration(ctx: Context) -> str:
     for ax in axes[len(couplings):]:
         ax.set_axis_off()
     for ax, c in zip(axes, couplings):
-        cu = curves[curves["coupling"] == c].sort_values("y")
-        ax.fill_between(cu["y"], cu["q05"], cu["q95"], color="#4393c3", alpha=0.2, lw=0, label="90 %")
-        ax.fill_between(cu["y"], cu["q25"], cu["q75"], color="#4393c3", alpha=0.35, lw=0, label="50 %")
-        ax.plot(cu["y"], cu["median"], color="#2166ac", lw=1.5, label="LGD fit")
+        cu = curves[curves["coupling"] == c].sort_values("sm_fraction")
+        x = cu["sm_fraction"]
+        ax.fill_between(x, cu["eti_5%"], cu["eti_95%"], color="#4393c3", alpha=0.2, lw=0, label="90 %")
+        ax.fill_between(x, cu["eti_25%"], cu["eti_75%"], color="#4393c3", alpha=0.35, lw=0, label="50 %")
+        ax.plot(x, cu["median"], color="#2166ac", lw=1.5, label="LGD fit")
         if summ is not None and c in summ["coupling"].values:
             used = summ["used"].sel(coupling=c).values.astype(bool)
             yt = summ["sm_fraction"].values[used]
@@ -734,7 +739,7 @@ def section_concentration(ctx: Context) -> str:
                         lw=1, label="images (90 %)")
         # Keep the y-range on the fit and the images: one wall or interface tile far out would
         # otherwise squash the curve into a line; such tiles are marked at the edge.
-        core = np.concatenate([cu["q05"].values, cu["q95"].values]
+        core = np.concatenate([cu["eti_5%"].values, cu["eti_95%"].values]
                               + ([lo, hi] if theta is not None and c in theta["mean"]["coupling"].values else []))
         core = core[np.isfinite(core)]
         if core.size:
@@ -862,7 +867,9 @@ def section_compare(ctx: Context) -> str:
         # only a finished job's tables are shown: an interrupted one may hold some tables and not others
         return _unfinished(d, "compare")
     out = _stale_note(ctx, d / "manifest.json", "discovery.nc", "compare")
-    tables = {p.name: pd.read_csv(p) for p in files}
+    from causalcrystal.intervals import renamed
+
+    tables = {p.name: renamed(pd.read_csv(p)) for p in files}
     dirs = tables.get("directions.csv")
     if dirs is not None and {"level", "pair", "p_forward"} <= set(dirs.columns):
         img_rows = dirs[dirs["level"].astype(str) == "image"]
@@ -1009,7 +1016,7 @@ def section_interventions(ctx: Context) -> str:
                     "change of the effect's mean per unit shift of the cause, over all directed paths "
                     f"({_esc(res.attrs.get('units', ''))}); grey: no directed path in the tile's causal order.")
         table = res.to_dataframe().reset_index()
-        keep = [c for c in ("effect", "cause", "mean", "sd", "hdi_low", "hdi_high") if c in table]
+        keep = [c for c in ("effect", "cause", "mean", "sd", "hdi_5%", "hdi_95%") if c in table]
         if "possible" in table:
             table = table[table["possible"].astype(bool)]
         out += (f"<details><summary>Table: total effects of {where} with 90 % intervals</summary>"

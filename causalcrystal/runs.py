@@ -172,11 +172,14 @@ class Run:
     @cached_property
     def compare(self) -> dict:
         """``{"models", "averaged", "directions"}`` tables of ``causalcrystal compare RUN``
-        (``compare/*.csv``, pandas DataFrames)."""
+        (``compare/*.csv``, pandas DataFrames; interval columns named as :mod:`causalcrystal.intervals`
+        says, also for folders written before)."""
         import pandas as pd
 
+        from causalcrystal.intervals import renamed
+
         d = self._derived("compare", "models.csv", f"causalcrystal compare {safe_name(self.path)}")
-        return {p.stem: pd.read_csv(p) for p in sorted(d.glob("*.csv"))}
+        return {p.stem: renamed(pd.read_csv(p)) for p in sorted(d.glob("*.csv"))}
 
     @property
     def is_simulated(self) -> bool:

@@ -197,18 +197,19 @@ print(f"mean weight on each tile's least-wrong candidate order(s): {w_best_order
 # ### Model-averaged coefficients against the truth
 #
 # `averaged.csv` holds the stacking mixture of every model's posterior of `B` (standardised
-# units, equal-tailed 90 % interval `q05`-`q95`). Next to it, the run's single model (the top
+# units, equal-tailed 90 % interval `eti_5%`-`eti_95%`). Next to it, the run's single model (the top
 # candidate order, Laplace noise; 90 % HDI from `summary.csv`) for the same tiles and edges.
 
 # %%
 summary = pd.read_csv(RUN / "summary.csv")
 rows = []
-for r in averaged.itertuples(index=False):
+# (itertuples needs identifiers: the interval columns' % signs are dropped for the loop)
+for r in averaged.rename(columns={"eti_5%": "eti_5", "eti_95%": "eti_95"}).itertuples(index=False):
     i, j = NAMES.index(r.effect), NAMES.index(r.cause)
     truth = true_std(int(r.tile))[i, j]
     one = summary[(summary["tile"] == r.tile) & (summary["effect"] == r.effect) & (summary["cause"] == r.cause)]
     rows.append({"tile": r.tile, "edge": f"{r.effect}<-{r.cause}", "truth": truth, "avg_mean": r.mean,
-                 "avg_covered": r.q05 <= truth <= r.q95, "p_allowed": r.p_allowed, "p_sign": r.p_sign,
+                 "avg_covered": r.eti_5 <= truth <= r.eti_95, "p_allowed": r.p_allowed, "p_sign": r.p_sign,
                  "avg_sign_ok": np.sign(r.mean) == np.sign(truth),
                  "run_mean": float(one["mean"].iloc[0]) if len(one) else 0.0,
                  "run_covered": bool(len(one) and one["hdi_5%"].iloc[0] <= truth <= one["hdi_95%"].iloc[0])

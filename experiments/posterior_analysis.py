@@ -317,9 +317,9 @@ for e in names:
         i, j = names.index(e), names.index(c)
         if i == j or not (bool(te["possible"].sel(effect=e, cause=c)) or T_true[i, j] != 0):
             continue
-        lo, hi = float(te["hdi_low"].sel(effect=e, cause=c)), float(te["hdi_high"].sel(effect=e, cause=c))
+        lo, hi = float(te["hdi_5%"].sel(effect=e, cause=c)), float(te["hdi_95%"].sel(effect=e, cause=c))
         te_rows.append({"effect": e, "cause": c, "truth": T_true[i, j],
-                        "mean": float(te["mean"].sel(effect=e, cause=c)), "hdi_low": lo, "hdi_high": hi,
+                        "mean": float(te["mean"].sel(effect=e, cause=c)), "hdi_5%": lo, "hdi_95%": hi,
                         "covered": lo <= T_true[i, j] <= hi,
                         "path_allowed": bool(te["possible"].sel(effect=e, cause=c))})
 te_table = pd.DataFrame(te_rows)
@@ -331,15 +331,15 @@ sd_py = float(cells["Py"].values[mem].std())
 v = mean_py + 2 * sd_py
 change = summarize(do(idata, tile=tile, units="raw", Py=v) - do(idata, tile=tile, units="raw"))
 true_change = T_true[:, names.index("Py")] * (v - mean_py)
-do_table = change.to_dataframe().assign(truth=true_change)[["truth", "mean", "sd", "hdi_low", "hdi_high"]]
+do_table = change.to_dataframe().assign(truth=true_change)[["truth", "mean", "sd", "hdi_5%", "hdi_95%"]]
 print(f"do(Py = {v:.4f}) (tile mean {mean_py:.4f}): change of every mean, raw units, 90 % HDI")
 print(do_table.to_string(float_format="{:.4g}".format))
 
 sd_px = float(cells["Px"].values[mem].std())
 shifted = summarize(shift(idata, tile=tile, units="raw", Px=sd_px) - do(idata, tile=tile, units="raw"))
 print(f"shift(Px += {sd_px:.4f}): change of Vol {float(shifted['mean'].sel(variable='Vol')):.4g} "
-      f"(90 % HDI {float(shifted['hdi_low'].sel(variable='Vol')):.4g} .. "
-      f"{float(shifted['hdi_high'].sel(variable='Vol')):.4g})")
+      f"(90 % HDI {float(shifted['hdi_5%'].sel(variable='Vol')):.4g} .. "
+      f"{float(shifted['hdi_95%'].sel(variable='Vol')):.4g})")
 te_table.assign(tile=tile).to_csv(OUT / "total_effects.csv", index=False)
 do_table.assign(tile=tile, value=v).to_csv(OUT / "do_Py.csv")
 

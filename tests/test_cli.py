@@ -269,3 +269,24 @@ def test_every_option_with_a_default_shows_it_in_help():
                 assert helptext[:40] in text, (verb, action.option_strings)
     seeds = {sub.choices[v]._option_string_actions["--seed"].help for v in ("run", "demo", "compare", "concentration")}
     assert len(seeds) == 1
+
+
+def test_interval_names_are_arviz_names_and_old_files_are_read():
+    """``intervals.hdi_names`` / ``eti_name`` give exactly the column names ``az.summary`` gives
+    (HDI; ``stat_focus="median"``: equal-tailed), and ``renamed`` reads tables written before."""
+    import arviz as az
+    import numpy as np
+    import pandas as pd
+
+    from causalcrystal.intervals import eti_name, hdi_names, renamed
+
+    draws = az.convert_to_dataset({"x": np.random.default_rng(0).standard_normal((2, 100))})
+    for prob in (0.9, 0.94, 0.5):
+        cols = list(az.summary(draws, hdi_prob=prob, kind="stats").columns)
+        assert list(hdi_names(prob)) == [c for c in cols if c.startswith("hdi_")]
+        cols = list(az.summary(draws, hdi_prob=prob, kind="stats", stat_focus="median").columns)
+        assert [eti_name((1 - prob) / 2), eti_name((1 + prob) / 2)] == [c for c in cols if c.startswith("eti_")]
+    assert eti_name(0.5) == "median" and eti_name(0.25) == "eti_25%"
+    old = pd.DataFrame({"q05": [1.0], "q50": [2.0], "q95": [3.0], "hdi_low": [0.0], "mean": [2.0]})
+    assert list(renamed(old).columns) == ["eti_5%", "median", "eti_95%", "hdi_5%", "mean"]
+    assert renamed(renamed(old)).equals(renamed(old))

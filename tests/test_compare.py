@@ -79,9 +79,9 @@ def test_outputs_follow_the_contract(compared):
     assert (m.groupby(["tile", "order"])["family"].nunique() == 2).all()
 
     a = pd.read_csv(out / "averaged.csv")
-    for col in ("tile", "image", "effect", "cause", "mean", "sd", "q05", "q95", "p_positive", "p_sign", "p_allowed"):
+    for col in ("tile", "image", "effect", "cause", "mean", "sd", "eti_5%", "eti_95%", "p_positive", "p_sign", "p_allowed"):
         assert col in a.columns, col
-    assert (a["q05"] <= a["q95"]).all() and (a["sd"] >= 0).all()
+    assert (a["eti_5%"] <= a["eti_95%"]).all() and (a["sd"] >= 0).all()
     assert not ((a["effect"] == "I14") | (a["effect"] == "I5")).any()  # nothing into the exogenous variables
 
     d = pd.read_csv(out / "directions.csv")
@@ -121,7 +121,7 @@ def test_mixture_summaries_match_resampling():
     # resampling noise: sd / sqrt(400k) ~ 0.003 on the mean; quantiles and probabilities within 0.02
     np.testing.assert_allclose(s["mean"], mix.mean(0), atol=0.01)
     np.testing.assert_allclose(s["sd"], mix.std(0), atol=0.01)
-    for q, key in ((0.05, "q05"), (0.5, "q50"), (0.95, "q95")):
+    for q, key in ((0.05, "eti_5%"), (0.5, "median"), (0.95, "eti_95%")):
         np.testing.assert_allclose(s[key], np.quantile(mix, q, axis=0), atol=0.03)
     np.testing.assert_allclose(s["p_positive"], (mix > 0).mean(0), atol=0.005)
     assert s["p_allowed"][0, 1] == pytest.approx(0.3) and s["p_allowed"][0, 0] == pytest.approx(1.0)

@@ -114,8 +114,8 @@ def test_posterior_analysis_notebook(tmp_path, monkeypatch):
     assert (diag["max_r_hat"] > 0.9).all() and (diag["min_ess_bulk"] > 0).all()
 
     te = pd.read_csv(out / "total_effects.csv")
-    assert {"effect", "cause", "truth", "mean", "hdi_low", "hdi_high", "covered", "path_allowed"} <= set(te.columns)
-    assert (te["hdi_low"] <= te["hdi_high"] + 1e-12).all()
+    assert {"effect", "cause", "truth", "mean", "hdi_5%", "hdi_95%", "covered", "path_allowed"} <= set(te.columns)
+    assert (te["hdi_5%"] <= te["hdi_95%"] + 1e-12).all()
     do_py = pd.read_csv(out / "do_Py.csv", index_col=0)
     # do(Py = v) moves Py by exactly v - mean and leaves the exogenous intensities alone
     assert np.isclose(do_py.loc["Py", "mean"], do_py.loc["Py", "truth"], rtol=1e-6)

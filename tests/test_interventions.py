@@ -216,14 +216,14 @@ def test_real_posterior_shapes_and_coverage_of_true_total_effects(run_posterior)
     assert list(every["tile"].values) == list(TILES)
     one = total_effects_summary(path.parent, tile=8, units="raw")  # a run folder works too
     assert one["mean"].dims == ("effect", "cause")
-    xr.testing.assert_allclose(one[["mean", "hdi_low", "hdi_high"]],
-                               every[["mean", "hdi_low", "hdi_high"]].sel(tile=8))
+    xr.testing.assert_allclose(one[["mean", "hdi_5%", "hdi_95%"]],
+                               every[["mean", "hdi_5%", "hdi_95%"]].sel(tile=8))
     assert str(one["image"].values) == "img8" and float(every["sm_fraction"].sel(tile=3)) == 0.1
     # The tile's order I14, I5, Py, Px, a, b, alpha, Vol with edges into I14, I5 forbidden allows a
     # directed path for 28 - 1 (I5 <- I14) ordered pairs; every other entry is exactly 0 in every draw.
     assert int(every["possible"].sel(tile=3).sum()) == 27
     np.testing.assert_array_equal(np.diagonal(every["mean"].values, axis1=1, axis2=2), 1.0)
-    lo, hi = every["hdi_low"].values, every["hdi_high"].values
+    lo, hi = every["hdi_5%"].values, every["hdi_95%"].values
     possible = every["possible"].values
     covered = (lo <= truth["T_raw"]) & (truth["T_raw"] <= hi)
     assert covered[~possible].all()  # structural zeros (and the diagonal 1) are exact: [0, 0] holds the true 0
@@ -248,7 +248,7 @@ def test_real_posterior_raw_units_are_consistent(run_posterior):
     for k in TILES:
         s = truth["scale"][k]
         ratio = s[:, None] / s[None, :]  # T_raw[i, j] = T[i, j] scale_i / scale_j
-        for stat in ("mean", "sd", "hdi_low", "hdi_high"):  # positive scaling keeps the HDI's draws
+        for stat in ("mean", "sd", "hdi_5%", "hdi_95%"):  # positive scaling keeps the HDI's draws
             np.testing.assert_allclose(raw[stat].sel(tile=k).values, std[stat].sel(tile=k).values * ratio,
                                        rtol=1e-9, atol=1e-15)
         # the same from raw B draws converted independently (float32 as stored, then float64)
@@ -285,8 +285,8 @@ def test_real_posterior_do_in_standardised_units(run_posterior):
     step = 1.0 - obs.sel(variable="Py").values[..., None]
     np.testing.assert_allclose(moved.values, obs.values + T[..., IX["Py"]] * step, rtol=1e-9, atol=1e-12)
     summary = summarize(moved - obs)
-    assert set(summary.data_vars) == {"mean", "sd", "hdi_low", "hdi_high"}
-    assert (summary["hdi_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["hdi_high"]).all()
+    assert set(summary.data_vars) == {"mean", "sd", "hdi_5%", "hdi_95%"}
+    assert (summary["hdi_5%"] <= summary["mean"]).all() and (summary["mean"] <= summary["hdi_95%"]).all()
 
 
 # ---------------------------------------------------------------------------------------------
