@@ -155,10 +155,3 @@ def conditional_inclusion(beta: np.ndarray, w: np.ndarray, spec: PriorSpec) -> n
     log_slab = np.log(w) + stats.norm.logpdf(beta, 0.0, spec.slab_sd)
     log_spike = np.log1p(-w) + stats.norm.logpdf(beta, 0.0, spec.spike_sd)
     return np.exp(log_slab - np.logaddexp(log_slab, log_spike))
-
-
-def sample_prior(prior: DagPrior, spec: PriorSpec, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Draws of the allowed coefficients from the prior, shape ``(size, n_allowed)``."""
-    slab = rng.random((size, prior.w.size)) < prior.w
-    sd = np.where(slab, spec.slab_sd, spec.spike_sd)
-    return rng.normal(0.0, 1.0, size=sd.shape) * sd * prior.mask

@@ -41,8 +41,7 @@ import numpy as np
 from scipy import special
 
 from causalcrystal.gibbs import MixtureSpec, mixture_logpdf, mixture_moments, ols_constants, sample_equations
-from causalcrystal.priors import DagPrior, PriorSpec, conditional_inclusion, lower_pairs, sample_prior, \
-    to_descriptor_matrix
+from causalcrystal.priors import DagPrior, PriorSpec, conditional_inclusion, lower_pairs, to_descriptor_matrix
 
 NOISE_FAMILIES = ("mog", "laplace", "studentt", "gennorm", "normal")
 #: ``gibbs`` (exact Gibbs, :mod:`causalcrystal.gibbs`) serves the ``mog`` family; NUTS serves all.
@@ -893,39 +892,52 @@ def pointwise_loglik(X, B, c, sigma, shape, noise: str, mixture=None, active=Non
 
 
 def prior_predictive(prior: DagPrior, spec: ModelSpec, n_cells: int, draws: int = 100, seed: int = 0) -> dict:
-    """Simulate data sets from the prior: ``z`` (draw, cell, var) in descriptor order, plus ``B``.
+    """Simulate data sets from the prior: ``z`` (draw, cell, var) in descriptor order, plus the
+    parameters drawn: ``B`` (draw, effect, cause), ``c``, ``sigma`` (draw, var; for ``mog`` the
+    intercept 0 and scale 1 the mixture is drawn around) and the noise's ``shape`` / ``mixture``.
 
-    Generated as ``z = (I - B)^{-1} (c + e)`` with ``e`` from the noise family, exactly the model's
-    generative process (used to check that priors give plausible standardised data).
+    The parameters are drawn from the PyMC model itself (:func:`build_model` with the tile's
+    inclusion weights, ``pymc.sample_prior_predictive``), so no prior is restated here; for ``mog``
+    at unit residual variance and zero intercept (``v = 1``, ``m0 = 0``: standardised data). The
+    data are then ``z = (I - B)^{-1} (c + e)`` (:func:`simulate_sem`), the model's generative
+    process (used to check that priors give plausible standardised data).
     """
-    from scipy import stats
+    import logging
 
-    rng = np.random.default_rng(seed)
+    import pymc as pm
+
     n = len(prior.order)
-    pr = spec.prior
-    beta = sample_prior(prior, pr, draws, rng)
-    B = to_descriptor_matrix(beta, prior.order)
-    c = rng.normal(0.0, pr.intercept_sd, size=(draws, n))
-    sigma = np.abs(rng.normal(0.0, pr.scale_sd, size=(draws, n)))
+    names = {"mog": ["beta", "noise_weight", "noise_loc", "noise_var"], "studentt": ["beta", "c", "sigma", "nu"],
+             "gennorm": ["beta", "c", "sigma", "shape"]}.get(spec.noise, ["beta", "c", "sigma"])
+    pymc_log = logging.getLogger("pymc")
+    level = pymc_log.level
+    pymc_log.setLevel(logging.WARNING)  # not PyMC's "Sampling: [...]" line
+    try:
+        with warnings.catch_warnings():
+            # the likelihood is a Potential, which prior predictive sampling leaves out: as intended
+            warnings.filterwarnings("ignore", message=".*Potential.*", category=UserWarning)
+            model = build_model(spec, n)
+            with model:
+                pm.set_data({"w": prior.w, "m": prior.mask.astype(np.float64)})
+                pp = pm.sample_prior_predictive(draws=draws, var_names=names, random_seed=int(seed)).prior
+    finally:
+        pymc_log.setLevel(level)
+    got = {k: pp[k].values[0] for k in names}  # (draw, ...)
+    inv = np.argsort(prior.order)  # descriptor index -> causal position
+    B = to_descriptor_matrix(got["beta"] * prior.mask, prior.order)
+    rng = np.random.default_rng([int(seed), 1])  # the noise draws' stream (not the parameters')
     shape = mixture = None
     if spec.noise == "mog":
-        # the mixture priors at unit residual variance (v = 1, m0 = 0: standardised data)
-        mix = spec.mixture
-        K = mix.components
-        mixture = (rng.dirichlet(np.full(K, mix.alpha), size=(draws, n)),
-                   rng.normal(0.0, mix.mu_sd_rel, size=(draws, n, K)),
-                   mix.var_rel / rng.gamma(mix.a0, 1.0, size=(draws, n, K)))
-        c[:] = 0.0
-        sigma[:] = 1.0
-    elif spec.noise == "studentt":
-        shape = rng.gamma(pr.nu_alpha, 1.0 / pr.nu_beta, size=(draws, 1))  # the model's prior (PriorSpec)
-    elif spec.noise == "gennorm":
-        # the truncated LogNormal of the model, by inverse CDF
-        mu, sd = np.log(pr.shape_median), pr.shape_sigma
-        lo, hi = stats.norm.cdf((np.log([pr.shape_min, pr.shape_max]) - mu) / sd)
-        shape = np.exp(mu + sd * stats.norm.ppf(rng.uniform(lo, hi, size=(draws, n))))
+        mixture = tuple(got[k][:, inv] for k in ("noise_weight", "noise_loc", "noise_var"))
+        c, sigma = np.zeros((draws, n)), np.ones((draws, n))
+    else:
+        c, sigma = got["c"][:, inv], got["sigma"][:, inv]
+        if spec.noise == "studentt":
+            shape = np.broadcast_to(got["nu"][:, None], (draws, 1))
+        elif spec.noise == "gennorm":
+            shape = got["shape"][:, inv]
     z = simulate_sem(B, c, sigma, spec.noise, n_cells, rng, shape=shape, mixture=mixture)
-    return {"z": z, "B": B, "c": c, "sigma": sigma}
+    return {"z": z, "B": B, "c": c, "sigma": sigma, "shape": shape, "mixture": mixture}
 
 
 def simulate_sem(B: np.ndarray, c: np.ndarray, sigma: np.ndarray, noise: str, n_cells: int, rng,

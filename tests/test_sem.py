@@ -200,6 +200,44 @@ def test_prior_predictive_is_standardised_scale():
     assert np.median(sd) < 10  # plausible for standardised data: not wildly dispersed
 
 
+def test_prior_predictive_draws_the_pymc_models_priors():
+    """``prior_predictive`` takes its parameters from the PyMC model (``pm.sample_prior_predictive``),
+    not from a restatement: the draws match the spec's distributions in closed form. Spike-and-slab
+    beta: P(|beta| > 3 spike_sd) = w P(|N(0, slab)| > 3 spike) + (1 - w) 0.0027 per edge, with the
+    tile's own weights (one edge at w 0.9, one at 0.1) and exactly 0 where the order forbids an edge;
+    HalfNormal sigma: E = scale_sd sqrt(2 / pi); Student-t nu ~ Gamma(nu_alpha, rate nu_beta);
+    mog: Dirichlet weights of mean 1/K. Tolerances: 4 binomial / Monte Carlo s.e. of 4,000 draws."""
+    from dataclasses import replace
+
+    order = np.array([2, 0, 1, 3, 4, 5, 6, 7])
+    W = np.full((8, 8), 0.5)
+    W[0, 2], W[1, 2] = 0.9, 0.1  # effect <- cause: 0 <- 2 (allowed, w 0.9), 1 <- 2 (allowed, w 0.1)
+    forbidden = np.zeros((8, 8), bool)
+    forbidden[3, 1] = True
+    prior = dag_prior(order, W, forbidden)
+    D = 4000
+    spec = load_spec("studentt")
+    spec = replace(spec, prior=replace(spec.prior, nu_alpha=3.0, nu_beta=0.5))
+    pp = prior_predictive(prior, spec, n_cells=5, draws=D, seed=fixed_seed(11))
+    pr = spec.prior
+    tail = 2 * stats.norm.sf(3 * pr.spike_sd / pr.slab_sd)
+    for (e, c), w in (((0, 2), 0.9), ((1, 2), 0.1)):
+        p_want = w * tail + (1 - w) * 2 * stats.norm.sf(3.0)
+        got = (np.abs(pp["B"][:, e, c]) > 3 * pr.spike_sd).mean()
+        assert abs(got - p_want) < 4 * np.sqrt(p_want * (1 - p_want) / D), ((e, c), got, p_want)
+    assert (pp["B"][:, 3, 1] == 0).all() and (pp["B"][:, 2, 0] == 0).all()  # forbidden; against the order
+    m_sigma = pr.scale_sd * np.sqrt(2 / np.pi)
+    sd_sigma = pr.scale_sd * np.sqrt(1 - 2 / np.pi)
+    assert np.abs(pp["sigma"].mean(0) - m_sigma).max() < 4 * sd_sigma / np.sqrt(D)
+    nu = pp["shape"][:, 0]
+    assert abs(nu.mean() - 3.0 / 0.5) < 4 * np.sqrt(3.0) / 0.5 / np.sqrt(D)
+    mix = prior_predictive(prior, load_spec("mog"), n_cells=5, draws=D, seed=fixed_seed(12))["mixture"]
+    K = mix[0].shape[-1]
+    assert mix[0].shape == (D, 8, K) and np.allclose(mix[0].sum(-1), 1.0)
+    sd_w = np.sqrt((K - 1) / (K**2 * (K + 1)))  # Dirichlet(1, ..., 1): each weight's s.d.
+    assert np.abs(mix[0].mean(0) - 1 / K).max() < 4 * sd_w / np.sqrt(D)
+
+
 def test_model_spec_round_trips_through_a_manifest():
     """Jobs built on a run (compare, joint) rebuild the run's spec from its manifest's dict."""
     import json
