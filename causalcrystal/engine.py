@@ -570,6 +570,8 @@ _STREAMED = (
     ("sample_stats", "diverging", (), "bool"),
     ("sample_stats", "tree_depth", (), "i8"),
     ("sample_stats", "step_size", (), "f8"),
+    # NUTS only; NaN for a tile whose draws mix causal orders (sem.mix_orders)
+    ("sample_stats", "energy", (), "f8"),
 )
 #: gzip level of posterior.nc's draws (1-9; 4: most of level 9's saving at a fraction of its time).
 COMPRESSION = 4

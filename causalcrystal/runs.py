@@ -333,7 +333,13 @@ def tile_idata(run, tile: int, predictive_draws: int = 200, seed: int = 0):
     (:func:`causalcrystal.sem.simulate_sem`, ``x = (I - B)^-1 (c + e)`` with the noise family's
     ``e``), and ``log_likelihood`` ``x`` (chain, draw, member) (:func:`tile_loglik`). So
     ``az.plot_ppc(tile_idata(run, k))`` compares every descriptor's observed and replicated
-    distributions, and ``az.loo(...)`` is the tile's LOO (:func:`tile_loo`). A derived descriptor
+    distributions, and ``az.loo(...)`` is the tile's LOO (:func:`tile_loo`). ``sample_stats`` holds
+    the sampler's statistics; ``energy`` only where it means something: a tile sampled by NUTS
+    with consecutive kept draws (``--thin 1``, no convergence re-run) whose draws all come from one
+    causal order (``--orders 1``, or one order took all the weight), so ``az.plot_energy`` /
+    ``az.bfmi`` apply there. The default Gibbs sampler has no Hamiltonian,
+    and draws mixed over orders come from several models: no ``energy`` (``az.plot_energy`` then
+    raises ArviZ's own KeyError). A derived descriptor
     (``attrs["derived"]``) has no equation in the likelihood; its replicated values come from its
     fitted regression and are not a check of the model.
 
@@ -374,8 +380,15 @@ def tile_idata(run, tile: int, predictive_draws: int = 200, seed: int = 0):
                             "variable": names})
     obs = xr.Dataset({"x": (("member", "variable"), X)}, coords={"member": member, "variable": names})
     ll = tile_loglik(r, tile)
+    groups = {}
+    if "sample_stats" in idata.groups():
+        stats = idata.sample_stats.sel(tile=tile, drop=True)
+        stats = stats.drop_vars([c for c in stats.coords if c not in stats.dims])
+        if "energy" in stats and not np.isfinite(stats["energy"].values).all():
+            stats = stats.drop_vars("energy")  # a tile mixing causal orders has no one Hamiltonian
+        groups["sample_stats"] = stats
     out = az.InferenceData(posterior=post, observed_data=obs, posterior_predictive=pp,
-                           log_likelihood=xr.Dataset({"x": ll.rename(None)}))
+                           log_likelihood=xr.Dataset({"x": ll.rename(None)}), **groups)
     der = [] if active is None else [v for v, a in zip(names, active) if not a]
     out.attrs.update({"tile": int(tile), "noise": noise, "derived": der})
     return out

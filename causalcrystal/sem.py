@@ -505,6 +505,13 @@ def _sample_tile_std(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: int,
     depth = "depth" if "depth" in stats else "tree_depth"
     out["tree_depth"] = stats[depth].values.astype(np.int64)
     out["step_size"] = stats["step_size"].values.astype(float)
+    if "energy" in stats:
+        # the Hamiltonian's energy per transition (az.plot_energy, E-BFMI): only when the kept draws
+        # are consecutive transitions; thinned, the differences span several transitions and E-BFMI
+        # would read too high (run with --thin 1 to keep it). NaN otherwise, so every NUTS tile of a
+        # run has the same arrays.
+        out["energy"] = stats["energy"].values.astype(float) if sp.thin == 1 and not reran \
+            else np.full(out["diverging"].shape, np.nan)
     # Convergence per coefficient (allowed ones only; fixed zeros have no chain to diagnose).
     r_kept, ess_kept = _diagnostics(beta[..., keep]) if reran else (rhat, ess)
     rhat_m = np.full(prior.allowed.shape, np.nan)
@@ -840,6 +847,10 @@ def mix_orders(fits: list[dict], priors: list[DagPrior], seed: int, loos: list[d
                  and isinstance(a, np.ndarray) and a.ndim >= 2 and a.shape[:2] == (C, D)]
     for name in draw_keys:
         mixed[name] = np.concatenate([fits[m][name][:, starts[m]:starts[m + 1]] for m in range(k)], axis=1)
+    if "energy" in mixed and (n > 0).sum() > 1:
+        # draws of several orders are draws of several models, each with its own Hamiltonian: their
+        # energies side by side are no chain's energy (E-BFMI would read the jumps between blocks)
+        mixed["energy"] = np.full_like(mixed["energy"], np.nan)
     # diagnostics: the worst over the orders that contribute draws (an edge's r_hat from the orders allowing it)
     use = [m for m in range(k) if n[m] > 0]
     stack = lambda key: np.stack([fits[m][key] for m in use])  # noqa: E731

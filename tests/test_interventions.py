@@ -337,3 +337,50 @@ def test_bad_tile_on_a_real_posterior(run_posterior):
         do(path, tile=0, Py=1.0)  # positions are not tile numbers
     with pytest.raises(InterventionError, match=r"cannot set 'Pz': unknown variable; valid names are \['I14'"):
         do(path, tile=3, Pz=1.0)
+
+
+def test_energy_is_kept_where_it_is_one_hamiltonians(tmp_path):
+    """NUTS energy (az.plot_energy / az.bfmi) is stored per tile only where the kept draws are one
+    Hamiltonian's consecutive transitions: thin 1, no re-run, one causal order. Thinned draws, and
+    draws mixed over orders (sem.mix_orders), carry NaN; the file keeps the single-order tile's."""
+    from causalcrystal.engine import write_posterior
+    from causalcrystal.priors import dag_prior, forbidden_into
+    from causalcrystal.sem import ModelSpec, SamplerSpec, mix_orders, sample_tile
+
+    B, c, b = _true_raw_sem()
+    rng = np.random.default_rng(fixed_seed(140))
+    raw = np.linalg.solve(np.eye(8) - B, (c + rng.laplace(0.0, b, size=(200, 8))).T).T
+    X = (raw - raw.mean(0)) / raw.std(0)
+    forb = forbidden_into([IX["I14"], IX["I5"]], 8)
+    orders = [[IX[v] for v in ORDER], [IX[v] for v in ("I14", "I5", "Px", "Py", "a", "b", "alpha", "Vol")]]
+    priors = [dag_prior(o, np.full((8, 8), 0.5), forb) for o in orders]
+    kw = dict(chains=2, tune=300, draws=300, target_ess=0)  # target_ess 0 (and r_hat aside): no re-run here
+    one = sample_tile(X, priors[0], ModelSpec(noise="laplace", sampler=SamplerSpec(name="nutpie", thin=1, **kw)), seed=1)
+    thinned = sample_tile(X, priors[0], ModelSpec(noise="laplace", sampler=SamplerSpec(name="nutpie", thin=2, **kw)),
+                          seed=1)
+    assert np.isnan(thinned["energy"]).all()
+    if int(one["rerun_factor"]):
+        pytest.skip("the r_hat rule re-ran this fit (its kept draws are thinned): no energy by design")
+    assert one["energy"].shape == one["B"].shape[:2] and np.isfinite(one["energy"]).all()
+    other = sample_tile(X, priors[1], ModelSpec(noise="laplace", sampler=SamplerSpec(name="nutpie", thin=1, **kw)),
+                        seed=2)
+    mixed = mix_orders([one, other], priors, seed=0)
+    if (mixed["order_weight"] > 1e-3).sum() > 1:  # both orders contribute draws: no single Hamiltonian
+        assert np.isnan(mixed["energy"]).all()
+    # the file and the tile's InferenceData keep the single-order tile's energy
+    tile_dir = tmp_path / "tiles"
+    tile_dir.mkdir()
+    np.savez(tile_dir / "tile_00000.npz", **mix_orders([one], priors[:1], seed=0))
+    tiles = xr.Dataset(coords={"tile": [0], "image": ("tile", ["img0"]), "row0": ("tile", [0]), "col0": ("tile", [0]),
+                               "size": ("tile", [15]), "n_cells": ("tile", [200])})
+    disc = xr.Dataset({"probability": (("tile", "effect", "cause"), np.full((1, 8, 8), 0.5))})
+    path = tmp_path / "posterior.nc"
+    constants = xr.Dataset({"tile_mean": (("tile", "variable"), np.zeros((1, 8))),
+                            "scale": (("tile", "variable"), np.ones((1, 8)))},
+                           coords={"tile": [0], "variable": list(DESCRIPTORS), "sm_fraction": ("tile", [0.1])})
+    write_posterior(path, tiles, disc, [priors[:1]], [0], tile_dir, ModelSpec(noise="laplace"), "image",
+                    constants=constants)
+    stats = az.from_netcdf(path).sample_stats.sel(tile=0)
+    np.testing.assert_allclose(stats["energy"].values, one["energy"])
+    bfmi = az.bfmi(az.InferenceData(sample_stats=stats.drop_vars([c for c in stats.coords if c not in stats.dims])))
+    assert bfmi.shape == (2,) and (bfmi > 0).all()
