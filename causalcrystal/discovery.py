@@ -565,22 +565,25 @@ def discover(
     derived_mask = np.zeros((n_tiles, _N), dtype=bool)
     derived_mask[:, derived_idx] = True
     relations: dict[str, list] = {}
-    for _, (k, res, st, der, rel) in executor.imap(_discover_tile, tasks):
-        bar.update()
-        status[k] = st
-        derived_mask[k, der] = True
-        if rel:
-            relations[str(int(tile_ids[k]))] = [r if isinstance(r, str) else r.text() for r in rel]
-        if res is None:
-            continue
-        adjacency[k], probability[k], mean_coef[k] = res["adjacency"], res["probability"], res["mean_coef"]
-        order[k] = res["order"]
-        order_frequency[k] = res["order_frequency"]
-        n_candidates[k] = len(res["candidates"])
-        for c, cand in enumerate(res["candidates"][:max_candidates]):
-            cand_adj[k, c] = cand["adjacency"]
-            cand_freq[k, c] = cand["frequency"]
-            cand_order[k, c] = cand["order"]
+    try:
+        for _, (k, res, st, der, rel) in executor.imap(_discover_tile, tasks):
+            bar.update()
+            status[k] = st
+            derived_mask[k, der] = True
+            if rel:
+                relations[str(int(tile_ids[k]))] = [r if isinstance(r, str) else r.text() for r in rel]
+            if res is None:
+                continue
+            adjacency[k], probability[k], mean_coef[k] = res["adjacency"], res["probability"], res["mean_coef"]
+            order[k] = res["order"]
+            order_frequency[k] = res["order_frequency"]
+            n_candidates[k] = len(res["candidates"])
+            for c, cand in enumerate(res["candidates"][:max_candidates]):
+                cand_adj[k, c] = cand["adjacency"]
+                cand_freq[k, c] = cand["frequency"]
+                cand_order[k, c] = cand["order"]
+    finally:
+        bar.close()
 
     skipped = [k for k in range(n_tiles) if status[k] != "ok"]
     if skipped:

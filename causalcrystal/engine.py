@@ -758,18 +758,21 @@ def write_posterior(path: Path, tiles, disc, priors, done, tile_dir: Path, spec:
                 v.attrs["coordinates"] = " ".join(n for n in post.coords if post[n].dims == ("tile",) and n != "tile")
             out[name] = v
         rounded = set() if lossless else {name for group, name, _, _ in _STREAMED if group == "posterior"}
-        for t, k in enumerate(done):
-            arrays = first if t == 0 else _load_tile(tile_dir, k)
-            for name, v in out.items():
-                a = arrays[_NPZ_KEY.get(name, name)]
-                if name == "z":
-                    v[:, :, t, : a.shape[2]] = a
-                elif name in rounded:
-                    v[:, :, t] = quantise_draws(a)
-                else:
-                    v[:, :, t] = a.astype(np.int8) if v.dtype == np.int8 else a
-            rows += _summary_rows(k, arrays, tiles, disc, priors[k], spec)
-            bar.update()
+        try:
+            for t, k in enumerate(done):
+                arrays = first if t == 0 else _load_tile(tile_dir, k)
+                for name, v in out.items():
+                    a = arrays[_NPZ_KEY.get(name, name)]
+                    if name == "z":
+                        v[:, :, t, : a.shape[2]] = a
+                    elif name in rounded:
+                        v[:, :, t] = quantise_draws(a)
+                    else:
+                        v[:, :, t] = a.astype(np.int8) if v.dtype == np.int8 else a
+                rows += _summary_rows(k, arrays, tiles, disc, priors[k], spec)
+                bar.update()
+        finally:
+            bar.close()
     return pd.DataFrame(rows)
 
 

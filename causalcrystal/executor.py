@@ -148,23 +148,68 @@ def get_executor(scheduler: str | None = None, workers: int | None = None):
 
 
 class Progress:
-    """A dependency-free progress line on stderr: ``label  k/n  elapsed  eta``."""
+    """Progress of a job on stderr: ``label  k/n  elapsed  eta``.
 
-    def __init__(self, total: int, label: str, enabled: bool = True, stream=None):
+    On a terminal or in Jupyter a rich progress bar (``rich`` comes with PyMC, which draws its own
+    bars with it); elsewhere (a log file, CI, a captured stream) one plain line every
+    ``plain_every`` seconds and at the end, never a carriage return that a file would keep.
+    ``close()`` (also on leaving a ``with`` block) ends a bar left unfinished by an error.
+    """
+
+    def __init__(self, total: int, label: str, enabled: bool = True, stream=None, plain_every: float = 10.0):
         self.total, self.label, self.enabled = total, label, enabled and total > 0
         self.stream = stream or sys.stderr
-        self.done, self.t0, self._last = 0, time.perf_counter(), 0.0
+        self.done, self.t0, self._last = 0, time.perf_counter(), float("-inf")  # the first update prints
+        self.plain_every = float(plain_every)
+        self._rich = None
+        if self.enabled:
+            self._rich = _rich_bar(self.stream, label, total)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich[0].stop()
+            self._rich = None
 
     def update(self, n: int = 1, note: str = "") -> None:
         self.done += n
         if not self.enabled:
             return
+        if self._rich is not None:
+            bar, task = self._rich
+            bar.update(task, advance=n, note=note)
+            if self.done >= self.total:
+                self.close()
+            return
         now = time.perf_counter()
-        if now - self._last < 0.5 and self.done < self.total:
+        if now - self._last < self.plain_every and self.done < self.total:
             return
         self._last = now
         el = now - self.t0
         eta = el / self.done * (self.total - self.done) if self.done else float("nan")
-        end = "\n" if self.done >= self.total else "\r"
-        self.stream.write(f"{self.label}: {self.done}/{self.total}  {el:6.1f}s elapsed  eta {eta:6.1f}s {note}{end}")
+        self.stream.write(f"{self.label}: {self.done}/{self.total}  {el:6.1f}s elapsed  eta {eta:6.1f}s {note}\n")
         self.stream.flush()
+
+
+def _rich_bar(stream, label: str, total: int):
+    """A started rich progress bar and its task on ``stream``, or None when ``stream`` is neither a
+    terminal nor a Jupyter output (then :class:`Progress` prints plain lines)."""
+    try:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+    except ImportError:  # rich comes with PyMC; without it, plain lines
+        return None
+    console = Console(file=stream)
+    if not (console.is_terminal or console.is_jupyter):
+        return None
+    bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[note]}"), console=console)
+    task = bar.add_task(label, total=total, note="")
+    bar.start()
+    return bar, task

@@ -399,6 +399,7 @@ class Job:
                 note = save(result)
                 bar.update(note=note or "")
         finally:
+            bar.close()
             executor.close()
 
     def load_part(self, path: Path, reader: Callable):

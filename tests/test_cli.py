@@ -290,3 +290,32 @@ def test_interval_names_are_arviz_names_and_old_files_are_read():
     old = pd.DataFrame({"q05": [1.0], "q50": [2.0], "q95": [3.0], "hdi_low": [0.0], "mean": [2.0]})
     assert list(renamed(old).columns) == ["eti_5%", "median", "eti_95%", "hdi_5%", "mean"]
     assert renamed(renamed(old)).equals(renamed(old))
+
+
+def test_progress_is_a_rich_bar_on_a_terminal_and_plain_lines_elsewhere():
+    """executor.Progress: on a terminal a rich bar (what PyMC draws with), ended by close() even when
+    the job stops early; on a file or captured stream plain lines, throttled, with no carriage
+    return (a log file would keep every one)."""
+    import io
+
+    from causalcrystal.executor import Progress
+
+    plain = io.StringIO()
+    p = Progress(50, "tiles", stream=plain, plain_every=3600.0)
+    for _ in range(50):
+        p.update(note="ok")
+    text = plain.getvalue()
+    assert "\r" not in text and text.count("\n") == 2 and "tiles: 50/50" in text  # the first and the last
+    assert p._rich is None
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    with Progress(3, "sampling", stream=term) as bar:
+        assert bar._rich is not None
+        bar.update(note="tile 0")
+    assert bar._rich is None  # closed on leaving the block with 1 of 3 done
+    assert "sampling" in term.getvalue() and "1/3" in term.getvalue() and "\x1b[" in term.getvalue()
+    assert Progress(3, "off", stream=Terminal(), enabled=False)._rich is None
