@@ -44,7 +44,7 @@ __all__ = sorted(_EXPORTS)
 #: Submodules reachable as attributes (``cc.io.read``) without importing them first.
 _SUBMODULES = ("atoms", "cells", "checks", "cli", "collinearity", "columns", "compare", "concentration",
                "direction", "discovery", "engine", "errors", "evidence", "executor", "gibbs", "interventions",
-               "io", "jobs", "joint", "lgd", "logs", "plots", "priors", "report", "runs", "scenarios", "sem",
+               "intervals", "io", "jobs", "joint", "lgd", "logs", "plots", "priors", "report", "runs", "scenarios", "sem",
                "simulator", "tiling")
 
 
