@@ -333,14 +333,16 @@ def total_effect_map_data(run, effect: str, cause: str, prob: float = 0.9):
     """Per tile, the posterior of the total effect of ``cause`` on ``effect`` (the sum over all
     causal paths: ``T = (I - B)^-1``, :func:`causalcrystal.interventions.total_effects`; in the
     units of ``B``, see ``posterior.attrs['units']``). ``run``: a run or its folder. Returns a
-    DataFrame with ``tile``, ``image``, ``row0``, ``col0``, ``size``, ``mean``, ``lo``, ``hi`` (the
-    central ``prob`` interval) and ``p_nonzero`` (share of draws with a non-zero effect)."""
+    DataFrame with ``tile``, ``image``, ``row0``, ``col0``, ``size``, ``mean``, the central ``prob``
+    interval (``eti_5%``, ``eti_95%`` at 0.9: :mod:`causalcrystal.intervals`) and ``p_nonzero``
+    (share of draws with a non-zero effect)."""
     import pandas as pd
 
     from causalcrystal.interventions import total_effects
     from causalcrystal.runs import as_run
 
     i, j = DESCRIPTORS.index(effect), DESCRIPTORS.index(cause)
+    lo, hi = _eti(prob)
     post = as_run(run).posterior.posterior
     rows = []
     for t in post["tile"].values:  # one tile's draws at a time: memory flat in the number of tiles
@@ -348,7 +350,7 @@ def total_effect_map_data(run, effect: str, cause: str, prob: float = 0.9):
         q = np.quantile(T, [(1 - prob) / 2, (1 + prob) / 2])
         rows.append({"tile": int(t), **{c: post[c].sel(tile=t).values.item() for c in ("image", "row0", "col0", "size")
                                        if c in post.coords},
-                     "mean": float(T.mean()), "lo": float(q[0]), "hi": float(q[1]), "p_nonzero": float((T != 0).mean())})
+                     "mean": float(T.mean()), lo: float(q[0]), hi: float(q[1]), "p_nonzero": float((T != 0).mean())})
     out = pd.DataFrame(rows)
     out["image"] = out["image"].astype(str)
     return out
@@ -367,7 +369,8 @@ def plot_total_effect_map(run, effect: str, cause: str, axes=None, prob: float =
     vmax = float(np.abs(d["mean"]).max()) or 1.0
     norm = mpl.colors.Normalize(-vmax, vmax)
     cmap = mpl.colormaps["RdBu_r"]
-    _tile_squares(axes, images, d, "mean", norm, cmap, hatch=(d["lo"] <= 0) & (0 <= d["hi"]))
+    lo, hi = _eti(prob)
+    _tile_squares(axes, images, d, "mean", norm, cmap, hatch=(d[lo] <= 0) & (0 <= d[hi]))
     cb = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[:len(images)]), shrink=0.8)
     cb.set_label(f"total effect {literal(effect)} <- {literal(cause)} (mean)", fontsize=8)
     cb.ax.tick_params(labelsize=7)
@@ -457,14 +460,15 @@ def coupling_vs_polarisation_data(run, effect: str, cause: str, prob: float = 0.
     """Per tile, the coupling ``B[effect, cause]`` (posterior mean and central ``prob`` interval, in
     the units of ``posterior.attrs['units']``) against the tile's polarisation: the mean over its
     cells of ``|P| = sqrt(Px^2 + Py^2)`` and of ``Px``, ``Py`` (the cell table's units). Returns a
-    DataFrame with ``tile``, ``image``, ``sm_fraction`` (when the cells have it), ``mean``, ``lo``,
-    ``hi``, ``p_allowed`` (share of draws where the tile's orders allow the edge), ``P_abs``,
+    DataFrame with ``tile``, ``image``, ``sm_fraction`` (when the cells have it), ``mean``, the
+    central interval (``eti_5%``, ``eti_95%`` at 0.9), ``p_allowed`` (share of draws where the tile's orders allow the edge), ``P_abs``,
     ``Px``, ``Py``. One tile's draws at a time: memory flat in the number of tiles."""
     import pandas as pd
 
     from causalcrystal.runs import as_run
 
     i, j = DESCRIPTORS.index(effect), DESCRIPTORS.index(cause)
+    lo, hi = _eti(prob)
     r = as_run(run)
     post = r.posterior.posterior
     allowed = r.posterior.constant_data["allowed"] if "constant_data" in r.posterior.groups() else None
@@ -475,7 +479,7 @@ def coupling_vs_polarisation_data(run, effect: str, cause: str, prob: float = 0.
         c = r.tile_cells(int(t))
         px, py = c["Px"].values, c["Py"].values
         row = {"tile": int(t), "image": str(post["image"].sel(tile=t).values), "mean": float(b.mean()),
-               "lo": float(q[0]), "hi": float(q[1]), "P_abs": float(np.hypot(px, py).mean()),
+               lo: float(q[0]), hi: float(q[1]), "P_abs": float(np.hypot(px, py).mean()),
                "Px": float(px.mean()), "Py": float(py.mean())}
         if "sm_fraction" in c:
             row["sm_fraction"] = float(c["sm_fraction"].values.mean())
@@ -491,9 +495,10 @@ def plot_coupling_vs_polarisation(run, effect: str, cause: str, ax=None, prob: f
     image. Returns the figure."""
     fig, ax = _axes(ax, 4.6, 3.6)
     d = coupling_vs_polarisation_data(run, effect, cause, prob)
+    lo, hi = _eti(prob)
     allowed = d["p_allowed"] > 0 if "p_allowed" in d else np.ones(len(d), dtype=bool)
     for k, (img, sub) in enumerate(d[allowed].groupby("image", sort=False)):
-        ax.errorbar(sub["P_abs"], sub["mean"], yerr=[sub["mean"] - sub["lo"], sub["hi"] - sub["mean"]], fmt="o",
+        ax.errorbar(sub["P_abs"], sub["mean"], yerr=[sub["mean"] - sub[lo], sub[hi] - sub["mean"]], fmt="o",
                     ms=3, lw=0.8, capsize=0, color=f"C{k % 10}", label=literal(img))
     if (~allowed).any():  # exact zeros by construction, not estimates
         ax.plot(d.loc[~allowed, "P_abs"], d.loc[~allowed, "mean"], "x", color="0.6", ms=4,
@@ -507,6 +512,13 @@ def plot_coupling_vs_polarisation(run, effect: str, cause: str, ax=None, prob: f
     ax.legend(fontsize=6, loc="best")
     no_tex(fig)
     return fig
+
+
+def _eti(prob: float) -> tuple[str, str]:
+    """Column names of a central ``prob`` interval (:func:`causalcrystal.intervals.eti_name`)."""
+    from causalcrystal.intervals import eti_name
+
+    return eti_name((1 - prob) / 2), eti_name((1 + prob) / 2)
 
 
 def _units(run) -> dict:
@@ -523,7 +535,7 @@ def recovery_data(run):
     tile (the rows of ``summary.csv``) with its truth in the run's units
     (:func:`causalcrystal.scenarios.truth_per_tile`: the mean of the tile's cells' ``true_B``,
     scaled like ``B``). Returns a DataFrame with ``tile``, ``image``, ``effect``, ``cause``,
-    ``truth``, ``mean``, ``lo``, ``hi`` (the summary's 90 % HDI) and ``covered``. Raises
+    ``truth``, ``mean``, ``hdi_5%``, ``hdi_95%`` (the summary's 90 % HDI) and ``covered``. Raises
     ``ValueError`` for cells without a ground truth."""
     from causalcrystal.runs import as_run
     from causalcrystal.scenarios import truth_per_tile
@@ -536,8 +548,8 @@ def recovery_data(run):
     ix = {v: k for k, v in enumerate(DESCRIPTORS)}
     out = s[["tile", "image", "effect", "cause", "mean"]].copy()
     out["truth"] = truth[s["tile"].to_numpy(int), s["effect"].map(ix).to_numpy(), s["cause"].map(ix).to_numpy()]
-    out["lo"], out["hi"] = s["hdi_5%"].to_numpy(), s["hdi_95%"].to_numpy()
-    out["covered"] = (out["lo"] <= out["truth"]) & (out["truth"] <= out["hi"])
+    out["hdi_5%"], out["hdi_95%"] = s["hdi_5%"].to_numpy(), s["hdi_95%"].to_numpy()
+    out["covered"] = (out["hdi_5%"] <= out["truth"]) & (out["truth"] <= out["hdi_95%"])
     return out.reset_index(drop=True)
 
 
@@ -551,9 +563,9 @@ def plot_recovery(run, ax=None):
     for mask, color, label in ((hit, "C0", "interval covers the truth"), (~hit, "C3", "interval misses it")):
         sub = d[mask]
         # (an HDI need not contain the mean: bars from the interval, not as errors around the mean)
-        ax.vlines(sub["truth"], sub["lo"], sub["hi"], color=color, lw=0.6, alpha=0.6)
+        ax.vlines(sub["truth"], sub["hdi_5%"], sub["hdi_95%"], color=color, lw=0.6, alpha=0.6)
         ax.plot(sub["truth"], sub["mean"], "o", ms=2.5, color=color, alpha=0.8, label=f"{label} ({mask.sum()})")
-    lim = float(np.nanmax(np.abs(d[["truth", "lo", "hi"]].to_numpy()))) * 1.05 or 1.0
+    lim = float(np.nanmax(np.abs(d[["truth", "hdi_5%", "hdi_95%"]].to_numpy()))) * 1.05 or 1.0
     ax.plot([-lim, lim], [-lim, lim], color="0.5", lw=0.7)
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)

@@ -487,7 +487,7 @@ def test_coupling_against_polarisation_per_tile(run):
     tiles = make_tiles(r.cells, s["tile_size"], s["stride"])  # the tiling rebuilt independently of Run.tiles
     cells = r.cells.isel(cell=tile_members(tiles, t))
     assert d["P_abs"].iloc[-1] == pytest.approx(np.hypot(cells["Px"].values, cells["Py"].values).mean())
-    assert ((d["lo"] <= d["mean"]) & (d["mean"] <= d["hi"])).all()
+    assert ((d["eti_5%"] <= d["mean"]) & (d["mean"] <= d["eti_95%"])).all()
     fig = cc.plots.plot_coupling_vs_polarisation(r, "a", "Px")
     assert len(fig.axes) == 1 and "|P|" in fig.axes[0].get_xlabel()
 
@@ -510,7 +510,7 @@ def test_recovery_against_the_simulated_truth(run):
     sd = lambda v: cells[v].values[img].std()  # noqa: E731
     truth = cells["true_B"].values[m, i, j].mean() * sd(row["cause"]) / sd(row["effect"])
     assert row["truth"] == pytest.approx(truth, rel=1e-9, abs=1e-12)
-    assert d["covered"].tolist() == ((d["lo"] <= d["truth"]) & (d["truth"] <= d["hi"])).tolist()
+    assert d["covered"].tolist() == ((d["hdi_5%"] <= d["truth"]) & (d["truth"] <= d["hdi_95%"])).tolist()
     fig = cc.plots.plot_recovery(r)
     assert f"{d['covered'].mean():.2f} of {len(d)}" in fig.axes[0].get_title()
 
@@ -543,7 +543,7 @@ def test_total_effect_map_covers_every_tile_and_matches_the_intervention_module(
     r = cc.open_run(run)
     d = cc.plots.total_effect_map_data(r, "b", "I14")
     post = r.posterior.posterior
-    assert list(d["tile"]) == [int(t) for t in post["tile"].values] and (d["lo"] <= d["hi"]).all()
+    assert list(d["tile"]) == [int(t) for t in post["tile"].values] and (d["eti_5%"] <= d["eti_95%"]).all()
     for t in d["tile"].values[:2]:
         T = total_effects_draws(post[["B", "c"]], tile=int(t)).sel(effect="b", cause="I14")
         assert d.loc[d["tile"] == t, "mean"].item() == pytest.approx(float(T.mean()), rel=1e-6, abs=1e-9)
