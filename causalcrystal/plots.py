@@ -411,6 +411,151 @@ def _image_axes(n: int, axes):
     return axes[0].figure, axes
 
 
+#: Image columns per row of :func:`plot_tile_maps` before it wraps.
+MAX_MAP_COLS = 6
+
+
+def tile_table(run):
+    """A run's tiles as a DataFrame indexed by ``tile``: ``image``, ``row0``, ``col0``, ``size``,
+    ``n_cells`` and ``sm_fraction`` where stored (the coordinates of ``posterior.nc``; no draws
+    read). ``run``: a run or its folder."""
+    import pandas as pd
+
+    from causalcrystal.runs import as_run
+
+    post = as_run(run).posterior.posterior
+    cols = {name: post[name].values for name in ("image", "row0", "col0", "size", "n_cells", "sm_fraction")
+            if name in post.coords}
+    tiles = pd.DataFrame(cols, index=pd.Index(post["tile"].values, name="tile"))
+    tiles["image"] = tiles["image"].astype(str)
+    return tiles
+
+
+def image_frame(cells, image: str):
+    """The affine map from an image's (row, col) grid to its own (x, y) coordinates, least squares
+    over its cells: ``(coef (3, 2), unit)`` with ``[1, row, col] @ coef = [x, y]`` (unit: ``Px``'s
+    length unit), or ``None`` (no cells, no ``x`` / ``y``, or a degenerate grid)."""
+    if cells is None or "x" not in cells or "y" not in cells:
+        return None
+    m = cells["image"].values.astype(str) == str(image)
+    r, c = cells["row"].values[m].astype(float), cells["col"].values[m].astype(float)
+    xy = np.column_stack([cells["x"].values[m], cells["y"].values[m]]).astype(float)
+    ok = np.isfinite(xy).all(1)
+    design = np.column_stack([np.ones(ok.sum()), r[ok], c[ok]])
+    if ok.sum() < 3 or np.linalg.matrix_rank(design) < 3:
+        return None
+    coef = np.linalg.lstsq(design, xy[ok], rcond=None)[0]
+    return coef, str(cells["Px"].attrs.get("units", "")) if "Px" in cells else ""
+
+
+def tile_map_data(tiles, values, image: str, frame=None) -> dict:
+    """One image's tiles as a (possibly irregular) grid of patches, each tile owning the region
+    closest to its centre (overlapping tiles, stride < size, then tile the image without gaps).
+
+    ``tiles``: :func:`tile_table`; ``values``: a pandas Series indexed by tile (NaN or missing: no
+    value); ``frame``: :func:`image_frame` or None. Returns ``row_edges``, ``col_edges`` (unit
+    cells), ``Z`` (rows x cols, NaN where no value) and, with a frame, ``X``, ``Y``: the patch
+    corners in the image's own coordinates (``unit``)."""
+    t = tiles[tiles["image"] == image]
+    size = t["size"].to_numpy(float)
+    rc = t["row0"].to_numpy(float) + size / 2
+    cc = t["col0"].to_numpy(float) + size / 2
+    ur, uc = np.unique(rc), np.unique(cc)
+
+    def edges(centres, lo, hi):
+        if centres.size == 1:
+            return np.array([lo, hi])
+        mid = (centres[1:] + centres[:-1]) / 2
+        return np.concatenate([[lo], mid, [hi]])
+
+    re = edges(ur, t["row0"].min(), (t["row0"] + size).max())
+    ce = edges(uc, t["col0"].min(), (t["col0"] + size).max())
+    Z = np.full((ur.size, uc.size), np.nan)
+    Z[np.searchsorted(ur, rc), np.searchsorted(uc, cc)] = values.reindex(t.index).to_numpy(float)
+    out = {"row_edges": re, "col_edges": ce, "Z": Z}
+    if frame is not None:
+        C, R = np.meshgrid(ce - 0.5, re - 0.5)
+        corners = np.stack([np.ones_like(R), R, C], axis=-1) @ frame[0]
+        out.update(X=corners[..., 0], Y=corners[..., 1], unit=frame[1])
+    return out
+
+
+def plot_tile_maps(run, maps: list[dict], images=None, *, tiles=None, cells=None, titles=None, dpi=None):
+    """Maps over every image of a run: one row of panels per entry of ``maps`` (dicts with ``label``,
+    ``values``: a pandas Series indexed by tile, ``cmap``, ``vmin``, ``vmax``, optional ``title``
+    for the colour bar), one column per image (wrapped after :data:`MAX_MAP_COLS`), one colour bar
+    per row; grey where a tile has no value (e.g. an edge its orders do not allow). Axes in the
+    image's own x, y (:func:`image_frame`, from the run's cells), else in unit cells; y / row 0 at
+    the top, as in the image. ``run``: a run or its folder (``tiles`` / ``cells`` / ``titles``, an
+    image -> title dict, may be given instead, as the report does). Returns the figure."""
+    if tiles is None:
+        tiles = tile_table(run)
+    if cells is None and run is not None:
+        from causalcrystal.runs import as_run
+
+        cells = as_run(run).cells
+    if images is None:
+        images = list(dict.fromkeys(tiles["image"]))
+    titles = titles or {}
+    frames = {img: image_frame(cells, img) for img in images}
+    ncol = max(1, min(len(images), MAX_MAP_COLS))
+    blocks = int(np.ceil(len(images) / ncol))
+    nrow = len(maps) * blocks
+    # Fixed layout in inches (constrained layout cost ~0.1 s per panel): panels, then one colour bar
+    # per row on the right.
+    t = tiles[tiles["image"].isin(images)]
+    size = t["size"]
+    aspect = float(np.clip((t["row0"] + size).max() / max((t["col0"] + size).max(), 1), 0.4, 2.5)) if len(t) else 1
+    pw = 1.8
+    ph = pw * aspect
+    left, gx, gy, top, bottom, cbw, right = 0.75, 0.2, 0.22, 0.3, 0.5, 0.12, 0.85
+    W = left + ncol * pw + (ncol - 1) * gx + 0.15 + cbw + right
+    H = top + nrow * ph + (nrow - 1) * gy + bottom
+    fig = new_figure(W, H, layout=None, dpi=dpi)
+    for b in range(blocks):
+        for r, spec in enumerate(maps):
+            i = b * len(maps) + r
+            y = H - top - (i + 1) * ph - i * gy
+            mappable = None
+            for j in range(ncol):
+                k = b * ncol + j
+                if k >= len(images):
+                    continue
+                ax = fig.add_axes([(left + j * (pw + gx)) / W, y / H, pw / W, ph / H])
+                img = images[k]
+                d = tile_map_data(tiles, spec["values"], img, frames[img])
+                ax.set_facecolor("#d9d9d9")
+                kw = dict(cmap=spec["cmap"], vmin=spec["vmin"], vmax=spec["vmax"], shading="flat")
+                if "X" in d:
+                    # the image's own coordinates (x right, y down, in the cells' length unit), so
+                    # a map lines up with the micrograph and the polarisation figure
+                    mappable = ax.pcolormesh(d["X"], d["Y"], np.ma.masked_invalid(d["Z"]), **kw)
+                    ax.set_xlim(d["X"].min(), d["X"].max())
+                    ax.set_ylim(d["Y"].max(), d["Y"].min())  # y grows downwards, as in the image
+                else:
+                    ce, re = d["col_edges"], d["row_edges"]
+                    mappable = ax.pcolormesh(ce, re, np.ma.masked_invalid(d["Z"]), **kw)
+                    ax.set_xlim(ce[0], ce[-1])
+                    ax.set_ylim(re[-1], re[0])  # row 0 at the top, as in the image
+                ax.set_aspect("equal")
+                ax.locator_params(nbins=4)
+                ax.tick_params(labelsize=7, labelleft=(j == 0), labelbottom=(r == len(maps) - 1))
+                if r == 0:
+                    ax.set_title(titles.get(img, literal(img)), fontsize=9)
+                if j == 0:
+                    ax.set_ylabel(literal(spec["label"]), fontsize=10, fontweight="bold")
+                if r == len(maps) - 1:
+                    ax.set_xlabel(f"x ({literal(d['unit'])})" if "X" in d else "column (unit cells)", fontsize=8)
+            if mappable is not None:
+                cax = fig.add_axes([(left + ncol * pw + (ncol - 1) * gx + 0.15) / W, (y + 0.1 * ph) / H, cbw / W,
+                                    0.8 * ph / H])
+                cb = fig.colorbar(mappable, cax=cax)
+                cb.ax.tick_params(labelsize=7)
+                cb.set_label(literal(spec.get("title", spec["label"])), fontsize=8)
+    no_tex(fig)
+    return fig
+
+
 def direction_map_data(run, pair: str = "a->b"):
     """Per tile, ``P(pair)`` from the run's comparison (``causalcrystal compare``, e.g.
     ``--directions-only``; ``directions.csv``): a DataFrame with ``tile``, ``image``, ``row0``,

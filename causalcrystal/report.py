@@ -60,8 +60,6 @@ INCLUSION_MIN = 0.5
 MAX_MAPPED = 12
 #: Table rows shown inline (the rest are counted, the file has them all).
 MAX_ROWS = 200
-#: Image panels per figure row before wrapping.
-MAX_COLS = 6
 #: PNG resolution.
 DPI = 90
 VERSIONED = ("causalcrystal", "pymc", "pytensor", "arviz", "nutpie", "lingam", "numpy", "scipy", "xarray",
@@ -96,7 +94,6 @@ class Context:
     edges: pd.DataFrame | None = None  # per edge: mean inclusion etc. over all tiles
     selected: list = field(default_factory=list)
     cells: object = None  # the run's cells.nc (xarray Dataset) when the run stored it
-    frames: dict = field(default_factory=dict)  # per image: (row, col) -> (x, y), see _image_frame
 
 
 def _read_tiles(path: Path):
@@ -285,121 +282,17 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
 def _image_title(ctx: Context, img: str) -> str:
     """An image's figure title (for matplotlib: the label escaped by :func:`_mpl`)."""
     y = ctx.images["sm_fraction"].get(img, np.nan) if "sm_fraction" in ctx.images else np.nan
-    return _mpl(img) + (f"  (y = {y:.2f})" if np.isfinite(y) else "")
-
-
-def _grid(ctx: Context, img: str, values):
-    """An image's tiles as a (possibly irregular) grid of patches: each tile owns the region closest
-    to its centre. Returns row edges, column edges and the value array (NaN where no tile)."""
-    t = ctx.tiles[ctx.tiles["image"] == img]
-    size = t["size"].to_numpy(float)
-    rc = t["row0"].to_numpy(float) + size / 2
-    cc = t["col0"].to_numpy(float) + size / 2
-    ur, uc = np.unique(rc), np.unique(cc)
-
-    def edges(centres, lo, hi):
-        if centres.size == 1:
-            return np.array([lo, hi])
-        mid = (centres[1:] + centres[:-1]) / 2
-        return np.concatenate([[lo], mid, [hi]])
-
-    re = edges(ur, t["row0"].min(), (t["row0"] + size).max())
-    ce = edges(uc, t["col0"].min(), (t["col0"] + size).max())
-    Z = np.full((ur.size, uc.size), np.nan)
-    vals = values.reindex(t.index).to_numpy(float)
-    Z[np.searchsorted(ur, rc), np.searchsorted(uc, cc)] = vals
-    return re, ce, Z
-
-
-def _image_frame(ctx: Context, img: str):
-    """The affine map from an image's (row, col) grid to its own (x, y) coordinates, least squares
-    over its cells (``cells.nc``): ``(coef (3, 2), unit)`` with ``[1, row, col] @ coef = [x, y]``,
-    or ``None`` (no cells stored, no x/y, or a degenerate grid)."""
-    cells = ctx.cells
-    if cells is None or "x" not in cells or "y" not in cells:
-        return None
-    cache = ctx.frames
-    if img not in cache:
-        m = cells["image"].values.astype(str) == str(img)
-        r, c = cells["row"].values[m].astype(float), cells["col"].values[m].astype(float)
-        xy = np.column_stack([cells["x"].values[m], cells["y"].values[m]]).astype(float)
-        ok = np.isfinite(xy).all(1)
-        design = np.column_stack([np.ones(ok.sum()), r[ok], c[ok]])
-        frame = None
-        if ok.sum() >= 3 and np.linalg.matrix_rank(design) == 3:
-            coef = np.linalg.lstsq(design, xy[ok], rcond=None)[0]
-            unit = str(cells["Px"].attrs.get("units", "")) if "Px" in cells else ""
-            frame = (coef, unit)
-        cache[img] = frame
-    return cache[img]
+    return _mpl(img) + (f"  (Sm {y:.2f})" if np.isfinite(y) else "")
 
 
 def _map_figure(ctx: Context, rows: list[dict], images=None):
-    """Maps over every image: one subplot row per entry of ``rows`` (``label``, ``values`` a
-    pandas Series indexed by tile, ``cmap``, ``vmin``, ``vmax``, optional ``title``), one column per
-    image (wrapped after :data:`MAX_COLS`); axes in the image's own x, y (from the run's cells.nc:
-    :func:`_image_frame`), else in unit cells, y / row 0 at the top. Grey: no value (e.g. edge not
-    allowed in that tile)."""
+    """Maps over every image with tiles (:func:`causalcrystal.plots.plot_tile_maps`, one row per
+    entry of ``rows``), titled with each image's Sm fraction."""
+    from causalcrystal.plots import plot_tile_maps
+
     images = list(ctx.images.index[ctx.images["n_tiles"] > 0]) if images is None else images
-    ncol = max(1, min(len(images), MAX_COLS))
-    blocks = int(np.ceil(len(images) / ncol))
-    nrow = len(rows) * blocks
-    # Fixed layout in inches (constrained layout cost ~0.1 s per panel): panels, then one colour bar
-    # per row on the right.
-    t = ctx.tiles[ctx.tiles["image"].isin(images)]
-    size = t["size"]
-    aspect = float(np.clip((t["row0"] + size).max() / max((t["col0"] + size).max(), 1), 0.4, 2.5)) if len(t) else 1
-    pw = 1.8
-    ph = pw * aspect
-    left, gx, gy, top, bottom, cbw, right = 0.75, 0.2, 0.22, 0.3, 0.5, 0.12, 0.85
-    W = left + ncol * pw + (ncol - 1) * gx + 0.15 + cbw + right
-    H = top + nrow * ph + (nrow - 1) * gy + bottom
-    fig = _fig(W, H, layout=None)
-    for b in range(blocks):
-        for r, spec in enumerate(rows):
-            i = b * len(rows) + r
-            y = H - top - (i + 1) * ph - i * gy
-            mappable = None
-            for j in range(ncol):
-                k = b * ncol + j
-                if k >= len(images):
-                    continue
-                ax = fig.add_axes([(left + j * (pw + gx)) / W, y / H, pw / W, ph / H])
-                img = images[k]
-                re, ce, Z = _grid(ctx, img, spec["values"])
-                ax.set_facecolor("#d9d9d9")
-                frame = _image_frame(ctx, img)
-                if frame is not None:
-                    # the image's own coordinates (x right, y down, in the cells' length unit), so
-                    # a map lines up with the micrograph and the polarisation figure
-                    C, R = np.meshgrid(ce - 0.5, re - 0.5)
-                    corners = np.stack([np.ones_like(R), R, C], axis=-1) @ frame[0]
-                    X, Y = corners[..., 0], corners[..., 1]
-                    mappable = ax.pcolormesh(X, Y, np.ma.masked_invalid(Z), cmap=spec["cmap"], vmin=spec["vmin"],
-                                             vmax=spec["vmax"], shading="flat")
-                    ax.set_xlim(X.min(), X.max())
-                    ax.set_ylim(Y.max(), Y.min())  # y grows downwards, as in the image
-                else:
-                    mappable = ax.pcolormesh(ce, re, np.ma.masked_invalid(Z), cmap=spec["cmap"], vmin=spec["vmin"],
-                                             vmax=spec["vmax"], shading="flat")
-                    ax.set_xlim(ce[0], ce[-1])
-                    ax.set_ylim(re[-1], re[0])  # row 0 at the top, as in the image
-                ax.set_aspect("equal")
-                ax.locator_params(nbins=4)
-                ax.tick_params(labelsize=7, labelleft=(j == 0), labelbottom=(r == len(rows) - 1))
-                if r == 0:
-                    ax.set_title(_image_title(ctx, img), fontsize=9)
-                if j == 0:
-                    ax.set_ylabel(_mpl(spec["label"]), fontsize=10, fontweight="bold")
-                if r == len(rows) - 1:
-                    ax.set_xlabel(f"x ({_mpl(frame[1])})" if frame is not None else "column (unit cells)", fontsize=8)
-            if mappable is not None:
-                cax = fig.add_axes([(left + ncol * pw + (ncol - 1) * gx + 0.15) / W, (y + 0.1 * ph) / H, cbw / W,
-                                    0.8 * ph / H])
-                cb = fig.colorbar(mappable, cax=cax)
-                cb.ax.tick_params(labelsize=7)
-                cb.set_label(_mpl(spec.get("title", spec["label"])), fontsize=8)
-    return fig
+    return plot_tile_maps(None, rows, images, tiles=ctx.tiles, cells=ctx.cells,
+                          titles={img: _image_title(ctx, img) for img in images}, dpi=DPI)
 
 
 def _values(summary, label: str, column: str):

@@ -290,7 +290,7 @@ def test_user_text_with_mathtext_specials_is_drawn_literally(run, tmp_path, monk
             shown.append(s.replace(r"\$", "$") if t.get_parse_math() else s)
     for want in [*images.values(), "P(a$->$b)", r"lap$\nu$", "a$_0$<-Px", "l$^{2}$"]:
         assert any(want in s for s in shown), want
-    assert sum(s.startswith("Sm$_x$ 5%  (y = ") for s in shown) >= 6  # map titles: maps x2, pca, compare, diagnostics
+    assert sum(s.startswith("Sm$_x$ 5%  (Sm ") for s in shown) >= 6  # map titles: maps x2, pca, compare, diagnostics
     assert any(s == r"film$\b^{$_2 \$" for s in shown)  # the weights figure's tick label
     # a user's matplotlibrc with text.usetex: True must not hand the labels to LaTeX either
     monkeypatch.setitem(__import__("matplotlib").rcParams, "text.usetex", True)
@@ -490,6 +490,36 @@ def test_coupling_against_polarisation_per_tile(run):
     assert ((d["eti_5%"] <= d["mean"]) & (d["mean"] <= d["eti_95%"])).all()
     fig = cc.plots.plot_coupling_vs_polarisation(r, "a", "Px")
     assert len(fig.axes) == 1 and "|P|" in fig.axes[0].get_xlabel()
+
+
+def test_tile_maps_are_public_and_the_report_draws_with_them(run):
+    """Issue 14.4: the report's maps come from plots.plot_tile_maps. Each tile owns the patch around
+    its centre: on a regular tiling (stride 8, size 16) the patch grid has one cell per tile, each
+    holding that tile's value; the figure has one panel per image and map row plus a colour bar per row."""
+    import pandas as pd
+
+    import causalcrystal as cc
+
+    r = cc.open_run(run)
+    tiles = cc.plots.tile_table(r)
+    img = tiles["image"].iloc[0]
+    values = pd.Series(np.arange(len(tiles), dtype=float), index=tiles.index)
+    values.iloc[1] = np.nan
+    d = cc.plots.tile_map_data(tiles, values, img)
+    t = tiles[tiles["image"] == img]
+    assert d["Z"].shape == (t["row0"].nunique(), t["col0"].nunique())
+    assert np.isfinite(d["Z"]).sum() == len(t) - (tiles["image"].iloc[1] == img)
+    ri = np.searchsorted(np.unique(t["row0"]), t["row0"].iloc[0])
+    ci = np.searchsorted(np.unique(t["col0"]), t["col0"].iloc[0])
+    assert d["Z"][ri, ci] == values.loc[t.index[0]]
+    frame = cc.plots.image_frame(r.cells, img)
+    if frame is not None:  # the simulator stores x, y: corners in the image's own coordinates
+        assert "X" in cc.plots.tile_map_data(tiles, values, img, frame)
+    maps = [{"label": "tile", "values": values, "cmap": "viridis", "vmin": 0, "vmax": len(tiles)},
+            {"label": "twice", "values": 2 * values, "cmap": "viridis", "vmin": 0, "vmax": 2 * len(tiles)}]
+    fig = cc.plots.plot_tile_maps(r, maps)
+    n_img = tiles["image"].nunique()
+    assert len(fig.axes) == 2 * n_img + 2
 
 
 def test_recovery_against_the_simulated_truth(run):
