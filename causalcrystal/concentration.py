@@ -661,7 +661,8 @@ def _annotate(idata, d: _Data, spec: ConcentrationSpec) -> None:
     idata.posterior.attrs.update(spec=json.dumps(spec.to_dict()), links=json.dumps({c.label: c.link for c in
                                                                                       spec.couplings}),
                                  ybar=d.ybar, k_cross=spec.k_cross)
-    idata.add_groups(constant_data=xr.Dataset({"image_y": ("image", d.image_y)}, coords={"image": d.images}))
+    # each image's Sm fraction (the paper's y; named sm_fraction in files, where y is a position)
+    idata.add_groups(constant_data=xr.Dataset({"sm_fraction": ("image", d.image_y)}, coords={"image": d.images}))
 
 
 def contraction(idata, spec: ConcentrationSpec, n_prior: int = 4000, seed: int = 0) -> dict:
@@ -753,7 +754,8 @@ def curves(idata, spec: ConcentrationSpec, y=None) -> xr.Dataset:
     quantiles of the posterior draws of ``f(y)``; the image scatter ``omega`` is not included)."""
     post = idata.posterior
     if y is None:
-        yi = idata.constant_data["image_y"].values
+        cd = idata.constant_data
+        yi = (cd["sm_fraction"] if "sm_fraction" in cd else cd["image_y"]).values  # image_y: files before
         y = np.linspace(max(0.0, yi.min() - 0.02), min(1.0, yi.max() + 0.02), 61)
     y = np.asarray(y, dtype=float)
     y0, eps0 = _flat(post["y0"])[:, None], _flat(post["eps0"])[:, None]

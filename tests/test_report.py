@@ -64,11 +64,11 @@ def _concentration_output(run_dir: Path, spec_path: Path) -> None:
             "omega": np.abs(rng.normal(0, 0.1, (1, S, C))),
             "theta": centre[:, None] + 0.1 * rng.standard_normal((1, S, C, G))}
     prior = {k: v[:, :100] + rng.normal(0, 0.05, (1, 100)) for k, v in post.items() if k in ("y0", "eps0", "y_star")}
-    idata = az.from_dict(posterior=post, prior=prior, constant_data={"image_y": np.asarray(image_y)},
+    idata = az.from_dict(posterior=post, prior=prior, constant_data={"sm_fraction": np.asarray(image_y)},
                          coords={"coupling": [c.label for c in spec.couplings], "term": ["linear", "quadratic"],
                                  "image": images},
                          dims={"amplitude": ["coupling"], "quad": ["coupling", "term"], "tau": ["coupling"],
-                               "omega": ["coupling"], "theta": ["coupling", "image"], "image_y": ["image"]})
+                               "omega": ["coupling"], "theta": ["coupling", "image"], "sm_fraction": ["image"]})
     d = run_dir / "concentration"
     d.mkdir()
     summ.to_netcdf(d / "tile_summaries.nc", engine="h5netcdf")
