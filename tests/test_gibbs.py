@@ -177,13 +177,19 @@ def test_gibbs_reproduces_long_nuts_runs_on_twenty_tiles():
     (Gibbs, ``mog``) must give every allowed coefficient's posterior mean within 0.1 posterior s.d.
     and its s.d. within 10 % of a long NUTS run on the PyMC model (``sem.build_model``).
 
-    Both runs are long enough for the bounds to be a fair test: each coefficient's Monte Carlo error
-    of the difference (ArviZ's ``mcse`` of mean and s.d., both runs combined) must be <= 1/4 of the
-    bound, so a real agreement fails it with probability ~1e-4 per coefficient; a shortfall there
-    fails the test as "too short to judge", not as a disagreement. ~1 h on 2 cores (NUTS on the
-    mixture: ~150 s per tile). Tiles of the project's own simulator are not used: there NUTS is no
-    usable reference (tile 0 of ``simulate((0, .1, .2), (32, 32))``: ~1,000 s and 3.5 % divergent
-    transitions with 1,000 tuning steps at target_accept 0.95; measured 2026-12-01)."""
+    Both runs must be long enough for the bounds to be a fair test: each coefficient's Monte Carlo
+    error of the difference (ArviZ's ``mcse`` of mean and s.d., both runs combined) <= 1/4 of the
+    bound, so a real agreement fails it with probability ~1e-4 per coefficient. A tile where NUTS
+    fails its own diagnostics (> 2 % divergent transitions) has no reference and is not judged; at
+    least 15 of the 20 must be judged, and on every judged tile the bounds must hold.
+
+    Cost: ~3-4 h on 2 quiet cores (NUTS on the mixture: 200-475 s per 4 x 2,500 draws on a shared
+    machine, and it needs 4 x 5,000: with 4 x 2,500 its smallest ESS was 950-2,460, leaving the
+    combined error at 0.09-0.14 > 0.1 on 2 of the first 3 tiles; measured 2026-12-01). Tiles of the
+    project's own simulator are not used: there NUTS is no usable reference (tile 0 of
+    ``simulate((0, .1, .2), (32, 32))``: ~1,000 s and 3.5 % divergent transitions with 1,000 tuning
+    steps at target_accept 0.95). On the independent generator too, NUTS diverged on 1 of the first 3
+    tiles (5.9 %)."""
     import time
 
     import arviz as az
@@ -200,8 +206,8 @@ def test_gibbs_reproduces_long_nuts_runs_on_twenty_tiles():
     # (Gibbs is cheap: its share of the Monte Carlo error is made small; 4 x 2,000 NUTS draws left the
     # combined error at 0.114 > 0.1 on the first tile with 4 x 2,500 Gibbs draws thinned by 4)
     gibbs_sp = SamplerSpec(name="gibbs", chains=4, tune=1000, draws=5000, thin=8, target_ess=0)
-    nuts_sp = SamplerSpec(name="nutpie", chains=4, tune=1000, draws=2500, thin=1, target_ess=0)
-    rows, failures = [], []  # every tile is judged (an hour's run reports all it found, not the first)
+    nuts_sp = SamplerSpec(name="nutpie", chains=4, tune=1000, draws=5000, thin=1, target_ess=0)
+    rows, failures, unjudged = [], [], []  # every tile is run (a long run reports all it found, not the first)
     for t, (label, X, prior, active) in enumerate(_independent_tiles(20)):
         clock = time.perf_counter()
         g = sample_tile(X, prior, ModelSpec(sampler=gibbs_sp), seed=fixed_seed(80 + t), active=active)
@@ -221,12 +227,13 @@ def test_gibbs_reproduces_long_nuts_runs_on_twenty_tiles():
               "4 MC s.e. %.3f / %.3f" % row, "| smallest ESS Gibbs %.0f NUTS %.0f, seconds Gibbs %.0f NUTS %.0f" % (
                   (sg / mcse_mg).min() ** 2, (sn / mcse_mn).min() ** 2, g_s, n_s), flush=True)
         if nuts["diverging"].mean() > 0.02:
-            failures.append((label, "NUTS reference diverged", row[3]))
+            unjudged.append((label, "NUTS reference diverged", row[3]))
         elif (4 * se_mean > 0.1).any() or (4 * se_ratio > 0.1).any():
             failures.append((label, "runs too short to judge", row[4], row[5]))
         elif (d_mean > 0.1).any() or ((ratio < 0.9) | (ratio > 1.1)).any():
             failures.append((label, "Gibbs and NUTS disagree", row[1], row[2]))
     assert not failures, failures
+    assert len(unjudged) <= 5, unjudged
 
 
 @pytest.mark.parametrize("engine", ["numba", "numpy"])
