@@ -51,8 +51,10 @@ def _cdf(e: np.ndarray, draws: dict, v: int, s: np.ndarray, noise: str) -> np.nd
     return stats.gennorm.cdf(x / sig, draws["shape"][s, v][:, None])
 
 
-def check_tile(X: np.ndarray, out: dict, noise: str, active=None, seed: int = 0) -> dict:
-    """``pit_p`` and ``gauss_p`` (one per descriptor; NaN for inactive ones) of a tile's fit.
+def pit_values(X: np.ndarray, out: dict, noise: str, active=None) -> np.ndarray:
+    """The probability integral transform of every cell's residual under the fitted noise,
+    averaged over :data:`N_DRAWS` posterior draws: ``u`` (n_cells, V), NaN for inactive
+    descriptors (uniform on [0, 1] when the noise family describes the residuals).
 
     ``X``: the tile's cells x descriptors (the units the fit is in); ``out``: the posterior arrays
     of :func:`causalcrystal.sem.sample_tile` or ``sample_tile_orders`` (``B``, and ``c``/``sigma``
@@ -60,16 +62,33 @@ def check_tile(X: np.ndarray, out: dict, noise: str, active=None, seed: int = 0)
     X = np.asarray(X, dtype=np.float64)
     V = X.shape[1]
     act = np.ones(V, dtype=bool) if active is None else np.asarray(active, dtype=bool)
-    flat = {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in out.items()
-            if k in ("B", "c", "sigma", "noise_weight", "noise_loc", "noise_var", "nu", "shape")}
+    flat = _flat(out)
     S = flat["B"].shape[0]
     s = np.linspace(0, S - 1, min(N_DRAWS, S)).astype(int)
     resid = X[None] - np.einsum("sij,nj->sni", flat["B"][s], X)   # (draws, n, V): x - B x (intercept in the noise)
+    u = np.full(X.shape, np.nan)
+    for v in np.flatnonzero(act):
+        u[:, v] = _cdf(resid[:, :, v], flat, v, s, noise).mean(0)
+    return u
+
+
+def _flat(out: dict) -> dict:
+    return {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in out.items()
+            if k in ("B", "c", "sigma", "noise_weight", "noise_loc", "noise_var", "nu", "shape")}
+
+
+def check_tile(X: np.ndarray, out: dict, noise: str, active=None, seed: int = 0) -> dict:
+    """``pit_p`` and ``gauss_p`` (one per descriptor; NaN for inactive ones) of a tile's fit
+    (arguments as :func:`pit_values`)."""
+    X = np.asarray(X, dtype=np.float64)
+    V = X.shape[1]
+    act = np.ones(V, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    flat = _flat(out)
+    u = pit_values(X, out, noise, act)
     mean_resid = X - X @ flat["B"].mean(0).T - (flat["c"].mean(0) if noise != "mog" else 0.0)
     pit_p, gauss_p = np.full(V, np.nan), np.full(V, np.nan)
     for v in np.flatnonzero(act):
-        u = _cdf(resid[:, :, v], flat, v, s, noise).mean(0)
-        pit_p[v] = stats.kstest(u, "uniform").pvalue
+        pit_p[v] = stats.kstest(u[:, v], "uniform").pvalue
         r = mean_resid[:, v]
         if np.ptp(r) > 0 and r.size >= 3:
             gauss_p[v] = stats.shapiro(r).pvalue

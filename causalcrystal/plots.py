@@ -675,6 +675,68 @@ def _units(run) -> dict:
             "P": str(r.cells["Px"].attrs.get("units", "")) if "Px" in r.cells else ""}
 
 
+def residual_check_data(run, tile: int) -> dict:
+    """The residual check of one tile (:mod:`causalcrystal.checks`): for every descriptor whose
+    equation is in the likelihood, the probability integral transform ``u`` of each cell's residual
+    under the fitted noise (uniform on [0, 1] when the noise family describes the residuals) and
+    its Kolmogorov-Smirnov ``pit_p``. Returns ``{"u": DataFrame (cells x descriptors, NaN for a
+    derived descriptor), "pit_p": Series, "noise": family, "n_cells": n}``; computed from
+    ``posterior.nc`` (draws as stored) and the tile's cells (:func:`causalcrystal.runs.tile_data`)."""
+    import pandas as pd
+    from scipy import stats
+
+    from causalcrystal.checks import pit_values
+    from causalcrystal.runs import as_run, tile_data
+    from causalcrystal.sem import ModelSpec
+
+    r = as_run(run)
+    X, active = tile_data(r, tile)
+    post = r.posterior.posterior.sel(tile=tile)
+    key = {"noise_shape": "shape"}
+    arrays = {key.get(n, n): post[n].values.astype(np.float64) for n in
+              ("B", "c", "sigma", "noise_weight", "noise_loc", "noise_var", "nu", "noise_shape") if n in post}
+    noise = ModelSpec.from_dict(r.settings["spec"]).noise
+    u = pd.DataFrame(pit_values(X, arrays, noise, active), columns=list(DESCRIPTORS)[:X.shape[1]])
+    p = pd.Series({v: stats.kstest(u[v].to_numpy(), "uniform").pvalue if u[v].notna().all() else np.nan
+                   for v in u.columns})
+    return {"u": u, "pit_p": p, "noise": noise, "n_cells": X.shape[0]}
+
+
+def plot_residual_check(run, tile: int, axes=None, bins: int = 20):
+    """PIT histograms of one tile's residuals under its fitted noise family
+    (:func:`residual_check_data`), one panel per descriptor with an equation: the bar heights
+    against the uniform's expected count with its central 90 % binomial band (bins of equal width:
+    Binomial(n_cells, 1 / bins)). A U shape: residuals heavier-tailed than the noise fitted; a hump:
+    lighter; a slope: skew; ``pit_p`` < 0.01 is what ``summary.csv`` flags as ``noise_misfit``.
+    Returns the figure."""
+    from scipy import stats
+
+    d = residual_check_data(run, tile)
+    cols = [v for v in d["u"].columns if d["u"][v].notna().all()]
+    if axes is None:
+        ncol = min(4, len(cols))
+        nrow = int(np.ceil(len(cols) / ncol))
+        fig = new_figure(2.3 * ncol, 1.9 * nrow + 0.4)
+        axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    else:
+        axes = np.atleast_1d(axes).ravel()
+        fig = axes[0].figure
+    n = d["n_cells"]
+    lo, hi = stats.binom.ppf([0.05, 0.95], n, 1.0 / bins)
+    for ax, v in zip(axes, cols):
+        ax.hist(d["u"][v].to_numpy(), bins=bins, range=(0, 1), color="#4393c3", edgecolor="white", lw=0.4)
+        ax.axhspan(lo, hi, color="0.85", zorder=0)
+        ax.axhline(n / bins, color="0.4", lw=0.8)
+        p = d["pit_p"][v]
+        ax.set_title(f"{literal(v)}  (KS p {p:.2g})", fontsize=8, color="C3" if p < 0.01 else "black")
+        ax.tick_params(labelsize=6)
+    for ax in axes[len(cols):]:
+        ax.set_axis_off()
+    fig.suptitle(f"tile {tile}: residual PIT under the fitted {literal(d['noise'])} noise", fontsize=9)
+    no_tex(fig)
+    return fig
+
+
 def recovery_data(run):
     """For a run on simulated cells (a ``true_B`` in ``cells.nc``): every estimated edge of every
     tile (the rows of ``summary.csv``) with its truth in the run's units

@@ -853,6 +853,17 @@ def section_diagnostics(ctx: Context) -> str:
         {"label": "min ESS", "values": per_tile["min_ess_bulk"], "cmap": "viridis", "vmin": 0,
          "vmax": max(float(per_tile["min_ess_bulk"].max()), target), "title": "smallest bulk ESS of the tile"}]),
         "diagnostic maps", "Where the sampler struggled: each tile's worst r_hat and bulk ESS over its allowed edges.")
+    if ctx.cells is not None and "pit_p_effect" in s and s["pit_p_effect"].notna().any():
+        from causalcrystal.plots import plot_residual_check
+
+        worst = s.loc[s["pit_p_effect"].idxmin()]
+        tile = int(worst["tile"])
+        out += _img(plot_residual_check(ctx.run_dir, tile), f"residual check of tile {tile}",
+                    f"The tile whose fitted noise describes its residuals worst (smallest PIT p-value: "
+                    f"{_esc(worst['effect'])}, p = {float(worst['pit_p_effect']):.2g}; "
+                    "<code>causalcrystal.plots.plot_residual_check</code>): histograms of each cell's "
+                    "residual PIT under the fitted noise against the uniform (grey: 90 % band). A U shape: "
+                    "tails heavier than fitted; a hump: lighter; a slope: skew.")
     flagged = per_tile[per_tile["flagged"].astype(bool)].reset_index()
     if len(flagged):
         out += _table(pd.DataFrame(flagged.drop(columns=["flagged"])), "Flagged tiles")

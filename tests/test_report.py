@@ -587,3 +587,27 @@ def test_interventions_section_maps_the_strongest_total_effect_over_all_tiles(re
     _, html = report
     sec = _section(html, "interventions")
     assert 'alt="map of the total effect' in sec and "plot_total_effect_map" in sec
+
+
+def test_residual_check_plot_is_the_runs_own_check(run):
+    """plots.residual_check_data recomputes a tile's PIT from posterior.nc and the tile's cells: its
+    p-values agree with summary.csv's pit_p_effect (computed by the run from the draws as sampled,
+    before posterior.nc rounded them to <= sd / 8192: the same to a few 1e-3); the figure has one
+    panel per descriptor with an equation."""
+    import causalcrystal as cc
+
+    r = cc.open_run(run)
+    tile = int(r.posterior.posterior["tile"][0])
+    d = cc.plots.residual_check_data(r, tile)
+    u = d["u"].to_numpy()
+    assert u.shape == (d["n_cells"], 8) and np.nanmin(u) >= 0 and np.nanmax(u) <= 1
+    s = r.summary[r.summary["tile"] == tile].groupby("effect")["pit_p_effect"].first()
+    for v, p in s.items():
+        assert d["pit_p"][v] == pytest.approx(p, abs=5e-3, rel=0.05), v
+    fig = cc.plots.plot_residual_check(r, tile)
+    assert sum(ax.axison for ax in fig.axes) == int(np.isfinite(u).all(0).sum())
+
+
+def test_report_shows_the_worst_residual_check(report):
+    _, html = report
+    assert 'alt="residual check of tile ' in _section(html, "diagnostics")
