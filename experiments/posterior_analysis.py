@@ -168,6 +168,14 @@ fig_graph = cc.plots.plot_graph(summary, first, order=order)
 fig_graph.savefig(OUT / "graph.png", dpi=90)
 fig_pol = cc.plots.plot_polarisation(run.cells, first)
 fig_pol.savefig(OUT / "polarisation.png", dpi=90)
+# every tile's posterior mean of one coupling over every image, and the first tile's residuals
+# against its fitted noise (PIT histograms: flat when the noise family fits)
+a_px = summary[(summary["effect"] == "a") & (summary["cause"] == "Px")].set_index("tile")["mean"]
+fig_map = cc.plots.plot_tile_maps(run, [{"label": "a<-Px", "values": a_px, "cmap": "RdBu_r",
+                                         "vmin": -float(a_px.abs().max()), "vmax": float(a_px.abs().max())}])
+fig_map.savefig(OUT / "coupling_map.png", dpi=90)
+fig_res = cc.plots.plot_residual_check(run, int(post["tile"][0]))
+fig_res.savefig(OUT / "residual_check.png", dpi=90)
 
 # %% [markdown]
 # ## 4. Coefficients against the ground truth

@@ -87,7 +87,8 @@ def test_posterior_analysis_notebook(tmp_path, monkeypatch):
     out = _run("posterior_analysis.py", tmp_path, monkeypatch)
     assert (out / ".causalcrystal-notebook").is_file()
     for name in ("run/posterior.nc", "run/summary.csv", "truth_comparison.csv", "coverage.csv", "diagnostics.csv",
-                 "total_effects.csv", "do_Py.csv", "report.html", "key_numbers.json", "graph.png", "polarisation.png"):
+                 "total_effects.csv", "do_Py.csv", "report.html", "key_numbers.json", "graph.png", "polarisation.png",
+                 "coupling_map.png", "residual_check.png"):
         assert (out / name).is_file(), name
 
     cmp = pd.read_csv(out / "truth_comparison.csv")
