@@ -606,7 +606,8 @@ def coupling_vs_polarisation_data(run, effect: str, cause: str, prob: float = 0.
     the units of ``posterior.attrs['units']``) against the tile's polarisation: the mean over its
     cells of ``|P| = sqrt(Px^2 + Py^2)`` and of ``Px``, ``Py`` (the cell table's units). Returns a
     DataFrame with ``tile``, ``image``, ``sm_fraction`` (when the cells have it), ``mean``, the
-    central interval (``eti_5%``, ``eti_95%`` at 0.9), ``p_allowed`` (share of draws where the tile's orders allow the edge), ``P_abs``,
+    central interval (``eti_5%``, ``eti_95%`` at 0.9), ``wall_distance`` (the mean over the tile's
+    cells of :func:`wall_distance`, unit cells), ``p_allowed`` (share of draws where the tile's orders allow the edge), ``P_abs``,
     ``Px``, ``Py``. One tile's draws at a time: memory flat in the number of tiles."""
     import pandas as pd
 
@@ -617,6 +618,7 @@ def coupling_vs_polarisation_data(run, effect: str, cause: str, prob: float = 0.
     r = as_run(run)
     post = r.posterior.posterior
     allowed = r.posterior.constant_data["allowed"] if "constant_data" in r.posterior.groups() else None
+    walls = {}  # per image: each cell's distance to the nearest domain wall
     rows = []
     for t in post["tile"].values:
         b = post["B"].sel(tile=t).values[..., i, j].astype(np.float64).ravel()
@@ -626,6 +628,12 @@ def coupling_vs_polarisation_data(run, effect: str, cause: str, prob: float = 0.
         row = {"tile": int(t), "image": str(post["image"].sel(tile=t).values), "mean": float(b.mean()),
                lo: float(q[0]), hi: float(q[1]), "P_abs": float(np.hypot(px, py).mean()),
                "Px": float(px.mean()), "Py": float(py.mean())}
+        img = row["image"]
+        if img not in walls:
+            walls[img] = wall_distance(r.cells, img)
+        dist = walls[img]
+        row["wall_distance"] = float(dist["values"][c["row"].values.astype(int) - dist["row0"],
+                                                    c["col"].values.astype(int) - dist["col0"]].mean())
         if "sm_fraction" in c:
             row["sm_fraction"] = float(c["sm_fraction"].values.mean())
         if allowed is not None:
@@ -634,23 +642,27 @@ def coupling_vs_polarisation_data(run, effect: str, cause: str, prob: float = 0.
     return pd.DataFrame(rows)
 
 
-def plot_coupling_vs_polarisation(run, effect: str, cause: str, ax=None, prob: float = 0.9):
+def plot_coupling_vs_polarisation(run, effect: str, cause: str, ax=None, prob: float = 0.9, x: str = "P_abs"):
     """Each tile's coupling ``effect <- cause`` (posterior mean, ``prob`` interval as a bar) against
-    its mean polarisation magnitude ``|P|`` (:func:`coupling_vs_polarisation_data`), one colour per
-    image. Returns the figure."""
+    its mean polarisation magnitude ``|P|`` (``x="P_abs"``) or its cells' mean distance to the
+    nearest domain wall (``x="wall_distance"``) (:func:`coupling_vs_polarisation_data`), one colour
+    per image. Returns the figure."""
+    if x not in ("P_abs", "wall_distance"):
+        raise ValueError(f"x={x!r}: use 'P_abs' (mean |P|) or 'wall_distance' (distance to the nearest wall)")
     fig, ax = _axes(ax, 4.6, 3.6)
-    d = coupling_vs_polarisation_data(run, effect, cause, prob)
+    d = coupling_vs_polarisation_data(run, effect, cause, prob).rename(columns={x: "_x"})
     lo, hi = _eti(prob)
     allowed = d["p_allowed"] > 0 if "p_allowed" in d else np.ones(len(d), dtype=bool)
     for k, (img, sub) in enumerate(d[allowed].groupby("image", sort=False)):
-        ax.errorbar(sub["P_abs"], sub["mean"], yerr=[sub["mean"] - sub[lo], sub[hi] - sub["mean"]], fmt="o",
+        ax.errorbar(sub["_x"], sub["mean"], yerr=[sub["mean"] - sub[lo], sub[hi] - sub["mean"]], fmt="o",
                     ms=3, lw=0.8, capsize=0, color=f"C{k % 10}", label=literal(img))
     if (~allowed).any():  # exact zeros by construction, not estimates
-        ax.plot(d.loc[~allowed, "P_abs"], d.loc[~allowed, "mean"], "x", color="0.6", ms=4,
+        ax.plot(d.loc[~allowed, "_x"], d.loc[~allowed, "mean"], "x", color="0.6", ms=4,
                 label="edge not allowed in the tile")
     units = _units(run)
     ax.axhline(0.0, color="0.6", lw=0.6)
-    ax.set_xlabel("mean |P| of the tile's cells" + (f" ({literal(units['P'])})" if units["P"] else ""), fontsize=8)
+    ax.set_xlabel("mean |P| of the tile's cells" + (f" ({literal(units['P'])})" if units["P"] else "")
+                  if x == "P_abs" else "mean distance of the tile's cells to the nearest wall (unit cells)", fontsize=8)
     ax.set_ylabel(f"{literal(effect)} <- {literal(cause)}" + (f" ({literal(units['B'])})" if units["B"] else ""),
                   fontsize=8)
     ax.tick_params(labelsize=7)
@@ -782,6 +794,87 @@ def plot_recovery(run, ax=None):
     ax.set_title(f"coverage of the 90 % intervals: {hit.mean():.2f} of {len(d)}", fontsize=9)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6, loc="upper left")
+    no_tex(fig)
+    return fig
+
+
+def wall_distance(cells, image: str) -> dict:
+    """Each cell's distance (in unit cells, Euclidean on the row/col grid) to the nearest domain
+    wall of one image: a wall cell is one whose polarisation points more than 90 degrees away from a
+    4-neighbour's (``Px Px' + Py Py' < 0``: a 180- or 109-degree wall, not a gentle rotation).
+    Returns ``{"values": (rows, cols) grid (NaN where no cell; inf everywhere when the image has no
+    wall), "walls": bool grid, "row0", "col0"}`` as :func:`descriptor_map_data` (scipy's exact
+    Euclidean distance transform)."""
+    from scipy import ndimage
+
+    px, py = descriptor_map_data(cells, image, "Px"), descriptor_map_data(cells, image, "Py")
+    P = np.stack([px["values"], py["values"]], -1)
+    wall = np.zeros(P.shape[:2], dtype=bool)
+    for axis in (0, 1):  # opposite polarisation across an edge: both cells are wall cells
+        a = np.take(P, np.arange(P.shape[axis] - 1), axis=axis)
+        b = np.take(P, np.arange(1, P.shape[axis]), axis=axis)
+        opposite = (a * b).sum(-1) < 0  # NaN (no cell) compares False
+        if axis == 0:
+            wall[:-1] |= opposite
+            wall[1:] |= opposite
+        else:
+            wall[:, :-1] |= opposite
+            wall[:, 1:] |= opposite
+    dist = ndimage.distance_transform_edt(~wall) if wall.any() else np.full(wall.shape, np.inf)
+    dist = np.where(np.isnan(px["values"]), np.nan, dist)
+    return {"values": dist, "walls": wall, "row0": px["row0"], "col0": px["col0"]}
+
+
+def coupling_cell_map_data(run, effect: str, cause: str, image: str) -> dict:
+    """The coupling ``B[effect, cause]`` at cell resolution over one image: each cell gets the
+    average of the posterior means (``summary.csv``) of the tiles that contain it and estimate the
+    edge (a tile whose causal orders forbid it does not count), NaN where none does. Overlapping
+    tiles (stride < size) so give a finer map than the tiles. Returns ``{"values", "n_tiles"
+    (rows, cols) grids, "row0", "col0", "units"}`` (units of ``posterior.attrs['units']``)."""
+    from causalcrystal.runs import as_run
+    from causalcrystal.tiling import tile_members
+
+    r = as_run(run)
+    s = r.summary
+    s = s[(s["effect"] == effect) & (s["cause"] == cause) & (s["image"].astype(str) == str(image))]
+    base = descriptor_map_data(r.cells, image, "Px")
+    total = np.zeros_like(base["values"])
+    count = np.zeros(base["values"].shape, dtype=int)
+    rows, cols = r.cells["row"].values.astype(int), r.cells["col"].values.astype(int)
+    for t, mean in zip(s["tile"].to_numpy(int), s["mean"].to_numpy(float)):
+        m = tile_members(r.tiles, t)
+        rr, cc_ = rows[m] - base["row0"], cols[m] - base["col0"]
+        np.add.at(total, (rr, cc_), mean)
+        np.add.at(count, (rr, cc_), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(count > 0, total / count, np.nan)
+    return {"values": values, "n_tiles": count, "row0": base["row0"], "col0": base["col0"],
+            "units": str(r.posterior.posterior.attrs.get("units", ""))}
+
+
+def plot_coupling_cell_map(run, effect: str, cause: str, image: str, ax=None, *, cmap: str = "RdBu_r"):
+    """The coupling ``effect <- cause`` per unit cell of one image (:func:`coupling_cell_map_data`),
+    on a diverging scale centred at 0, with the domain walls (:func:`wall_distance`) outlined.
+    Returns the figure."""
+    fig, ax = _axes(ax, 4.2, 3.8)
+    d = coupling_cell_map_data(run, effect, cause, image)
+    from causalcrystal.runs import as_run
+
+    walls = wall_distance(as_run(run).cells, image)["walls"]
+    h, w = d["values"].shape
+    vmax = float(np.nanmax(np.abs(d["values"]))) if np.isfinite(d["values"]).any() else 1.0
+    ext = (d["col0"] - 0.5, d["col0"] + w - 0.5, d["row0"] + h - 0.5, d["row0"] - 0.5)
+    im = ax.imshow(d["values"], cmap=cmap, vmin=-vmax, vmax=vmax, origin="upper", interpolation="nearest", extent=ext)
+    if walls.any():
+        ax.contour(walls.astype(float), levels=[0.5], colors="k", linewidths=0.6, origin="upper", extent=ext)
+    ax.set_title(f"{literal(effect)} <- {literal(cause)}: {literal(image)}", fontsize=9)
+    ax.set_xlabel("col (cells)", fontsize=8)
+    ax.set_ylabel("row (cells)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    cb = fig.colorbar(im, ax=ax, shrink=0.8)
+    cb.set_label("coupling (mean over covering tiles)" + (f" ({literal(d['units'])})" if d["units"] else ""),
+                 fontsize=8)
+    cb.ax.tick_params(labelsize=7)
     no_tex(fig)
     return fig
 

@@ -110,3 +110,26 @@ def test_prior_posterior_draws_both_densities_on_common_bins():
     assert [ax.get_title() for ax in fig.axes] == ["y0", "eps0", "y_star"]
     with pytest.raises(KeyError, match="no 'prior' group.*--overwrite"):
         plots.prior_posterior_data(az.from_dict(posterior=post))
+
+
+def test_wall_distance_on_a_known_domain_pattern():
+    """Two 180-degree domains (Px = +1 for col < 5, -1 beyond) on a 6 x 10 grid, one cell missing:
+    the wall cells are columns 4 and 5; the distance grows by one cell per column away from them,
+    and a 90-degree rotation is not a wall."""
+    import xarray as xr
+
+    from causalcrystal.plots import wall_distance
+
+    rows, cols = np.meshgrid(np.arange(6), np.arange(10), indexing="ij")
+    keep = ~((rows == 2) & (cols == 8)).ravel()
+    px = np.where(cols < 5, 1.0, -1.0).ravel()
+    cells = xr.Dataset({"Px": ("cell", px[keep]), "Py": ("cell", np.zeros(keep.sum())),
+                        "row": ("cell", rows.ravel()[keep]), "col": ("cell", cols.ravel()[keep]),
+                        "image": ("cell", np.array(["img"] * keep.sum()))})
+    d = wall_distance(cells, "img")
+    assert d["walls"][:, [4, 5]].all() and d["walls"].sum() == 12
+    np.testing.assert_array_equal(d["values"][0], [4, 3, 2, 1, 0, 0, 1, 2, 3, 4])
+    assert np.isnan(d["values"][2, 8])
+    rotated = cells.assign(Px=("cell", np.where(cols < 5, 1.0, 0.0).ravel()[keep]),
+                           Py=("cell", np.where(cols < 5, 0.0, 1.0).ravel()[keep]))
+    assert np.isinf(wall_distance(rotated, "img")["values"][0, 0])

@@ -522,6 +522,34 @@ def test_tile_maps_are_public_and_the_report_draws_with_them(run):
     assert len(fig.axes) == 2 * n_img + 2
 
 
+def test_coupling_at_cell_resolution_averages_the_covering_tiles(run):
+    """plots.coupling_cell_map_data: a cell's value is the mean of summary.csv's posterior means of
+    the tiles that contain it and estimate the edge (checked by hand for two cells); the tiles'
+    distance to the nearest wall is in the coupling-vs-polarisation data and its plot."""
+    import causalcrystal as cc
+    from causalcrystal.tiling import tile_members
+
+    r = cc.open_run(run)
+    s = r.summary
+    e = s[(s["effect"] == "a") & (s["cause"] == "Px")]
+    img = str(e["image"].iloc[0])
+    d = cc.plots.coupling_cell_map_data(r, "a", "Px", img)
+    cells = r.cells
+    on = np.flatnonzero(cells["image"].values.astype(str) == img)
+    for n in (on[0], on[len(on) // 2]):
+        covering = [t for t in e["tile"].to_numpy(int) if n in set(tile_members(r.tiles, t))]
+        cell = d["values"][int(cells["row"].values[n]) - d["row0"], int(cells["col"].values[n]) - d["col0"]]
+        want = e.set_index("tile").loc[covering, "mean"].mean() if covering else np.nan
+        np.testing.assert_allclose(cell, want, rtol=1e-12)
+    assert (np.isfinite(d["values"]) == (d["n_tiles"] > 0)).all()
+    fig = cc.plots.plot_coupling_cell_map(r, "a", "Px", img)
+    assert len(fig.axes) == 2
+    v = cc.plots.coupling_vs_polarisation_data(r, "a", "Px")
+    assert (v["wall_distance"] >= 0).all()
+    fig = cc.plots.plot_coupling_vs_polarisation(r, "a", "Px", x="wall_distance")
+    assert "wall" in fig.axes[0].get_xlabel()
+
+
 def test_recovery_against_the_simulated_truth(run):
     """Every estimated edge with its truth in the run's units (per-image standardisation: the mean
     of the tile's cells' true_B times sd(cause) / sd(effect) of the image), computed here by hand."""
