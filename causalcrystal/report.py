@@ -853,6 +853,16 @@ def section_diagnostics(ctx: Context) -> str:
         {"label": "min ESS", "values": per_tile["min_ess_bulk"], "cmap": "viridis", "vmin": 0,
          "vmax": max(float(per_tile["min_ess_bulk"].max()), target), "title": "smallest bulk ESS of the tile"}]),
         "diagnostic maps", "Where the sampler struggled: each tile's worst r_hat and bulk ESS over its allowed edges.")
+    sampler_flag = per_tile["max_r_hat"] > RHAT_MAX
+    if sampler_flag.any():
+        from causalcrystal.plots import plot_rank
+
+        tile = int(per_tile["max_r_hat"].idxmax())
+        out += _img(plot_rank(ctx.run_dir, tile, max_edges=8), f"rank plots of tile {tile}",
+                    f"Rank plots of the tile with the largest r_hat ({float(per_tile['max_r_hat'].max()):.3f}; "
+                    "<code>causalcrystal.plots.plot_rank</code>), its largest coefficients: each chain's ranks "
+                    "should be uniform; a chain whose bars differ from the others' has not mixed with them "
+                    "(a tall bar in the same place in every chain is the spike's exact zeros, not a problem).")
     if ctx.cells is not None and "pit_p_effect" in s and s["pit_p_effect"].notna().any():
         from causalcrystal.plots import plot_residual_check
 

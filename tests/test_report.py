@@ -636,6 +636,12 @@ def test_residual_check_plot_is_the_runs_own_check(run):
     assert sum(ax.axison for ax in fig.axes) == int(np.isfinite(u).all(0).sum())
 
 
-def test_report_shows_the_worst_residual_check(report):
+def test_report_shows_the_worst_residual_check_and_rank_plots(report, run):
+    import causalcrystal as cc
+    from causalcrystal.sem import RHAT_MAX
+
     _, html = report
-    assert 'alt="residual check of tile ' in _section(html, "diagnostics")
+    sec = _section(html, "diagnostics")
+    assert 'alt="residual check of tile ' in sec
+    # rank plots of the least-converged tile whenever a tile's r_hat exceeds the rule
+    assert ('alt="rank plots of tile ' in sec) == bool((cc.open_run(run).summary["r_hat"] > RHAT_MAX).any())
