@@ -382,5 +382,11 @@ def test_energy_is_kept_where_it_is_one_hamiltonians(tmp_path):
                     constants=constants)
     stats = az.from_netcdf(path).sample_stats.sel(tile=0)
     np.testing.assert_allclose(stats["energy"].values, one["energy"])
-    bfmi = az.bfmi(az.InferenceData(sample_stats=stats.drop_vars([c for c in stats.coords if c not in stats.dims])))
+    one_tile = az.InferenceData(sample_stats=stats.drop_vars([c for c in stats.coords if c not in stats.dims]))
+    bfmi = az.bfmi(one_tile)
     assert bfmi.shape == (2,) and (bfmi > 0).all()
+    import matplotlib.pyplot as plt
+
+    ax = az.plot_energy(one_tile)  # what issue 14 asked for, from the file
+    assert len(ax.get_legend_handles_labels()[1]) >= 2  # marginal energy and energy transition
+    plt.close(ax.figure)

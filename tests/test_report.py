@@ -447,7 +447,8 @@ def test_tile_idata_serves_arviz_ppc_and_loo(run):
     axes = az.plot_ppc(idata, flatten=["member"], num_pp_samples=20)
     assert np.size(axes) == 8
     assert az.loo(idata, var_name="x").n_data_points == n
-    # the sampler's statistics, without energy: the default Gibbs sampler has no Hamiltonian
+    # the sampler's statistics, without energy: this NUTS run keeps every 2nd draw (thin 2) and mixes
+    # causal orders, so its stored energies are NaN (no one Hamiltonian's consecutive transitions)
     assert idata.sample_stats["diverging"].dims == ("chain", "draw") and "energy" not in idata.sample_stats
     with pytest.raises(KeyError, match="not in this run"):
         cc.tile_idata(r, 10_000)
