@@ -241,8 +241,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                         "causalcrystal.tile_loo recomputes a tile's on demand)")
     p.add_argument("--lossless", action="store_true",
                    help="store the posterior draws in posterior.nc exactly as sampled (by default each quantity's "
-                        "draws are rounded to 1/4096 of its posterior s.d. in the tile: ~29%% smaller, error <= 0.012%% "
-                        "of an s.d.)")
+                        "draws are rounded to a grid of <= 1/4096 of its posterior s.d. in the tile, so the error is <= "
+                        "sd/8192: ~20-30%% smaller)")
 
 
 def _run(cells, args) -> int:
@@ -298,7 +298,8 @@ def _cmd_report(args) -> int:
 
     out = write_report(args.run_dir, args.out, concentration=args.concentration, compare=args.compare,
                        overwrite=args.overwrite, log=(lambda m: None) if args.quiet else None)
-    print(f"wrote {out}")
+    if args.quiet:  # otherwise the job's own message said it
+        print(f"wrote {out}")
     return 0
 
 

@@ -121,7 +121,8 @@ def direction_probability(X: np.ndarray, order, weights: np.ndarray, a, b, *, fo
                                 "observations): one may be a function of the other, or the tile mixes regions "
                                 "(film and substrate, domains) that one linear SEM does not describe")
     elif kmax > K_INVALID:
-        valid, reason = False, f"PSIS-LOO failed for a cell of the pair's equations (Pareto k {kmax:.2f} > 1)"
+        valid, reason = False, (f"PSIS-LOO failed for a cell of the pair's equations (Pareto k {kmax:.3g} > "
+                                f"{K_INVALID:g})")
     return {"pair": f"{DESCRIPTORS[a]}->{DESCRIPTORS[b]}", "p_forward": p_forward if valid else float("nan"),
             "elpd_diff": diff, "dse": dse, "coef_forward": float(fits[f](b, a)),
             "coef_backward": float(fits[g](a, b)), "valid": valid, "reason": reason,

@@ -583,7 +583,8 @@ QUANTISE_BITS = 12
 def quantise_draws(a: np.ndarray, bits: int = QUANTISE_BITS) -> np.ndarray:
     """Round one tile's draws ``a`` (chain, draw, ...) to multiples of ``q = 2**(floor(log2 sd) - bits)``,
     ``sd`` each quantity's s.d. over (chain, draw); quantities with s.d. 0 or NaN (exact zeros on
-    forbidden edges) are kept as they are. Returns float32.
+    forbidden edges) are kept as they are, and so is a value that would round to exactly 0 without
+    being 0 (a mixture weight or variance must stay positive). Returns float32.
 
     Why: a draw's float32 mantissa carries ~7 digits, most of them Monte Carlo noise; zeroing the
     ones below ``sd / 2**bits`` lets gzip + shuffle store the draws in ~29 % less space (measured,
@@ -604,6 +605,9 @@ def quantise_draws(a: np.ndarray, bits: int = QUANTISE_BITS) -> np.ndarray:
     ok = np.isfinite(sd) & (sd > 0)
     q = np.where(ok, np.exp2(np.floor(np.log2(np.where(ok, sd, 1.0))) - bits), 1.0)
     out = np.where(ok, np.round(a / q) * q, a)
+    # a value within q / 2 of 0 keeps its own digits: rounding it to 0 would change its support (a
+    # mixture weight or variance of exactly 0 makes log-densities -inf), and costs almost nothing
+    out = np.where((out == 0) & (a != 0), a, out)
     return out.astype(np.float32)
 #: npz key of each streamed variable, where it differs from the variable name.
 _NPZ_KEY = {"noise_shape": "shape", "z": "loglik"}

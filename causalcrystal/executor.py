@@ -191,8 +191,9 @@ class Progress:
             return
         self._last = now
         el = now - self.t0
-        eta = el / self.done * (self.total - self.done) if self.done else float("nan")
-        self.stream.write(f"{self.label}: {self.done}/{self.total}  {el:6.1f}s elapsed  eta {eta:6.1f}s {note}\n")
+        # the first parts include the workers' start-up (imports, compiles): no estimate from them
+        eta = f"{el / self.done * (self.total - self.done):6.1f}s" if self.done >= 3 else "     ?"
+        self.stream.write(f"{self.label}: {self.done}/{self.total}  {el:6.1f}s elapsed  eta {eta} {note}\n")
         self.stream.flush()
 
 

@@ -933,7 +933,7 @@ def section_interventions(ctx: Context) -> str:
         keep = [c for c in ("effect", "cause", "mean", "sd", "hdi_5%", "hdi_95%") if c in table]
         if "possible" in table:
             table = table[table["possible"].astype(bool)]
-        out += (f"<details><summary>Table: total effects of {where} with 90 % intervals</summary>"
+        out += (f"<details><summary>Table: total effects of {where}</summary>"
                 + _table(table[keep], "90 % highest-density intervals; entries with a directed path only.")
                 + "</details>")
         if np.isfinite(show).any():
