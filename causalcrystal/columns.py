@@ -157,8 +157,6 @@ def find_columns(image, *, projection: str = "110", pixel_size: float | None = N
     ``atomap_version``, ``position_order = "xy"``. Raises ``ImportError`` without Atomap and
     :class:`~causalcrystal.cells.CellTableError` naming the input and the fix.
     """
-    import warnings
-
     from importlib.metadata import version
 
     am, hs = need_atomap()
@@ -178,8 +176,9 @@ def find_columns(image, *, projection: str = "110", pixel_size: float | None = N
     if separation < 2:
         raise CellTableError(f"--separation {separation} px is too small to tell columns apart; use the distance "
                              "between A columns in pixels times about 0.8.")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Atomap/HyperSpy deprecation chatter, not about the data
+    from causalcrystal.logs import image_library_warnings
+
+    with image_library_warnings():  # Atomap/HyperSpy deprecation notices, not about the data
         lattice = am.make_atom_lattice_from_image(s, process_parameter=_parameters(pp, projection),
                                                   pixel_separation=separation)
     parts = []

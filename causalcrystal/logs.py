@@ -105,3 +105,20 @@ def sampler_warnings():
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=_SAMPLER_MODULES)
         yield
+
+
+#: The image libraries (Atomap and what it imports) whose notices :func:`image_library_warnings` hides.
+_IMAGE_MODULES = r"(atomap|hyperspy|rsciio|exspy|traits|dask|skimage|numba|pint)(\..*)?"
+
+
+@contextlib.contextmanager
+def image_library_warnings():
+    """Around Atomap / HyperSpy calls (import, reading an image, finding columns): hide their
+    deprecation notices (FutureWarning, DeprecationWarning, and HyperSpy's
+    VisibleDeprecationWarning, a UserWarning saying "... is deprecated"), raised from those
+    libraries' modules; anything else they warn about (e.g. about the image) still shows."""
+    with warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=_IMAGE_MODULES)
+        warnings.filterwarnings("ignore", message=r"(?s).*deprecated", category=UserWarning, module=_IMAGE_MODULES)
+        yield

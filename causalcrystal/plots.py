@@ -165,8 +165,6 @@ def plot_graph(summary, image: str, ax=None, *, n_tiles: int | None = None, orde
 
 def _background(cells, image: str):
     """(image array, pixels per cell-coordinate unit) of an image's micrograph, or (None, 1)."""
-    import warnings
-
     from causalcrystal.io import load_haadf
 
     try:
@@ -174,8 +172,9 @@ def _background(cells, image: str):
             return np.asarray(load_haadf(cells, image), dtype=float), 1.0  # Sm-BFO x, y are in pixels
         cols = json.loads(cells.attrs.get("columns", "{}") or "{}")
         if cols.get("source") and Path(cols["source"]).is_file():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # HyperSpy's import-time deprecation chatter
+            from causalcrystal.logs import image_library_warnings
+
+            with image_library_warnings():  # HyperSpy's import-time deprecation notices
                 from causalcrystal.columns import load_image, need_atomap
 
                 _, hs = need_atomap()

@@ -319,3 +319,21 @@ def test_progress_is_a_rich_bar_on_a_terminal_and_plain_lines_elsewhere():
     assert bar._rich is None  # closed on leaving the block with 1 of 3 done
     assert "sampling" in term.getvalue() and "1/3" in term.getvalue() and "\x1b[" in term.getvalue()
     assert Progress(3, "off", stream=Terminal(), enabled=False)._rich is None
+
+
+def test_image_library_warnings_hide_deprecations_of_those_libraries_only():
+    import warnings
+
+    from causalcrystal.logs import image_library_warnings
+
+    class VisibleDeprecationWarning(UserWarning):  # HyperSpy's own class is a UserWarning
+        pass
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with image_library_warnings():
+            warnings.warn_explicit("Importing `LazySignal1D` from `x` is deprecated", VisibleDeprecationWarning,
+                                   "_utils.py", 1, module="hyperspy.misc._utils")
+            warnings.warn_explicit("old API", FutureWarning, "a.py", 1, module="atomap.atom_finding_refining")
+            warnings.warn_explicit("no peaks found in the image", UserWarning, "a.py", 1, module="atomap.sublattice")
+    assert [str(w.message) for w in seen] == ["no peaks found in the image"]
