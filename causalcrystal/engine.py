@@ -19,7 +19,7 @@
     ``c``, ``sigma`` (chain, draw, tile, variable), for ``mog`` ``noise_weight``, ``noise_loc``,
     ``noise_var`` (..., variable, component); ``log_likelihood`` ``z`` (chain, draw, tile,
     member; NaN padding; only with ``keep_loglik``, see ``posterior.attrs['log_likelihood']``);
-    ``sample_stats`` (diverging, tree_depth, step_size); ``constant_data``
+    ``sample_stats`` (diverging; for NUTS also tree_depth, step_size and energy); ``constant_data``
     with the tile means and scales ``B`` is in, the candidate orders and their pseudo-BMA+ weights,
     ELPD, p_loo, Pareto k, ``allowed_weight`` and ``allowed`` (tile, effect, cause; bool: the
     coefficients estimated, the rest stored as exact zeros); the units of ``B`` in

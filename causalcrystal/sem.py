@@ -578,9 +578,9 @@ def assemble_gibbs(X, eqs: dict, fit: dict, prior: DagPrior | None, spec: ModelS
     ll = fit["loglik"][:, :, rows][:, :, inv]           # (C, D, V, n) per descriptor
     out["loglik"] = (ll * act[None, None, :, None]).sum(2).astype(np.float32)
     out["loglik_eq"], out["eq_active"] = ll, act        # in memory only (LOO by equation); not written
-    out["diverging"] = np.zeros((C, D), dtype=bool)      # Gibbs has no trajectories to diverge
-    out["tree_depth"] = np.zeros((C, D), dtype=np.int64)
-    out["step_size"] = np.full((C, D), np.nan)
+    # Gibbs has no trajectories to diverge (kept: summaries count divergences for every sampler), and
+    # no tree depth, step size or energy (not stored: zeros and NaN would read as statistics)
+    out["diverging"] = np.zeros((C, D), dtype=bool)
     rhat_m = np.full((V, V), np.nan)
     ess_m = np.full((V, V), np.nan)
     rhat_m[child[e_idx], parents[e_idx, p_idx]] = rhat
