@@ -321,7 +321,15 @@ def section_overview(ctx: Context, sections) -> str:
 
 
 def section_settings(ctx: Context) -> str:
-    st = ctx.manifest.get("settings", {})
+    from causalcrystal.engine import WHOLE, tile_min_cells
+
+    st = dict(ctx.manifest.get("settings", {}))
+    # a setting left at its default is stored as None: show the value the run used with it
+    size = st.get("tile_size")
+    if "stride" in st and st["stride"] is None and size not in (None, WHOLE):
+        st["stride"] = f"None (default: half the tile size, {int(size) // 2})"
+    if "min_cells" in st and st["min_cells"] is None and size is not None:
+        st["min_cells"] = f"None (default: {tile_min_cells(size, None)})"
     out = _kv(_flatten(st))
     out += _kv([("standardize (posterior.nc)", ctx.post_attrs.get("standardize", "")),
                 ("units of B", ctx.post_attrs.get("units", "")),

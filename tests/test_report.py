@@ -140,6 +140,10 @@ def test_report_has_every_section_and_is_self_contained(run, report):
     assert base64.b64decode(srcs[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     # content: settings and provenance from the run, companions found in RUN_DIR/...
     assert "tile_size" in _section(text, "settings") and "causalcrystal.simulator" in _section(text, "provenance")
+    # a default setting (min_cells None) is shown with the value the run used: 8 x 8 tiles -> max(32, 32)
+    from causalcrystal.engine import tile_min_cells
+
+    assert f"None (default: {tile_min_cells(8, None)})" in _section(text, "settings")
     assert "pymc" in _section(text, "versions") and "nutpie" in _section(text, "versions")
     assert _section(text, "graphs").count("<img ") == 1
     assert _section(text, "maps").count("<img ") == 2  # posterior means, interval widths
