@@ -51,7 +51,10 @@ Outputs (in ``out_dir``)
 ``models.csv``
     one row per tile x model: ``tile, image, row0, col0, model`` (``cand<k>/<family>``),
     ``candidate, family, order`` (descriptor names, causes first), ``candidate_frequency,
-    elpd_loo, se, p_loo, elpd_diff, dse`` (to the tile's best model), ``weight`` (stacking),
+    elpd_loo, se, p_loo, elpd_diff, dse`` (to the tile's best model), ``weight`` (stacking: what the
+    averaging uses), ``weight_pseudo_bma`` (pseudo-BMA+, Yao et al. 2018: how much the data favour
+    each model on its own; stacking gives near-identical models 0 / 1 splits that this shows as
+    ~even),
     ``rank, pareto_k_max, warning`` (a Pareto k above ArviZ's threshold), ``divergences,
     r_hat_max, ess_bulk_min, seconds``.
 ``averaged.csv``
@@ -258,7 +261,7 @@ def compare_models(X: np.ndarray, models: list[Model], seed: int, threads: int |
     """Fit every model to the cell matrix ``X``, compare them by PSIS-LOO with stacking weights.
 
     Returns ``(rows, fits)``: one dict per model (``model, elpd_loo, se, p_loo, elpd_diff, dse,
-    weight, rank, pareto_k_max, warning``, sampler diagnostics, seconds) and, per model label, the
+    weight, weight_pseudo_bma, rank, pareto_k_max, warning``, sampler diagnostics, seconds) and, per model label, the
     draws needed for averaging (``B``, ``edge_inclusion``: (draw, effect, cause)). Stacking weights
     are clipped at 0 and renormalised (the optimiser returns them to ~1e-8).
     """
@@ -291,12 +294,22 @@ def compare_models(X: np.ndarray, models: list[Model], seed: int, threads: int |
         only = models[0].label
         e = elpds[only]
         rows[only].update(elpd_loo=float(e["elpd_loo"]), se=float(e["se"]), p_loo=float(e["p_loo"]),
-                          elpd_diff=0.0, dse=0.0, weight=1.0, rank=0, warning=bool(e["warning"]))
+                          elpd_diff=0.0, dse=0.0, weight=1.0, weight_pseudo_bma=1.0, rank=0,
+                          warning=bool(e["warning"]))
         return [rows[only]], fits
     with loo_warnings_recorded():
         cmp = az.compare(elpds, method="stacking")
     w = np.clip(cmp["weight"].to_numpy(dtype=float), 0.0, None)
     w = w / w.sum()
+    # pseudo-BMA+ beside stacking: stacking optimises the mixture's prediction, so two models that
+    # predict alike get an arbitrary 0 / 1 split (elpd_diff 1.4 +- 1.2 gave 1.0 and 1e-11, a shared
+    # case); pseudo-BMA+ weighs each model by its own evidence, with the uncertainty of the elpd
+    from causalcrystal.evidence import pseudo_bma_weights
+
+    labels = list(cmp.index)
+    pbma = pseudo_bma_weights(np.stack([elpds[k].loo_i.values for k in labels]), seed=seed)
+    for label, wp in zip(labels, pbma):
+        rows[label]["weight_pseudo_bma"] = float(wp)
     for (label, r), wk in zip(cmp.iterrows(), w):
         rows[label].update(elpd_loo=float(r["elpd_loo"]), se=float(r["se"]), p_loo=float(r["p_loo"]),
                            elpd_diff=float(r["elpd_diff"]), dse=float(r["dse"]), weight=float(wk),
@@ -677,7 +690,7 @@ _DIRECTION_COLUMNS = ("level", "tile", "image", "pair", "a", "b", "n_cells", "p_
 #: the columns of models.csv and averaged.csv (so an empty table, e.g. with --directions-only, still has its header)
 _MODEL_COLUMNS = ("tile", "image", "row0", "col0", "model", "candidate", "family", "order", "candidate_frequency",
                   "pareto_k_max", "divergences", "r_hat_max", "ess_bulk_min", "seconds", "elpd_loo", "se", "p_loo",
-                  "elpd_diff", "dse", "weight", "rank", "warning")
+                  "elpd_diff", "dse", "weight", "weight_pseudo_bma", "rank", "warning")
 _AVERAGED_COLUMNS = ("tile", "image", "row0", "col0", "effect", "cause", "mean", "sd", "eti_5%", "median", "eti_95%",
                      "p_positive", "p_negative", "p_sign", "p_allowed", "inclusion_prob", "top_model", "mean_top")
 

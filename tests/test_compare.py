@@ -67,12 +67,13 @@ def test_outputs_follow_the_contract(compared):
     assert {"models.csv", "averaged.csv", "directions.csv", "manifest.json"} <= {p.name for p in out.iterdir()}
     m = pd.read_csv(out / "models.csv")
     for col in ("tile", "image", "model", "candidate", "family", "order", "elpd_loo", "se", "p_loo", "elpd_diff",
-                "dse", "weight", "pareto_k_max", "warning"):
+                "dse", "weight", "weight_pseudo_bma", "pareto_k_max", "warning"):
         assert col in m.columns, col
     assert set(m["tile"]) == {0, 7}
     assert set(m["family"]) == {"laplace", "normal"}
     # stacking weights are a distribution over each tile's models
     np.testing.assert_allclose(m.groupby("tile")["weight"].sum(), 1.0, atol=1e-12)
+    np.testing.assert_allclose(m.groupby("tile")["weight_pseudo_bma"].sum(), 1.0, atol=1e-9)
     assert (m["weight"] >= 0).all()
     assert (m.groupby("tile")["elpd_diff"].min() == 0).all()
     # models are candidate orders x families: each order appears once per family
@@ -159,6 +160,15 @@ def test_true_order_gets_the_stacking_weight():
     # a few cells, so the bound is a clear majority rather than ~1.
     assert r["reversed"]["elpd_diff"] > 2 * r["reversed"]["dse"], r
     assert r["true"]["weight"] > 0.75, r
+    # pseudo-BMA+ reads the evidence itself: a difference of > 2 s.e. (measured 4.6) leaves the worse
+    # order a Bayesian-bootstrap share of about Phi(-elpd_diff / dse) ~ 2 % at 2 s.e.
+    assert r["true"]["weight_pseudo_bma"] > 0.9, r
+    # two models that predict identically (the same order twice: the same draws, the same pointwise
+    # elpd): stacking may split them any way; pseudo-BMA+ gives each exactly half
+    twins = [Model("one", 0, "laplace", dag_prior(true, W, forbidden), spec),
+             Model("two", 1, "laplace", dag_prior(true, W, forbidden), spec)]
+    rows, _ = compare_models(X, twins, seed=fixed_seed(1))
+    np.testing.assert_allclose([row["weight_pseudo_bma"] for row in rows], 0.5, atol=1e-12)
 
 
 def test_resume_and_never_overwrite(run, cells, compared, tmp_path):
