@@ -418,11 +418,16 @@ def tile_table(run):
     """A run's tiles as a DataFrame indexed by ``tile``: ``image``, ``row0``, ``col0``, ``size``,
     ``n_cells`` and ``sm_fraction`` where stored (the coordinates of ``posterior.nc``; no draws
     read). ``run``: a run or its folder."""
-    import pandas as pd
-
     from causalcrystal.runs import as_run
 
-    post = as_run(run).posterior.posterior
+    return tile_frame(as_run(run).posterior.posterior)
+
+
+def tile_frame(post):
+    """:func:`tile_table` from a ``posterior`` group (an ``xarray.Dataset``, opened lazily: only its
+    tile coordinates are read)."""
+    import pandas as pd
+
     cols = {name: post[name].values for name in ("image", "row0", "col0", "size", "n_cells", "sm_fraction")
             if name in post.coords}
     tiles = pd.DataFrame(cols, index=pd.Index(post["tile"].values, name="tile"))

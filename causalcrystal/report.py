@@ -98,16 +98,12 @@ class Context:
 
 def _read_tiles(path: Path):
     """Tile coordinates of ``posterior.nc`` (posterior group only, lazily; no draws read)."""
-    import pandas as pd
     import xarray as xr
 
+    from causalcrystal.plots import tile_frame
+
     with xr.open_dataset(path, group="posterior", engine="h5netcdf") as post:
-        cols = {name: post[name].values for name in ("image", "row0", "col0", "size", "n_cells", "sm_fraction")
-                if name in post.coords}
-        tiles = pd.DataFrame(cols, index=pd.Index(post["tile"].values, name="tile"))
-        attrs = dict(post.attrs)
-    tiles["image"] = tiles["image"].astype(str)
-    return tiles, attrs
+        return tile_frame(post), dict(post.attrs)
 
 
 def _read_discovery(path: Path):
