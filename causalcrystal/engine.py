@@ -31,7 +31,8 @@
 ``summary.csv``
     one row per tile x edge any candidate order allows: posterior mean, sd, 90 % HDI,
     ``p_positive`` / ``p_negative``, inclusion probability, ``p_allowed`` (weight of the orders
-    allowing it), LiNGAM probability, r_hat, ess_bulk, divergences, residual checks
+    allowing it), LiNGAM probability, r_hat, ess_bulk, divergences, ``restarted_chains`` (Gibbs
+    chains restarted from a local mode, :func:`causalcrystal.sem.stuck_chains`), residual checks
     (``pit_p_effect``, ``gauss_p_effect``, ``gauss_p_cause``, ``direction_identified``,
     ``noise_misfit``), ``flagged`` and ``flag_reason``.
 ``manifest.json``
@@ -869,7 +870,9 @@ def _summary_rows(k: int, arrays: dict, tiles, disc, prior, spec: ModelSpec) -> 
              "hdi_5%": lo[i, j], "hdi_95%": hi[i, j], "p_positive": p_pos[i, j], "p_negative": p_neg[i, j],
              "inclusion_prob": pincl[i, j], "p_allowed": p_allowed[i, j],
              "lingam_prob": float(disc["probability"].values[k, i, j]), "r_hat": rh[i, j],
-             "ess_bulk": ess[i, j], "divergences": div, "pit_p_effect": pit_p[i], "gauss_p_effect": gauss_p[i],
+             "ess_bulk": ess[i, j], "divergences": div,
+             "restarted_chains": int(arrays["restarted_chains"]) if "restarted_chains" in arrays else 0,
+             "pit_p_effect": pit_p[i], "gauss_p_effect": gauss_p[i],
              "gauss_p_cause": gauss_p[j],
              # both noises Gaussian-looking: LiNGAM's identifiability fails for this edge's direction
              "direction_identified": not (gauss_p[i] > GAUSS_ALPHA and gauss_p[j] > GAUSS_ALPHA),

@@ -58,8 +58,10 @@ def test_outputs_follow_the_contract(full_run):
     s = pd.read_csv(out / "summary.csv")
     cols = ["tile", "image", "row0", "col0", "effect", "cause", "mean", "sd", "hdi_5%", "hdi_95%", "p_positive",
             "p_negative", "inclusion_prob",
-            "p_allowed", "lingam_prob", "r_hat", "ess_bulk", "divergences"]
+            "p_allowed", "lingam_prob", "r_hat", "ess_bulk", "divergences", "restarted_chains"]
     assert cols == list(s.columns[: len(cols)])
+    # a chain count per tile, at most every chain of every one of the tile's distinct equations
+    assert s["restarted_chains"].between(0, 2 * 8 * 3).all()
     assert {"pit_p_effect", "gauss_p_effect", "gauss_p_cause", "direction_identified", "noise_misfit", "flagged",
             "flag_reason"} <= set(s.columns)
     assert s["p_allowed"].between(0, 1).all() and (s["p_allowed"] > 0).all()
