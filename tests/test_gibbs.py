@@ -24,6 +24,7 @@ from conftest import fixed_seed
 from causalcrystal import evidence, gibbs
 from causalcrystal.collinearity import derived_descriptors, find_relations
 from causalcrystal.priors import DagPrior, PriorSpec
+from causalcrystal.sem import RHAT_MAX
 
 Z_MAX = 4.0
 
@@ -255,11 +256,14 @@ def compare_tile_with_long_nuts(t: int) -> dict:
     se_ratio = np.hypot(mcse_sg / sg, mcse_sn / sn)
     d_mean, ratio = np.abs(mg - mn) / sn, sg / sn
     row = {"tile": label, "mean_diff_sd": float(d_mean.max()), "sd_ratio_dev": float(np.abs(ratio - 1).max()),
-           "nuts_divergent": float(nuts["diverging"].mean()), "mcse4_mean": float(4 * se_mean.max()),
+           "nuts_divergent": float(nuts["diverging"].mean()), "nuts_max_r_hat": float(np.nanmax(nuts["r_hat"][allowed])),
+           "gibbs_max_r_hat": float(np.nanmax(g["r_hat"][allowed])), "mcse4_mean": float(4 * se_mean.max()),
            "mcse4_sd": float(4 * se_ratio.max()), "ess_gibbs": float((sg / mcse_mg).min() ** 2),
            "ess_nuts": float((sn / mcse_mn).min() ** 2), "seconds_gibbs": g_s, "seconds_nuts": n_s}
-    if row["nuts_divergent"] > 0.02:
-        row["verdict"] = "NUTS reference diverged"
+    if row["nuts_divergent"] > 0.02 or row["nuts_max_r_hat"] > RHAT_MAX:
+        row["verdict"] = "NUTS reference failed its diagnostics"
+    elif row["gibbs_max_r_hat"] > RHAT_MAX:
+        row["verdict"] = "Gibbs failed its diagnostics"
     elif (4 * se_mean > 0.1).any() or (4 * se_ratio > 0.1).any():
         row["verdict"] = "runs too short to judge"
     elif (d_mean > 0.1).any() or ((ratio < 0.9) | (ratio > 1.1)).any():
@@ -267,7 +271,7 @@ def compare_tile_with_long_nuts(t: int) -> dict:
     else:
         row["verdict"] = "agree"
     print("%(tile)s: %(verdict)s; max |mean diff| / sd %(mean_diff_sd).3f, max |sd ratio - 1| %(sd_ratio_dev).3f, "
-          "NUTS divergent %(nuts_divergent).4f, 4 MC s.e. %(mcse4_mean).3f / %(mcse4_sd).3f | smallest ESS Gibbs "
+          "NUTS divergent %(nuts_divergent).4f, max r_hat NUTS %(nuts_max_r_hat).3f Gibbs %(gibbs_max_r_hat).3f, 4 MC s.e. %(mcse4_mean).3f / %(mcse4_sd).3f | smallest ESS Gibbs "
           "%(ess_gibbs).0f NUTS %(ess_nuts).0f, seconds Gibbs %(seconds_gibbs).0f NUTS %(seconds_nuts).0f" % row,
           flush=True)
     return row
@@ -282,8 +286,11 @@ def test_gibbs_reproduces_long_nuts_runs_on_twenty_tiles():
     Both runs must be long enough for the bounds to be a fair test: each coefficient's Monte Carlo
     error of the difference (ArviZ's ``mcse`` of mean and s.d., both runs combined) <= 1/4 of the
     bound, so a real agreement fails it with probability ~1e-4 per coefficient. A tile where NUTS
-    fails its own diagnostics (> 2 % divergent transitions) has no reference and is not judged; at
-    least 15 of the 20 must be judged, and on every judged tile the bounds must hold.
+    fails its own diagnostics (> 2 % divergent transitions, or r_hat > 1.01 on an allowed
+    coefficient: on tile 1 NUTS's smallest ESS was 380 of 20,000 draws) has no reference and is not
+    judged; at least 15 of the 20 must be judged, Gibbs must pass the same r_hat rule, and on every
+    judged tile the bounds must hold. ``benchmarks/run_gibbs_acceptance.py`` runs the same tiles in
+    parallel processes, resumable.
 
     Cost: ~3-4 h on 2 quiet cores (NUTS on the mixture: 200-475 s per 4 x 2,500 draws on a shared
     machine, and it needs 4 x 5,000: with 4 x 2,500 its smallest ESS was 950-2,460, leaving the
@@ -293,10 +300,19 @@ def test_gibbs_reproduces_long_nuts_runs_on_twenty_tiles():
     steps at target_accept 0.95). On the independent generator too, NUTS diverged on 1 of the first 3
     tiles (5.9 %)."""
     rows = [compare_tile_with_long_nuts(t) for t in range(20)]  # every tile (a long run reports all it found)
-    failures = [r for r in rows if r["verdict"] in ("runs too short to judge", "Gibbs and NUTS disagree")]
-    unjudged = [r for r in rows if r["verdict"] == "NUTS reference diverged"]
-    assert not failures, failures
-    assert len(unjudged) <= 5, unjudged
+    ok, text = acceptance_verdict(rows)
+    assert ok, text
+
+
+def acceptance_verdict(rows: list[dict]) -> tuple[bool, str]:
+    """The slow test's rule over its 20 rows (:func:`compare_tile_with_long_nuts`): no failure on
+    a judged tile, at most 5 tiles unjudged because the NUTS reference failed its own diagnostics."""
+    failures = [r["tile"] + ": " + r["verdict"] for r in rows
+                if r["verdict"] not in ("agree", "NUTS reference failed its diagnostics")]
+    unjudged = [r["tile"] for r in rows if r["verdict"] == "NUTS reference failed its diagnostics"]
+    ok = len(rows) == 20 and not failures and len(unjudged) <= 5
+    return ok, (f"{'PASS' if ok else 'FAIL'} ({len(rows)} of 20 tiles): failures {failures}; unjudged "
+                f"(NUTS > 2 % divergent or r_hat > {RHAT_MAX}) {unjudged}, at most 5 allowed")
 
 
 @pytest.mark.parametrize("engine", ["numba", "numpy"])
