@@ -8,7 +8,8 @@ per-tile part, ``--no-end-to-end`` to skip the second part). Prints Markdown for
 
 Part 1, per tile, one process, the same tiles for every method, interleaved tile by tile (the
 machines are shared: read the ratios): the default posterior (``mog`` noise, Gibbs, the tile's top
-3 causal orders mixed, with the convergence re-run; what ``run`` does per tile), DirectLiNGAM's
+3 causal orders mixed, scout chains, with the convergence re-run; what ``run`` does per tile), the
+same without scout chains, DirectLiNGAM's
 bootstrap x100 (the source paper's uncertainty), the direction tests of the two default pairs as
 ``compare --directions-only`` runs them (only the equations that differ between the orientations),
 and the same tests fitting every equation of every order (the path before issue 13; no exact
@@ -104,6 +105,10 @@ def per_tile(n_tiles: int) -> None:
         r["posterior"] = time.perf_counter() - clock
         ess = np.nanmin(out["ess_bulk"])
         r["ess_min"], r["rhat_max"], r["rerun"] = ess, np.nanmax(out["r_hat"]), int(out["rerun_factor"])
+        r["restarted"] = int(out["restarted_chains"])
+        clock = time.perf_counter()
+        sem.sample_tile_orders(task.X, task.priors, task.spec.with_(scouts=0), task.seed, threads=1, active=task.active)
+        r["posterior_no_scouts"] = time.perf_counter() - clock
         clock = time.perf_counter()
         discovery.bootstrap_lingam(task.X, 100, exogenous=EXO, seed=0)
         r["lingam100"] = time.perf_counter() - clock
@@ -128,7 +133,8 @@ def per_tile(n_tiles: int) -> None:
           "`simulate((0, 0.1, 0.2), shape=(40, 40), seed=1)`, one process, methods interleaved per tile\n")
     print("| per tile (same tiles) | mean s | ratio to the default posterior |")
     print("|---|---|---|")
-    for key, label in (("posterior", "default posterior (mog, Gibbs, 3 orders, re-run)"),
+    for key, label in (("posterior", "default posterior (mog, Gibbs, 3 orders, scouts, re-run)"),
+                       ("posterior_no_scouts", "the same without scout chains (--scouts 0)"),
                        ("lingam100", "DirectLiNGAM bootstrap x100"),
                        ("directions", "directions, 2 pairs, differing equations only (now)"),
                        ("directions_whole", "directions, 2 pairs, whole orders (before, no refits)")):
@@ -137,7 +143,8 @@ def per_tile(n_tiles: int) -> None:
     rh = np.array([r["rhat_max"] for r in rows])
     print(f"\nsmallest bulk ESS per tile: median {np.median(ess):.0f} (min {ess.min():.0f}); tiles reaching ESS >= 400 "
           f"and r_hat <= 1.01: {np.mean((ess >= 400) & (rh <= 1.01)):.2f}; re-run: {np.mean([r['rerun'] > 0 for r in rows]):.2f}; "
-          f"min-ESS per second of the posterior: {np.median(ess / np.array([r['posterior'] for r in rows])):.0f} (median)")
+          f"min-ESS per second of the posterior: {np.median(ess / np.array([r['posterior'] for r in rows])):.0f} (median); "
+          f"tiles with a restarted chain: {sum(r['restarted'] > 0 for r in rows)}")
     print(f"directions speed-up (whole / differing): {mean['directions_whole'] / mean['directions']:.2f}x; "
           f"LiNGAM x100 / posterior: {mean['lingam100'] / mean['posterior']:.2f}")
 

@@ -105,16 +105,15 @@ def test_continued_chains_start_where_they_stopped_and_keep_the_posterior():
         gibbs.sample_equations(*args, chains=4, draws=10, tune=0, seed=1, engine="numpy", state=a["state"])
 
 
-def test_chains_stuck_in_a_local_mode_are_restarted():
-    """Cells from two crossing regression lines (55 % on slope -0.5, 45 % on +1): the mixture noise
-    can explain either population with a wide component, and a Gibbs chain that starts near the
-    least-squares slope (in between) can settle on the minority's line and never leave it. Such a
-    chain is found (mean log-likelihood > 20 nats below the best chain's) and restarted, after
-    which every chain describes the majority line."""
-    from causalcrystal.sem import ModelSpec, SamplerSpec, _gibbs_fit, equations, sample_equation_batch, stuck_chains
+def _crossing_lines():
+    """An equation with a local mode: cells from two crossing regression lines (55 % on slope -0.5,
+    45 % on +1). The mixture noise can explain either population with a wide component, and a
+    Gibbs chain that starts near the least-squares slope (in between) can settle on the minority's
+    line and never leave it. One fixed data set (the samplers' seeds follow the run's offset): on
+    it 21 of 32 chains from the default start were stuck (measured). Returns the equations, the
+    majority line's least-squares slope (standardised) and an 8-chain spec."""
+    from causalcrystal.sem import ModelSpec, SamplerSpec, equations
 
-    # one fixed data set (the sampler's seed follows the run's offset): on it 21 of 32 chains were
-    # stuck (measured), so 8 chains all missing the trap has probability ~(11/32)^8 ~ 2e-4
     rng = np.random.default_rng(3)
     n = 256
     x = rng.standard_normal(n)
@@ -124,16 +123,25 @@ def test_chains_stuck_in_a_local_mode_are_restarted():
     X = (X - X.mean(0)) / X.std(0)
     majority_slope = np.polyfit(X[~minority, 0], X[~minority, 1], 1)[0]
     eqs = equations(X, DagPrior(order=np.array([0, 1]), w=np.array([0.5])))
-    spec = ModelSpec(sampler=SamplerSpec(name="gibbs", chains=8, draws=500, thin=1, target_ess=0))
+    return eqs, majority_slope, ModelSpec(sampler=SamplerSpec(name="gibbs", chains=8, draws=500, thin=1, target_ess=0))
+
+
+def test_chains_stuck_in_a_local_mode_are_restarted():
+    """A chain stuck on the minority's line (mean log-likelihood > 20 nats below the best chain's)
+    is found and restarted, after which every chain describes the majority line."""
+    from causalcrystal.sem import _batch_diagnostics, _gibbs_fit, _restart_stuck_chains, stuck_chains
+
+    eqs, majority_slope, spec = _crossing_lines()
     seed = fixed_seed(5)
-    first = _gibbs_fit(eqs, spec, spec.sampler.draws, spec.sampler.thin, seed)  # the first pass, unchecked
-    stuck = stuck_chains(first["loglik"])[:, 1]
-    chain_means = first["beta"][:, :, 1, 0].mean(1)
-    # the trap is real: the stuck chains are the ones far from the majority line
+    fit = _gibbs_fit(eqs, spec, spec.sampler.draws, spec.sampler.thin, seed)  # default starts, no scouts
+    fit["r_hat"], fit["ess_bulk"] = _batch_diagnostics(fit["beta"], eqs["pmask"])
+    stuck = stuck_chains(fit["loglik"])[:, 1]
+    # 8 chains all missing the trap: probability ~(11/32)^8 ~ 2e-4
     assert stuck.any()
-    dist = np.abs(chain_means - majority_slope)
-    assert dist[stuck].min() > dist[~stuck].max()
-    fit, _, _ = sample_equation_batch(eqs, spec, seed, loo=False)
+    dist = np.abs(fit["beta"][:, :, 1, 0].mean(1) - majority_slope)
+    assert dist[stuck].min() > dist[~stuck].max()  # the stuck chains are the ones off the majority line
+    assert fit["r_hat"][1, 0] > 1.1
+    _restart_stuck_chains(fit, eqs, spec, seed)
     assert fit["restarted"][1] == stuck.sum()
     assert not stuck_chains(fit["loglik"]).any()
     after = fit["beta"][:, :, 1, 0]
@@ -141,6 +149,22 @@ def test_chains_stuck_in_a_local_mode_are_restarted():
     # the majority's own least-squares slope, within 5 posterior s.d. (the mixture weighs the cells)
     assert abs(after.mean() - majority_slope) < 5 * after.std()
     assert np.abs(after.mean(1) - majority_slope).max() < 0.05
+
+
+def test_scouts_and_restarts_leave_no_chain_in_the_minor_mode():
+    """The run's procedure (kept chains started from scouts, stuck chains restarted): every chain of
+    the crossing-lines equation, where 21 of 32 chains from the default start settle on the
+    minority's line, ends on the majority line with r_hat <= 1.01. Measured on 200 seeds: no run
+    left a chain off the line (the restart fired in 167: 50 scout sweeps are too few for this
+    equation's chains to settle, so the rule does the work here; on demo equations the scouts do)."""
+    from causalcrystal.sem import sample_equation_batch
+
+    eqs, majority_slope, spec = _crossing_lines()
+    for k in range(5):
+        fit, _, _ = sample_equation_batch(eqs, spec, fixed_seed(90 + k), loo=False)
+        chain_means = fit["beta"][:, :, 1, 0].mean(1)
+        assert np.abs(chain_means - majority_slope).max() < 0.05, (k, chain_means)
+        assert fit["r_hat"][1, 0] <= 1.01
 
 
 def test_no_chain_is_restarted_where_chains_agree():
