@@ -339,13 +339,13 @@ def test_bad_tile_on_a_real_posterior(run_posterior):
         do(path, tile=3, Pz=1.0)
 
 
-def test_energy_is_kept_where_it_is_one_hamiltonians(tmp_path):
+def test_energy_is_kept_where_it_is_one_hamiltonians(tmp_path, monkeypatch):
     """NUTS energy (az.plot_energy / az.bfmi) is stored per tile only where the kept draws are one
     Hamiltonian's consecutive transitions: thin 1, no re-run, one causal order. Thinned draws, and
     draws mixed over orders (sem.mix_orders), carry NaN; the file keeps the single-order tile's."""
     from causalcrystal.engine import write_posterior
     from causalcrystal.priors import dag_prior, forbidden_into
-    from causalcrystal.sem import ModelSpec, SamplerSpec, mix_orders, sample_tile
+    from causalcrystal.sem import ModelSpec, SamplerSpec, mix_orders, order_loo, sample_tile
 
     B, c, b = _true_raw_sem()
     rng = np.random.default_rng(fixed_seed(140))
@@ -354,19 +354,24 @@ def test_energy_is_kept_where_it_is_one_hamiltonians(tmp_path):
     forb = forbidden_into([IX["I14"], IX["I5"]], 8)
     orders = [[IX[v] for v in ORDER], [IX[v] for v in ("I14", "I5", "Px", "Py", "a", "b", "alpha", "Vol")]]
     priors = [dag_prior(o, np.full((8, 8), 0.5), forb) for o in orders]
-    kw = dict(chains=2, tune=300, draws=300, target_ess=0)  # target_ess 0 (and r_hat aside): no re-run here
+    # no re-run here: target_ess 0, and the r_hat rule switched off (with 2 x 300 draws it re-ran the
+    # fit by chance on some machines, which made this test skip; convergence is not what it checks)
+    import causalcrystal.sem as sem_module
+
+    monkeypatch.setattr(sem_module, "RHAT_MAX", np.inf)
+    kw = dict(chains=2, tune=300, draws=300, target_ess=0)
     one = sample_tile(X, priors[0], ModelSpec(noise="laplace", sampler=SamplerSpec(name="nutpie", thin=1, **kw)), seed=1)
     thinned = sample_tile(X, priors[0], ModelSpec(noise="laplace", sampler=SamplerSpec(name="nutpie", thin=2, **kw)),
                           seed=1)
     assert np.isnan(thinned["energy"]).all()
-    if int(one["rerun_factor"]):
-        pytest.skip("the r_hat rule re-ran this fit (its kept draws are thinned): no energy by design")
+    assert not int(one["rerun_factor"])
     assert one["energy"].shape == one["B"].shape[:2] and np.isfinite(one["energy"]).all()
     other = sample_tile(X, priors[1], ModelSpec(noise="laplace", sampler=SamplerSpec(name="nutpie", thin=1, **kw)),
                         seed=2)
-    mixed = mix_orders([one, other], priors, seed=0)
-    if (mixed["order_weight"] > 1e-3).sum() > 1:  # both orders contribute draws: no single Hamiltonian
-        assert np.isnan(mixed["energy"]).all()
+    # the same LOO for both orders: weights 1/2 each, so both contribute draws (no single Hamiltonian)
+    mixed = mix_orders([one, other], priors, seed=0, loos=[order_loo(one)] * 2)
+    assert np.allclose(mixed["order_weight"], 0.5)
+    assert np.isnan(mixed["energy"]).all()
     # the file and the tile's InferenceData keep the single-order tile's energy
     tile_dir = tmp_path / "tiles"
     tile_dir.mkdir()
