@@ -149,6 +149,12 @@ def test_chains_stuck_in_a_local_mode_are_restarted():
     # the majority's own least-squares slope, within 5 posterior s.d. (the mixture weighs the cells)
     assert abs(after.mean() - majority_slope) < 5 * after.std()
     assert np.abs(after.mean(1) - majority_slope).max() < 0.05
+    # without scouts the run's procedure is exactly this: the same first pass, the same restart
+    from causalcrystal.sem import sample_equation_batch
+
+    run, _, _ = sample_equation_batch(eqs, spec.with_(scouts=0), seed, loo=False)
+    assert run["restarted"][1] == stuck.sum()
+    np.testing.assert_array_equal(run["beta"][:, :, 1], fit["beta"][:, :, 1])
 
 
 def test_scouts_and_restarts_leave_no_chain_in_the_minor_mode():

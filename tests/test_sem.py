@@ -152,6 +152,9 @@ def test_gaussian_noise_warns_and_spec_errors():
         load_spec("no-such-model")
     with pytest.raises(ValueError, match="sampler"):
         SamplerSpec(name="metropolis")
+    with pytest.raises(ValueError, match=r"scouts -1 \(--scouts: needs >= 0\)"):
+        SamplerSpec(scouts=-1)
+    assert load_spec("mog").sampler.scouts == 8 and SamplerSpec(scouts=0).scouts == 0
     with pytest.raises(ValueError, match="gibbs sampler serves the 'mog'"):
         ModelSpec(noise="laplace", sampler=SamplerSpec(name="gibbs"))
     assert ModelSpec(noise="laplace").sampler.name == "nutpie" and ModelSpec().sampler.name == "gibbs"
