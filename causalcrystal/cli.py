@@ -233,7 +233,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="chains per tile (default: the model's; mog 2; 4 makes r_hat more reliable, ~1.4x time)")
     p.add_argument("--scouts", type=int, default=None,
                    help="gibbs: short scout chains per equation the kept chains start from, so that none starts in a "
-                        "local mode of the mixture (default: the model's; mog 8; 0 = none, ~1/7 faster)")
+                        "local mode of the mixture (default: the model's; mog 8; 0 = none, ~10%% less sampling time)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out (the old one is moved to --out/.causalcrystal-previous and deleted "
                         "only when the new run finishes; files causalcrystal did not write are never touched)")
