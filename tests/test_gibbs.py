@@ -289,7 +289,10 @@ def compare_tile_with_long_nuts(t: int) -> dict:
            "nuts_divergent": float(nuts["diverging"].mean()), "nuts_max_r_hat": float(np.nanmax(nuts["r_hat"][allowed])),
            "gibbs_max_r_hat": float(np.nanmax(g["r_hat"][allowed])), "mcse4_mean": float(4 * se_mean.max()),
            "mcse4_sd": float(4 * se_ratio.max()), "ess_gibbs": float((sg / mcse_mg).min() ** 2),
-           "ess_nuts": float((sn / mcse_mn).min() ** 2), "seconds_gibbs": g_s, "seconds_nuts": n_s}
+           "ess_nuts": float((sn / mcse_mn).min() ** 2), "seconds_gibbs": g_s, "seconds_nuts": n_s,
+           # where the largest mean difference is (effect, cause), and the two means there
+           "worst_edge": [int(v) for v in np.argwhere(allowed)[int(d_mean.argmax())]],
+           "worst_means": [float(mg[d_mean.argmax()]), float(mn[d_mean.argmax()])]}
     if row["nuts_divergent"] > 0.02 or row["nuts_max_r_hat"] > RHAT_MAX:
         row["verdict"] = "NUTS reference failed its diagnostics"
     elif row["gibbs_max_r_hat"] > RHAT_MAX:
