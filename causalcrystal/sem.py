@@ -540,9 +540,7 @@ def _sample_tile_gibbs(X: np.ndarray, prior: DagPrior, spec: ModelSpec, seed: in
     eqs = equations(np.asarray(X, dtype=np.float64), prior, active)
     fit, _, reran = sample_equation_batch(eqs, spec, seed, loo=False)
     pmask = eqs["pmask"]
-    out = assemble_gibbs(X, eqs, fit, prior, spec, fit["r_hat"][pmask], fit["ess_bulk"][pmask], reran)
-    out["restarted_chains"] = np.array(int(fit["restarted"].sum()))
-    return out
+    return assemble_gibbs(X, eqs, fit, prior, spec, fit["r_hat"][pmask], fit["ess_bulk"][pmask], reran)
 
 
 def _equation_seeds(eqs: dict, seed: int) -> np.ndarray:
@@ -598,6 +596,9 @@ def assemble_gibbs(X, eqs: dict, fit: dict, prior: DagPrior | None, spec: ModelS
     ess_m[child[e_idx], parents[e_idx, p_idx]] = ess
     out["r_hat"], out["ess_bulk"] = rhat_m, ess_m
     out["rerun_factor"] = np.array(reran)
+    # chains restarted from a local mode over the whole batch (:func:`stuck_chains`): the tile's
+    # distinct equations, so the same count in every order's fit
+    out["restarted_chains"] = np.array(int(fit["restarted"].sum()))
     return out
 
 
@@ -700,9 +701,17 @@ def stuck_chains(loglik: np.ndarray, gap: float = STUCK_GAP, reference: np.ndarr
     default 2 chains an equation whose chains are *both* stuck cannot be told apart by this rule.
     Returns (chain, E) bool.
     """
-    total = np.asarray(loglik, dtype=np.float64).sum(-1).mean(1)  # (chain, E)
-    best = total.max(0) if reference is None else np.maximum(total.max(0), reference)
-    return best[None] - total > gap
+    return _stuck(_chain_levels(loglik), gap, reference)
+
+
+def _chain_levels(loglik: np.ndarray) -> np.ndarray:
+    """Each chain's mean total log-likelihood per equation: (chain, draw, E, n) -> (chain, E)."""
+    return np.asarray(loglik, dtype=np.float64).sum(-1).mean(1)
+
+
+def _stuck(levels: np.ndarray, gap: float, reference: np.ndarray | None) -> np.ndarray:
+    best = levels.max(0) if reference is None else np.maximum(levels.max(0), reference)
+    return best[None] - levels > gap
 
 
 #: Sweeps of each scout chain (:func:`scout_starts`; their number is ``SamplerSpec.scouts``).
@@ -741,7 +750,7 @@ def scout_starts(batch: dict, spec: ModelSpec, seed: int, scouts: int | None = N
         return None, None
     half = max(1, sweeps // 2)
     sc = _gibbs_fit(batch, spec, half, 1, seed + 3, tune=max(0, sweeps - half), chains=scouts)
-    level = np.asarray(sc["loglik"], dtype=np.float64).sum(-1).mean(1)  # (scouts, E)
+    level = _chain_levels(sc["loglik"])  # (scouts, E)
     eligible = level >= level.max(0, keepdims=True) - STUCK_GAP
     state = np.empty((sp.chains,) + sc["state"].shape[1:])
     for e, eq_seed in enumerate(_equation_seeds(batch, seed + 3)):
@@ -763,12 +772,13 @@ def _restart_stuck_chains(fit: dict, batch: dict, spec: ModelSpec, seed: int, re
     coefficient at the bulk ESS per sweep of ~0.1 measured on demo equations), after which r_hat
     compares them as independent chains. Sets ``fit["restarted"]`` (E,), the chains restarted."""
     sp = spec.sampler
-    stuck = stuck_chains(fit["loglik"], reference=None if reference is None else reference["level"])
+    levels = _chain_levels(fit["loglik"])  # (chain, E)
+    stuck = _stuck(levels, STUCK_GAP, None if reference is None else reference["level"])
     fit["restarted"] = stuck.sum(0)
     rows = np.flatnonzero(stuck.any(0))
     if not rows.size:
         return
-    level = np.asarray(fit["loglik"][:, :, rows], dtype=np.float64).sum(-1).mean(1)  # (chain, rows)
+    level = levels[:, rows]
     best = level.argmax(0)
     state = fit["state"][:, rows].copy()
     for i, r in enumerate(rows):
@@ -899,8 +909,6 @@ def _gibbs_orders(X, priors, spec: ModelSpec, seed: int, active, weight_seed: in
     for eqs, rows in zip(per_order, rows_of):
         r_o, e_o = fit["r_hat"][rows][eqs["pmask"]], fit["ess_bulk"][rows][eqs["pmask"]]
         fits.append(assemble_gibbs(X, eqs, fit, None, spec, r_o, e_o, factor, rows=rows))
-        # chains restarted over the tile's distinct equations (the same count in every order's fit)
-        fits[-1]["restarted_chains"] = np.array(int(fit["restarted"].sum()))
     return fits, orders_loo(batch, rows_of, per_order, eq_loo)
 
 
