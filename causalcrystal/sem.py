@@ -283,7 +283,6 @@ def _mog_likelihood(Z, beta, mix: MixtureSpec, n_vars: int) -> None:
     equation enters the likelihood). The same model :mod:`causalcrystal.gibbs` samples."""
     import pymc as pm
     import pytensor.tensor as pt
-    from pymc.distributions.transforms import ordered
 
     i, j = lower_pairs(n_vars)
     K = mix.components
@@ -291,9 +290,13 @@ def _mog_likelihood(Z, beta, mix: MixtureSpec, n_vars: int) -> None:
     m0 = pm.Data("m0", np.zeros(n_vars))
     eq = pm.Data("eq", np.ones(n_vars))
     pi = pm.Dirichlet("noise_weight", a=np.full((n_vars, K), mix.alpha))
-    # ordered locations: one of the K! relabellings of the same posterior (NUTS mixes within one)
-    loc_kw = {"transform": ordered, "initval": np.tile(np.linspace(-0.5, 0.5, K), (n_vars, 1))} if K > 1 else {}
-    mu = pm.Normal("noise_loc", mu=m0[:, None], sigma=mix.mu_sd_rel * pt.sqrt(v)[:, None], shape=(n_vars, K), **loc_kw)
+    # Locations are left unordered (no output depends on the component labels; a chain may sit in
+    # any of the K! relabellings). An ordered transform was tried and biased NUTS: where two
+    # components overlap, the posterior has mass at equal locations, which the transform sends to
+    # -inf (a funnel). On one equation of a test tile: 2.8 % divergent, smallest ESS 354 of 20,000
+    # and a coefficient off by 0.08 sd, against 0 divergent, ESS 19,145 and agreement with Gibbs to
+    # 0.005 sd unordered (benchmarks/RESULTS.md).
+    mu = pm.Normal("noise_loc", mu=m0[:, None], sigma=mix.mu_sd_rel * pt.sqrt(v)[:, None], shape=(n_vars, K))
     s2 = pm.InverseGamma("noise_var", alpha=mix.a0, beta=mix.var_rel * v[:, None], shape=(n_vars, K))
     B = pt.set_subtensor(pt.zeros((n_vars, n_vars))[i, j], beta)
     e = Z - pt.dot(Z, B.T)
@@ -358,8 +361,10 @@ def compiled_model(spec: ModelSpec, n_vars: int = 8):
 
 
 #: NUTS target acceptance per noise family. The mixture's posterior has regions of high curvature
-#: (components with few cells, coefficients between spike and slab): at nutpie's default 0.8, 0.75-3 %
-#: of transitions diverged on 8-descriptor tiles; at 0.95, 0.15 % (1.4x the time).
+#: (components with few cells, coefficients between spike and slab): on 3-descriptor tiles at
+#: nutpie's default 0.8, 0-2.4 % of transitions diverged (12 runs); at 0.95, none (~1.5x the time).
+#: (Measured 2026-12-01 with unordered locations; with ordered ones, 0.75-3 % and 0.15 % on
+#: 8-descriptor tiles.)
 TARGET_ACCEPT = {"mog": 0.95}
 
 

@@ -224,11 +224,12 @@ def test_gibbs_reproduces_the_pymc_model_sampled_by_nuts():
     prior = DagPrior(order=np.array([0, 1, 2]), w=np.array([0.9, 0.5, 0.9]))
     sp = dict(chains=4, draws=500, thin=1)
     g = sample_tile(X, prior, ModelSpec(sampler=SamplerSpec(name="gibbs", tune=500, **sp)), seed=fixed_seed(5))
-    # NUTS needs a longer adaptation on the mixture (with 500 tuning steps ~5 % of transitions
-    # diverged; with 1,000, 0.05-1.6 % over seed offsets 0-1, as on full tiles, see the slow test):
-    # a few divergences, and the agreement below is what would show a bias from them
-    nuts = sample_tile(X, prior, ModelSpec(sampler=SamplerSpec(name="nutpie", tune=1000, **sp)), seed=fixed_seed(6))
-    assert nuts["diverging"].mean() <= 0.02
+    nuts = sample_tile(X, prior, ModelSpec(sampler=SamplerSpec(name="nutpie", tune=500, **sp)), seed=fixed_seed(6))
+    # The model must be one NUTS samples cleanly: with the mixture locations ordered (an earlier
+    # build_model) 0.25-0.55 % of these 2,000 transitions diverged (5-11; 0.65-0.75 % on three
+    # columns of a test tile), and on whole tiles NUTS's coefficient means were off by up to
+    # 0.125 sd; unordered, 0 of 2,000 in each of 12 runs (6 seeds, this data and those columns).
+    assert nuts["diverging"].sum() == 0
     i, j = np.array([1, 2, 2]), np.array([0, 0, 1])
     _agree(g["B"][:, :, i, j], nuts["B"][:, :, i, j])
 
