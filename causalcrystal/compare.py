@@ -102,7 +102,7 @@ import xarray as xr
 
 from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.errors import CausalCrystalError
-from causalcrystal.evidence import loo_warnings_recorded
+from causalcrystal.evidence import compare_loo, loo_warnings_recorded
 from causalcrystal.intervals import eti_name
 from causalcrystal.priors import DagPrior, forbidden_into, inclusion_weights
 from causalcrystal.sem import ModelSpec, load_spec
@@ -297,8 +297,7 @@ def compare_models(X: np.ndarray, models: list[Model], seed: int, threads: int |
                           elpd_diff=0.0, dse=0.0, weight=1.0, weight_pseudo_bma=1.0, rank=0,
                           warning=bool(e["warning"]))
         return [rows[only]], fits
-    with loo_warnings_recorded():
-        cmp = az.compare(elpds, method="stacking")
+    cmp = compare_loo(elpds)
     w = np.clip(cmp["weight"].to_numpy(dtype=float), 0.0, None)
     w = w / w.sum()
     # pseudo-BMA+ beside stacking: stacking optimises the mixture's prediction, so two models that

@@ -84,7 +84,7 @@ from scipy import special
 from causalcrystal import lgd
 from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.errors import CausalCrystalError
-from causalcrystal.evidence import loo_warnings_recorded
+from causalcrystal.evidence import compare_loo, loo_warnings_recorded
 from causalcrystal.sem import models_dir
 
 LINKS = ("universal", "ps", "cross", "quadratic")
@@ -829,9 +829,10 @@ def universality(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: 
         dep, uni = (idata, other) if alt == "universal" else (other, idata)
         dep_link = c.link if alt == "universal" else "quadratic"
         with loo_warnings_recorded():  # the largest Pareto k is recorded (pareto_k_max)
-            cmp = az.compare({"dependent": _coupling_idata(dep, c.label), "universal": _coupling_idata(uni, c.label)},
-                             method="stacking", seed=seed)
-            ks = [az.loo(_coupling_idata(x, c.label), pointwise=True).pareto_k.values.max() for x in (dep, uni)]
+            loos = {"dependent": az.loo(_coupling_idata(dep, c.label), pointwise=True),
+                    "universal": az.loo(_coupling_idata(uni, c.label), pointwise=True)}
+        cmp = compare_loo(loos, seed=seed)
+        ks = [loos[k].pareto_k.values.max() for k in loos]
         e_dep, e_uni = float(cmp.loc["dependent", "elpd_loo"]), float(cmp.loc["universal", "elpd_loo"])
         diff = e_dep - e_uni
         dse = float(cmp["dse"].max())
@@ -905,8 +906,9 @@ def compare_links(summ: xr.Dataset, specs, seed: int = 0, params: lgd.LGDParams 
         per_image[sp.name] = az.InferenceData(posterior=fits[sp.name].posterior[["y0"]],
                                               log_likelihood=xr.Dataset({"m": ll}))
     with loo_warnings_recorded():  # the largest Pareto k is recorded (pareto_k_max)
-        table = az.compare(per_image, method="stacking", seed=seed)
-        ks = {n: float(az.loo(x, pointwise=True).pareto_k.values.max()) for n, x in per_image.items()}
+        loos = {n: az.loo(x, pointwise=True) for n, x in per_image.items()}
+    table = compare_loo(loos, seed=seed)
+    ks = {n: float(e.pareto_k.values.max()) for n, e in loos.items()}
     table = table.reset_index(names="spec")
     table["pareto_k_max"] = table["spec"].map(ks)
     table["links"] = table["spec"].map({sp.name: json.dumps({c.label: c.link for c in sp.couplings})

@@ -479,6 +479,33 @@ def _gpd_smooth(b, k_ary, tail, xcut, k, smoothed, ok):  # pragma: no cover
                 smoothed[r, i] = min(np.log(q * sigma + ex), 0.0)
 
 
+def compare_loo(loos: dict, seed: int | None = None):
+    """:func:`arviz.compare` with stacking weights of PSIS-LOO results ``loos`` (name ->
+    ``arviz.ELPDData`` from ``az.loo(..., pointwise=True)``, all over the same observations), made
+    safe for large pointwise values.
+
+    ArviZ 0.x computes stacking weights from ``exp(elpd_i)`` as they are; above ~709 nats per
+    observation (a leave-one-image-out elpd summing many tiles and couplings) that overflows, and
+    the weights silently stay at the optimiser's start, 1/K ("overflow encountered in exp" is
+    all the user sees). Here each observation's pointwise elpd is shifted by its largest value
+    over the models first. A shift common to the models leaves the stacking optimum unchanged
+    (each observation contributes ``log sum_k w_k exp(elpd_ik)``, Yao et al. 2018, Eq. 4) and so
+    are ``elpd_diff`` and ``dse`` (differences of pointwise values); ``elpd_loo``, ``se`` and
+    ``p_loo`` in the table are the unshifted ones. Returns ArviZ's comparison table.
+    """
+    import arviz as az
+
+    names = list(loos)
+    shift = np.max(np.stack([np.asarray(loos[k]["loo_i"].values, dtype=float).ravel() for k in names]), axis=0)
+    shifted = {}
+    for k in names:
+        e = loos[k].copy()
+        e["loo_i"] = loos[k]["loo_i"] - shift.reshape(loos[k]["loo_i"].shape)
+        shifted[k] = e
+    with loo_warnings_recorded():
+        return az.compare(shifted, method="stacking", seed=seed)
+
+
 def pseudo_bma_weights(elpd_i: np.ndarray, seed: int = 0, b_samples: int = 1000) -> np.ndarray:
     """Pseudo-BMA+ weights of models with pointwise elpd ``elpd_i`` (models, n): the mean over
     Bayesian-bootstrap replicates (Dirichlet(1) weights over cells) of ``softmax(n * sum_i u_i elpd_i)``."""

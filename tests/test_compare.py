@@ -129,6 +129,42 @@ def test_mixture_summaries_match_resampling():
     assert s["mean"][0, 0] == pytest.approx(0.3 * d1[:, 0, 0].mean() + 0.7 * d2[:, 0, 0].mean(), rel=1e-12)
 
 
+def test_stacking_weights_do_not_depend_on_the_size_of_pointwise_elpd():
+    """Stacking weights, elpd differences and their s.e. are unchanged by adding a constant to every
+    model's log-likelihood of an observation; ArviZ 0.x's stacking overflowed above ~709 nats per
+    observation (a leave-one-image-out elpd sums many tiles) and kept the weights at 1/K. Two
+    models, each better on part of 12 observations, so the optimum is inside (0, 1)."""
+    import arviz as az
+
+    from causalcrystal.evidence import compare_loo
+
+    rng = np.random.default_rng(fixed_seed(5))
+    better_a = np.arange(12) < 8
+
+    def loo(mean_good, mean_bad, shift, better):
+        ll = shift + rng.normal(0, 0.05, (2, 400, 12)) + np.where(better, mean_good, mean_bad)
+        idata = az.from_dict(posterior={"x": rng.normal(size=(2, 400))}, log_likelihood={"y": ll})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return az.loo(idata, pointwise=True)
+
+    tables = {}
+    for shift in (0.0, 800.0, 5000.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no overflow on the way
+            tables[shift] = compare_loo({"a": loo(0.0, -1.5, shift, better_a), "b": loo(0.0, -1.5, shift, ~better_a)})
+    w0 = tables[0.0]["weight"]
+    assert 0.05 < w0["a"] < 0.95 and w0["a"] > w0["b"]  # inside, favouring the model better on 8 of 12
+    for shift in (800.0, 5000.0):
+        t = tables[shift]
+        # the optimiser's tolerance (SLSQP, ~1e-6 on the weights) plus the pointwise noise redrawn
+        # per shift (s.d. 0.05 / sqrt(800) per observation): a few 1e-3 at most
+        np.testing.assert_allclose(t["weight"].loc[["a", "b"]], w0.loc[["a", "b"]], atol=0.02)
+        np.testing.assert_allclose(t["elpd_loo"].loc[["a", "b"]] - 12 * shift, tables[0.0]["elpd_loo"].loc[["a", "b"]],
+                                   atol=0.05)
+        np.testing.assert_allclose(t["dse"].loc[["a", "b"]], tables[0.0]["dse"].loc[["a", "b"]], atol=0.05)
+
+
 def test_laplace_beats_normal_on_laplace_data(compared):
     out, _ = compared
     m = pd.read_csv(out / "models.csv")
