@@ -165,6 +165,20 @@ def test_stacking_weights_do_not_depend_on_the_size_of_pointwise_elpd():
         np.testing.assert_allclose(t["dse"].loc[["a", "b"]], tables[0.0]["dse"].loc[["a", "b"]], atol=0.05)
 
 
+def test_psis_overflow_notice_is_hidden_and_nothing_else():
+    """ArviZ's generalised-Pareto fit overflows harmlessly on extreme tails (demo's universality
+    stage printed "overflow encountered in exp" twice); that notice from ArviZ's stats module is
+    hidden around LOO, the same message from anywhere else still shows."""
+    from causalcrystal.evidence import loo_warnings_recorded
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with loo_warnings_recorded():
+            for module in ("arviz.stats.stats", "causalcrystal.concentration"):
+                warnings.warn_explicit("overflow encountered in exp", RuntimeWarning, module + ".py", 1, module=module)
+    assert [w.filename for w in seen] == ["causalcrystal.concentration.py"]
+
+
 def test_laplace_beats_normal_on_laplace_data(compared):
     out, _ = compared
     m = pd.read_csv(out / "models.csv")
