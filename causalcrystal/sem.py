@@ -791,11 +791,22 @@ def _restart_stuck_chains(fit: dict, batch: dict, spec: ModelSpec, seed: int, re
         state[stuck[:, r], i] = reference["state"][r] if scout_better else fit["state"][best[i], r]
     redo = _gibbs_fit({k: v[rows] for k, v in batch.items()}, spec, sp.draws, sp.thin, seed + 2, state=state,
                       tune=sp.tune)
-    for name, arr in redo.items():
+    _put_rows(fit, rows, redo, batch["pmask"])
+
+
+def _put_rows(fit: dict, rows: np.ndarray, new: dict, pmask: np.ndarray, head: np.ndarray | None = None) -> dict:
+    """Write ``new`` (a :func:`_gibbs_fit` of the batch rows ``rows``) into ``fit`` in place: every
+    per-draw array (chain, draw, equation, ...), preceded by ``fit``'s own draws ``head`` of those
+    rows when given (a continuation), the chains' last states, and the rows' r_hat and bulk ESS.
+    Returns the rows' per-draw arrays as written."""
+    sub = {}
+    for name, arr in new.items():
         if name in fit and isinstance(arr, np.ndarray) and arr.ndim >= 3 and name != "state":
-            fit[name][:, :, rows] = arr
-    fit["state"][:, rows] = redo["state"]
-    fit["r_hat"][rows], fit["ess_bulk"][rows] = _batch_diagnostics(redo["beta"], batch["pmask"][rows])
+            sub[name] = arr if head is None else np.concatenate([fit[name][:, head][:, :, rows], arr], axis=1)
+            fit[name][:, :, rows] = sub[name]
+    fit["state"][:, rows] = new["state"]
+    fit["r_hat"][rows], fit["ess_bulk"][rows] = _batch_diagnostics(sub["beta"], pmask[rows])
+    return sub
 
 
 def sample_equation_batch(batch: dict, spec: ModelSpec, seed: int, needed=None, loo: bool = True
@@ -847,13 +858,7 @@ def sample_equation_batch(batch: dict, spec: ModelSpec, seed: int, needed=None, 
     first = np.arange(0, sp.draws, factor)
     more = _gibbs_fit({k: v[rows] for k, v in batch.items()}, spec, sp.draws - first.size, sp.thin * factor,
                       seed + 1, state=fit["state"][:, rows], tune=0)
-    sub = {}
-    for name, arr in more.items():
-        if name in fit and isinstance(arr, np.ndarray) and arr.ndim >= 3 and name != "state":
-            sub[name] = np.concatenate([fit[name][:, first][:, :, rows], arr], axis=1)
-            fit[name][:, :, rows] = sub[name]
-    fit["state"][:, rows] = more["state"]
-    fit["r_hat"][rows], fit["ess_bulk"][rows] = _batch_diagnostics(sub["beta"], pmask[rows])
+    sub = _put_rows(fit, rows, more, pmask, head=first)
     if loo:
         sub_loo = loo_by_equation(sub["loglik"])
         eq_loo.elpd[rows], eq_loo.pareto_k[rows], eq_loo.p_loo[rows] = sub_loo.elpd, sub_loo.pareto_k, sub_loo.p_loo
