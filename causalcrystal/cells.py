@@ -319,7 +319,7 @@ def _json_attrs(ds: xr.Dataset, src: str) -> None:
         if name not in ds.attrs:
             continue
         raw = ds.attrs[name]
-        fix = (f"Remove attribute {name!r} or rewrite it as {shape} (causalcrystal.io.write_netcdf "
+        fix = (f"remove attribute {name!r} or rewrite it as {shape} (causalcrystal.io.write_netcdf "
                "writes it so).")
         if not isinstance(raw, str):
             raise CellTableError(

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from causalcrystal.logs import warnings_only
+
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` shows every option's default: those whose help text does not say it get
@@ -37,7 +39,7 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     xy.add_argument("--xy-order", choices=["xy", "yx"], default="xy",
                     help="row order of xy_COM in Sm-BFO .h5 files (default xy: row 0 is x)")
     quiet = argparse.ArgumentParser(add_help=False)
-    quiet.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    quiet.add_argument("--quiet", action="store_true", help="no progress bars or progress messages (warnings still show)")
     return {"seed": seed, "workers": workers, "xy": xy, "quiet": quiet}
 
 
@@ -261,6 +263,7 @@ def _run(cells, args) -> int:
                        seed=args.seed,
                        scheduler=args.scheduler,
                        workers=args.workers, overwrite=args.overwrite, progress=not args.quiet,
+                       log=warnings_only if args.quiet else None,
                        keep_tiles=getattr(args, "keep_tiles", False), keep_loglik=getattr(args, "keep_loglik", False),
                        lossless=getattr(args, "lossless", False))
     return 0 if res["finished"] else 3
@@ -283,7 +286,7 @@ def _cmd_demo(args) -> int:
         return rc
     from causalcrystal.report import write_report
 
-    log = (lambda m: None) if args.quiet else None
+    log = warnings_only if args.quiet else None
     if not args.no_concentration:
         from causalcrystal.concentration import ConcentrationError, run_concentration
 
@@ -300,7 +303,7 @@ def _cmd_report(args) -> int:
     from causalcrystal.report import write_report
 
     out = write_report(args.run_dir, args.out, concentration=args.concentration, compare=args.compare,
-                       overwrite=args.overwrite, log=(lambda m: None) if args.quiet else None)
+                       overwrite=args.overwrite, log=warnings_only if args.quiet else None)
     if args.quiet:  # otherwise the job's own message said it
         print(f"wrote {out}")
     return 0
@@ -313,7 +316,7 @@ def _cmd_concentration(args) -> int:
     run_concentration(args.run_dir, out, args.spec, seed=args.seed, overwrite=args.overwrite,
                       against=[a for a in (args.against or "").split(",") if a],
                       universality_check=not args.no_universality,
-                      log=(lambda m: None) if args.quiet else None)
+                      log=warnings_only if args.quiet else None)
     return 0
 
 
@@ -356,7 +359,7 @@ def _cmd_compare(args) -> int:
                       max_tiles=args.max_tiles, directions=not args.no_directions,
                       image_directions=not args.no_image_directions, models=not args.directions_only, seed=args.seed,
                       scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
-                      progress=not args.quiet, log=(lambda m: None) if args.quiet else None)
+                      progress=not args.quiet, log=warnings_only if args.quiet else None)
     return 0 if res["finished"] else 3
 
 

@@ -51,7 +51,7 @@ class Relation:
         terms = ""
         for k, (c, p) in enumerate(zip(self.coef, self.predictors)):
             sign = ("-" if c < 0 else "") if k == 0 else (" - " if c < 0 else " + ")
-            terms += f"{sign}{abs(c):.3g} {p}"
+            terms += f"{sign}{abs(c):.3g} {'log ' if self.space == 'log' else ''}{p}"
         how = "log " if self.space == "log" else ""
         return (f"{how}{self.target} = {terms} (standardised{', in logs' if how else ''}; "
                 f"1 - R^2 = {self.gap:.1e})")

@@ -9,7 +9,7 @@ instead (``log=lambda m: None`` silences a job).
 As PyMC does for its own logger, importing causalcrystal attaches a handler that prints the
 messages to ``sys.stderr`` at INFO when the application has configured no logging (no handler
 on the root logger); an application that configures logging gets the records through its own
-handlers instead. The command line always prints them (``--quiet`` silences them).
+handlers instead. The command line always prints them (``--quiet``: the warnings only).
 """
 
 from __future__ import annotations
@@ -52,16 +52,28 @@ class _Formatter(logging.Formatter):
         return text
 
 
+def is_warning(message: str) -> bool:
+    """A warning (``"WARNING: ..."``, also after a prefix such as ``"report: "``) or a ``"note: ..."``
+    about something left for the user to decide."""
+    head = str(message).lstrip()[:40]
+    return "WARNING" in head or head.startswith("note:")
+
+
 def emit(message: str) -> None:
-    """Log ``message`` on the causalcrystal logger: WARNING when it is a warning (``"WARNING: ..."``,
-    also after a prefix such as ``"report: "``) or a ``"note: ..."`` about something left for the
-    user to decide, INFO otherwise."""
+    """Log ``message`` on the causalcrystal logger: WARNING when :func:`is_warning`, INFO otherwise."""
     text = str(message)
-    head = text.lstrip()[:40]
-    warn = "WARNING" in head or head.startswith("note:")
+    warn = is_warning(text)
     if text.startswith("WARNING: "):
         text = text[len("WARNING: "):]  # the level says it (application handlers print "WARNING|WARNING: ..." else)
     logger.log(logging.WARNING if warn else logging.INFO, text)
+
+
+def warnings_only(message: str) -> None:
+    """:func:`emit` for warnings and notes only (``log=warnings_only``): what the command line's
+    ``--quiet`` passes on, so that a result not to be trusted ("the concentration posterior is
+    not reliable", "y0 is not identified") is never printed without its warning."""
+    if is_warning(message):
+        emit(message)
 
 
 def resolve(log):

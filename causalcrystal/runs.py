@@ -217,6 +217,14 @@ def summary(run, var_names=("B",), hdi_prob: float = 0.9, **kwargs):
     ``ess_bulk``, ``r_hat``, ...); the rows of ``B`` are the edges of ``summary.csv``. An allowed
     edge that was never included (every draw exactly 0) has ``r_hat`` NaN. Extra keyword arguments
     go to :func:`arviz.summary`.
+
+    A tile whose posterior averages several causal orders stores each chain as consecutive blocks
+    of draws from each order (:func:`causalcrystal.sem.mix_orders`); ArviZ's split r_hat and ESS
+    would read the jumps between blocks as non-convergence (r_hat 1.8 on a converged demo tile).
+    For such tiles the ``B`` rows carry the run's own diagnostics instead (``summary.csv``: the
+    worst r_hat and smallest bulk ESS over the orders, each from its own chains) with
+    ``mcse_mean = sd / sqrt(ess_bulk)``, and ``ess_tail`` / ``mcse_sd`` NaN; the other variables'
+    diagnostic columns are NaN there.
     """
     import arviz as az
     import pandas as pd
@@ -241,10 +249,43 @@ def summary(run, var_names=("B",), hdi_prob: float = 0.9, **kwargs):
                 warnings.filterwarnings("ignore", "invalid value encountered in scalar divide", RuntimeWarning)
                 t = az.summary(xr.Dataset({name: v}), hdi_prob=hdi_prob, **kwargs)
             t.index = labels
+            _pooled_order_diagnostics(r, t, name, mask)
         else:
             t = az.summary(r.posterior, var_names=[name], hdi_prob=hdi_prob, **kwargs)
         tables.append(t)
     return pd.concat(tables)
+
+
+def _pooled_order_diagnostics(r, t, name: str, mask) -> None:
+    """In place: the diagnostic columns of :func:`summary`'s rows ``t`` of variable ``name`` for tiles
+    whose draws pool several causal orders (see :func:`summary`)."""
+    from causalcrystal.sem import order_draws
+
+    const = r.posterior.constant_data if "constant_data" in r.posterior.groups() else None
+    if const is None or "order_weight" not in const:
+        return
+    D = r.posterior.posterior.sizes["draw"]
+    pooled = set()
+    for tile in const["tile"].values.tolist():
+        w = const["order_weight"].sel(tile=tile).values
+        if (order_draws(np.nan_to_num(w[np.isfinite(w)]), D) > 0).sum() > 1:
+            pooled.add(int(tile))
+    if not pooled:
+        return
+    edges = mask.stack(edge=("tile", "effect", "cause"))
+    keys = [k for k, on in zip(edges["edge"].values, edges.values) if on]
+    rows = np.array([int(k[0]) in pooled for k in keys])
+    diag = [c for c in ("ess_bulk", "ess_tail", "r_hat", "mcse_mean", "mcse_sd") if c in t.columns]
+    t.loc[t.index[rows], diag] = np.nan
+    if name == "B":
+        s = r.summary.set_index(["tile", "effect", "cause"])
+        sel = [tuple((int(k[0]), str(k[1]), str(k[2]))) for k, on in zip(keys, rows) if on]
+        for col in ("r_hat", "ess_bulk"):
+            if col in t.columns and col in s.columns:
+                t.loc[t.index[rows], col] = s[col].reindex(sel).to_numpy()
+        if "mcse_mean" in t.columns:
+            t.loc[t.index[rows], "mcse_mean"] = (t.loc[t.index[rows], "sd"] / np.sqrt(t.loc[t.index[rows], "ess_bulk"])
+                                                 ).to_numpy()
 
 
 def tile_data(run, tile: int):

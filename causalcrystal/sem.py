@@ -972,6 +972,19 @@ def pseudo_bma(loos: list[dict], seed: int) -> np.ndarray:
     return pseudo_bma_weights(np.stack([lo["elpd_i"] for lo in loos]), seed=int(seed) % (2**31))
 
 
+def order_draws(weight: np.ndarray, draws: int) -> np.ndarray:
+    """How many of each chain's ``draws`` come from each causal order of weight ``weight``
+    (:func:`mix_orders`: consecutive blocks, in candidate order): largest remainder of
+    ``weight * draws``, ties broken by position. (K,) integers summing to ``draws``."""
+    weight = np.asarray(weight, dtype=float)
+    raw = weight * draws
+    n = np.floor(raw).astype(int)
+    rest = draws - n.sum()
+    if rest:
+        n[np.argsort(-(raw - n), kind="stable")[:rest]] += 1
+    return n
+
+
 def mix_orders(fits: list[dict], priors: list[DagPrior], seed: int, loos: list[dict] | None = None) -> dict:
     """Mix per-order posteriors (:func:`sample_tile` outputs) by pseudo-BMA+ weights (see
     :func:`sample_tile_orders`); ``loos``: their LOO if already computed."""
@@ -982,12 +995,7 @@ def mix_orders(fits: list[dict], priors: list[DagPrior], seed: int, loos: list[d
     loos = [order_loo(f) for f in fits] if loos is None else loos
     weight = pseudo_bma(loos, seed)
     summ = [loo_summary(lo["elpd_i"], np.array([lo["pareto_k"]]), lo["p_loo"], lo["n_obs"]) for lo in loos]
-    # draws per order and chain by largest remainder; deterministic ties by position
-    raw = weight * D
-    n = np.floor(raw).astype(int)
-    rest = D - n.sum()
-    if rest:
-        n[np.argsort(-(raw - n), kind="stable")[:rest]] += 1
+    n = order_draws(weight, D)
     starts = np.concatenate([[0], np.cumsum(n)])
     mixed: dict = {}
     draw_keys = [name for name, a in fits[0].items() if name != "loglik_eq"

@@ -52,11 +52,12 @@ def make_tiles(cells: xr.Dataset, size: int, stride: int | None = None, min_cell
     validate(cells, allow_nonfinite=True)
     size = int(size)
     if size < 2:
-        raise ValueError(f"tile size {size} too small; use at least 2 (cells per side).")
+        raise ValueError(f"tile size {size} (--tile-size) too small; use at least 2 (cells per side).")
     stride = size // 2 if stride is None else int(stride)
     if not (1 <= stride <= size):
         raise ValueError(
-            f"stride {stride} must be between 1 and the tile size {size}: a larger stride would skip cells."
+            f"stride {stride} (--stride) must be between 1 and the tile size {size} (--tile-size): a larger "
+            "stride would skip cells."
         )
     min_cells = size * size // 2 if min_cells is None else int(min_cells)
     if min_cells < 1:

@@ -213,7 +213,7 @@ def small_run(tmp_path_factory, small_cells):
     return out
 
 
-def test_concentration_command_on_a_run(small_run, tmp_path):
+def test_concentration_command_on_a_run(small_run, tmp_path, capsys):
     import shutil
 
     # a copy of the run (the module's run stays without a concentration/ folder for other tests)
@@ -238,6 +238,15 @@ def test_concentration_command_on_a_run(small_run, tmp_path):
     assert abs(y0.mean() - stats.truncnorm.mean(a, b, mu, sd)) < 4 * stats.truncnorm.std(a, b, mu, sd) / y0.size ** 0.5
     cont = json.loads((out / "contraction.json").read_text())
     assert np.isclose(cont["y0"]["prior_sd"], y0.std())
+    # --quiet drops the progress messages, never a warning about the result (a helper found
+    # "y0 is not identified" swallowed by --quiet): each unidentified parameter is said on stderr
+    err = capsys.readouterr().err
+    assert "stage 1:" not in err
+    for name in ("y0", "y_star"):
+        if cont[name].get("converged") is False:  # then the convergence warning says it instead
+            assert "posterior is not reliable" in err, err
+        else:
+            assert (f"{name} is not identified" in err) == (not cont[name]["identified"]), (name, err)
     assert idata.log_likelihood["m"].dims == ("chain", "draw", "coupling", "image")
     summ = xr.load_dataset(out / "tile_summaries.nc")
     # stage 1 in raw units, oriented by the tile's Px: a <- Px = 2 a0 Q11 P_S k < 0 (Q11 < 0) in the film

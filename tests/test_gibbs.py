@@ -430,3 +430,12 @@ def test_near_deterministic_descriptors_are_found_and_noise_is_not():
     # a strong but noisy relation (R^2 = 0.99, 1 - R^2 = 1e-2 >> tol) is a causal candidate, not derived
     Y[:, 7] = 2 * Y[:, 6] + 0.2 * rng.standard_normal(n)
     assert find_relations(Y, names) == []
+
+
+def test_a_relation_in_logs_says_log_on_both_sides():
+    """A log-space relation reads "log b = 1 log a", not "log b = 1 a" (a helper read the latter)."""
+    from causalcrystal.collinearity import Relation
+
+    text = Relation(target="b", predictors=("a", "I14"), gap=1e-9, space="log", coef=(1.0, -0.5)).text()
+    assert text.startswith("log b = 1 log a - 0.5 log I14 "), text
+    assert Relation(target="b", predictors=("a",), gap=1e-9, space="linear", coef=(1.0,)).text().startswith("b = 1 a ")
