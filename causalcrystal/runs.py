@@ -249,16 +249,17 @@ def summary(run, var_names=("B",), hdi_prob: float = 0.9, **kwargs):
                 warnings.filterwarnings("ignore", "invalid value encountered in scalar divide", RuntimeWarning)
                 t = az.summary(xr.Dataset({name: v}), hdi_prob=hdi_prob, **kwargs)
             t.index = labels
-            _pooled_order_diagnostics(r, t, name, mask)
+            _pooled_order_diagnostics(r, t, name, keep.values)
         else:
             t = az.summary(r.posterior, var_names=[name], hdi_prob=hdi_prob, **kwargs)
         tables.append(t)
     return pd.concat(tables)
 
 
-def _pooled_order_diagnostics(r, t, name: str, mask) -> None:
-    """In place: the diagnostic columns of :func:`summary`'s rows ``t`` of variable ``name`` for tiles
-    whose draws pool several causal orders (see :func:`summary`)."""
+def _pooled_order_diagnostics(r, t, name: str, keys) -> None:
+    """In place: the diagnostic columns of :func:`summary`'s rows ``t`` of variable ``name`` (one
+    per ``(tile, effect, cause)`` in ``keys``) for tiles whose draws pool several causal orders
+    (see :func:`summary`)."""
     from causalcrystal.sem import order_draws
 
     const = r.posterior.constant_data if "constant_data" in r.posterior.groups() else None
@@ -272,14 +273,12 @@ def _pooled_order_diagnostics(r, t, name: str, mask) -> None:
             pooled.add(int(tile))
     if not pooled:
         return
-    edges = mask.stack(edge=("tile", "effect", "cause"))
-    keys = [k for k, on in zip(edges["edge"].values, edges.values) if on]
     rows = np.array([int(k[0]) in pooled for k in keys])
     diag = [c for c in ("ess_bulk", "ess_tail", "r_hat", "mcse_mean", "mcse_sd") if c in t.columns]
     t.loc[t.index[rows], diag] = np.nan
     if name == "B":
         s = r.summary.set_index(["tile", "effect", "cause"])
-        sel = [tuple((int(k[0]), str(k[1]), str(k[2]))) for k, on in zip(keys, rows) if on]
+        sel = [(int(k[0]), str(k[1]), str(k[2])) for k, on in zip(keys, rows) if on]
         for col in ("r_hat", "ess_bulk"):
             if col in t.columns and col in s.columns:
                 t.loc[t.index[rows], col] = s[col].reindex(sel).to_numpy()
