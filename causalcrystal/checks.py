@@ -11,8 +11,11 @@ Two questions the sampler's diagnostics cannot answer (a chain can converge on a
     Laplace likelihood on uniform noise fails; the mixture family rarely does).
 ``gauss_p`` (per variable)
     Shapiro-Wilk p-value of the residuals at the posterior mean: is the noise distinguishable from
-    Gaussian at all? LiNGAM's identifiability needs non-Gaussian noise; an edge whose cause and
-    effect both have ``gauss_p > GAUSS_ALPHA`` has no identified direction in that tile.
+    Gaussian at all? LiNGAM's identifiability needs non-Gaussian noise (Shimizu et al. 2006: the
+    direction of ``x -> y`` is lost only when both the cause and the effect's noise are Gaussian).
+    :func:`non_gaussian` tests the tile's variables together (Benjamini-Hochberg over the tile's
+    active variables at ``GAUSS_ALPHA``); an edge has an identified direction when its cause or its
+    effect is declared non-Gaussian.
 
 :func:`check_tile` computes both from a tile's data and posterior; the engine stores them per tile,
 ``summary.csv`` carries ``noise_misfit`` and ``direction_identified`` per row, and the run warns
@@ -26,7 +29,9 @@ from scipy import special, stats
 
 #: KS p-value below which the fitted noise is declared not to describe the residuals
 PIT_ALPHA = 0.01
-#: Shapiro-Wilk p-value above which a variable's noise is treated as Gaussian-looking
+#: level of the tile's joint test of Gaussian noise (Benjamini-Hochberg over its variables'
+#: Shapiro-Wilk p-values): on all-Gaussian data at most this share of tiles shows any identified
+#: direction
 GAUSS_ALPHA = 0.05
 #: posterior draws used for the PIT
 N_DRAWS = 40
@@ -75,6 +80,30 @@ def pit_values(X: np.ndarray, out: dict, noise: str, active=None) -> np.ndarray:
 def _flat(out: dict) -> dict:
     return {k: np.asarray(v).reshape(-1, *np.shape(v)[2:]) for k, v in out.items()
             if k in ("B", "c", "sigma", "noise_weight", "noise_loc", "noise_var", "nu", "shape")}
+
+
+def non_gaussian(gauss_p, alpha: float = GAUSS_ALPHA) -> np.ndarray:
+    """Which variables of one tile have residuals declared non-Gaussian: bool (V,), from their
+    Shapiro-Wilk p-values ``gauss_p`` (V,), NaN for inactive variables (never declared).
+
+    The tile's variables are tested together with the Benjamini-Hochberg procedure
+    (:func:`scipy.stats.false_discovery_control`) at level ``alpha``. Why not each at ``alpha``: an
+    edge is identified when either of its two variables rejects, and a tile has 8, so on
+    all-Gaussian data that rule called some direction identified in ~1/3 of tiles (measured,
+    ~10 % of edges). When every variable is Gaussian, BH keeps the chance of any rejection in the
+    tile at <= ``alpha`` (3.7-6.5 % of simulated tiles, +-0.9 %, at 64-576 cells); when some are
+    not, it bounds the expected share of Gaussian ones among those declared non-Gaussian.
+    Measured power against per-variable tests (share of edges identified; OLS residuals of random
+    8-variable DAGs, ``benchmarks/RESULTS.md``): 1.00 against 1.00 for Laplace, uniform, skewed and
+    bimodal noise at 256 cells, 0.98 against 0.99 for Student-t(5); at 64 cells 0.76 against 0.84
+    (Laplace) and 0.51 against 0.64 (t5).
+    """
+    p = np.asarray(gauss_p, dtype=np.float64)
+    out = np.zeros(p.shape, dtype=bool)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = stats.false_discovery_control(p[ok], method="bh") <= alpha
+    return out
 
 
 def check_tile(X: np.ndarray, out: dict, noise: str, active=None, seed: int = 0) -> dict:
