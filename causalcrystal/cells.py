@@ -96,7 +96,8 @@ class CellTableError(CausalCrystalError, ValueError):
 
 
 class GridGapWarning(UserWarning):
-    """Some cells of an image sit beyond a gap of empty grid rows/columns (a stray lattice index?)."""
+    """An image's grid has whole rows or columns without cells: stray lattice indices beyond a gap,
+    or holes inside the grid (cells lost upstream)."""
 
 
 #: A gap of empty rows (columns) with fewer than this share of an image's cells beyond it is named.
@@ -404,25 +405,41 @@ def _check_grid(src: str, labels: np.ndarray, inverse: np.ndarray, rows: np.ndar
                 f"indices (here: divide {div}); Sm-BFO files: dataset 'ab'."
             )
         for axis, v in (("row", r), ("col", c)):
-            # a few cells beyond a gap of empty rows or columns: a stray index, which silently widens
-            # the grid and adds tiles (a 24 x 24 image read as 29 x 24)
             u = np.unique(v)
             d = np.diff(u)
+            holes = []
             for j in np.flatnonzero(d > 1):
                 below = int((v <= u[j]).sum())
                 few = min(below, n - below)
-                if 0 < few <= STRAY_SHARE * n:
-                    # once per image and gap per process, not at each of the ~6 validations of one
-                    # run (Python's own once-per-location memory is reset by every catch_warnings)
-                    key = (str(lab), axis, int(u[j]), int(u[j + 1]), n)
-                    if key in _GAPS_WARNED:
-                        continue
-                    _GAPS_WARNED.add(key)
-                    warnings.warn(
-                        f"{src}: image {quoted(lab)}: {axis} indices jump from {int(u[j])} to {int(u[j + 1])} "
-                        f"({int(d[j]) - 1} empty {axis}s), with only {few} of {n} cells on one side: stray lattice "
-                        "indices? They widen the grid and add tiles; correct or remove those cells.",
-                        GridGapWarning, stacklevel=3)
+                if few > STRAY_SHARE * n:
+                    holes.extend(range(int(u[j]) + 1, int(u[j + 1])))
+                    continue
+                # a few cells beyond a gap of empty rows or columns: a stray index, which silently
+                # widens the grid and adds tiles (a 24 x 24 image read as 29 x 24)
+                _warn_gap_once((str(lab), axis, int(u[j]), int(u[j + 1]), n),
+                               f"{src}: image {quoted(lab)}: {axis} indices jump from {int(u[j])} to {int(u[j + 1])} "
+                               f"({int(d[j]) - 1} empty {axis}s), with only {few} of {n} cells on one side: stray "
+                               "lattice indices? They widen the grid and add tiles; correct or remove those cells.")
+            if holes:
+                # whole rows or columns without a cell inside the grid (a scan glitch, cells dropped
+                # upstream): harmless to the per-tile SEM, but the tiles over them hold fewer cells
+                # and the user should know the table is not the image's full lattice
+                span = int(u[-1]) - int(u[0]) + 1
+                shown = ", ".join(str(h) for h in holes[:6]) + (", ..." if len(holes) > 6 else "")
+                _warn_gap_once((str(lab), axis, "holes", tuple(holes), n),
+                               f"{src}: image {quoted(lab)}: {len(holes)} of the {span} {axis}s inside its grid have "
+                               f"no cell ({axis}s {shown}): cells missing from the table (a scan glitch, or "
+                               "dropped upstream)? Tiles over them hold fewer cells (tiles under min_cells are "
+                               "left out); check the source if the lattice should be complete.")
+
+
+def _warn_gap_once(key: tuple, message: str) -> None:
+    """Warn once per image and gap per process, not at each of the ~6 validations of one run
+    (Python's own once-per-location memory is reset by every catch_warnings)."""
+    if key in _GAPS_WARNED:
+        return
+    _GAPS_WARNED.add(key)
+    warnings.warn(message, GridGapWarning, stacklevel=4)
 
 
 def check_sm_fraction_plausible(ds: xr.Dataset, source: str | None = None) -> xr.Dataset:
