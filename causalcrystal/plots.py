@@ -702,15 +702,12 @@ def residual_check_data(run, tile: int) -> dict:
     from scipy import stats
 
     from causalcrystal.checks import pit_values
-    from causalcrystal.runs import as_run, tile_data
+    from causalcrystal.runs import as_run, tile_data, tile_draws
     from causalcrystal.sem import ModelSpec
 
     r = as_run(run)
     X, active = tile_data(r, tile)
-    post = r.posterior.posterior.sel(tile=tile)
-    key = {"noise_shape": "shape"}
-    arrays = {key.get(n, n): post[n].values.astype(np.float64) for n in
-              ("B", "c", "sigma", "noise_weight", "noise_loc", "noise_var", "nu", "noise_shape") if n in post}
+    arrays = tile_draws(r, tile)
     noise = ModelSpec.from_dict(r.settings["spec"]).noise
     u = pd.DataFrame(pit_values(X, arrays, noise, active), columns=list(DESCRIPTORS)[:X.shape[1]])
     p = pd.Series({v: stats.kstest(u[v].to_numpy(), "uniform").pvalue if u[v].notna().all() else np.nan

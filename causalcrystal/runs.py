@@ -312,6 +312,24 @@ def tile_data(run, tile: int):
     return X, active
 
 
+#: posterior variables of a tile that define its SEM (``posterior.nc`` name -> the name in the
+#: sampler's output dict, which :mod:`causalcrystal.checks` and :mod:`causalcrystal.sem` read)
+SEM_VARIABLES = {"B": "B", "c": "c", "sigma": "sigma", "noise_weight": "noise_weight", "noise_loc": "noise_loc",
+                 "noise_var": "noise_var", "nu": "nu", "noise_shape": "shape"}
+
+
+def tile_draws(run, tile: int, step: int = 1) -> dict:
+    """One tile's SEM draws as float64 numpy arrays with leading axes (chain, draw), every
+    ``step``-th draw: ``B`` (..., effect, cause) and whichever of ``c``, ``sigma``, ``noise_weight``,
+    ``noise_loc``, ``noise_var``, ``nu``, ``shape`` (``noise_shape`` in the file) the run's noise
+    family has: the arrays :func:`causalcrystal.sem.pointwise_loglik`, ``simulate_sem`` and
+    :mod:`causalcrystal.checks` take. Also ``chain`` and ``draw`` (the coordinates kept)."""
+    post = as_run(run).posterior.posterior.sel(tile=tile).isel(draw=slice(None, None, max(1, int(step))))
+    out = {key: post[name].values.astype(np.float64) for name, key in SEM_VARIABLES.items() if name in post}
+    out["chain"], out["draw"] = post["chain"].values, post["draw"].values
+    return out
+
+
 def tile_loglik(run, tile: int, recompute: bool = False) -> xr.DataArray:
     """Pointwise log-likelihood of one tile, ``(chain, draw, member)`` over its cells: the stored
     one (``posterior.nc`` of a run made with ``keep_loglik``) or, by default, recomputed exactly
@@ -326,19 +344,17 @@ def tile_loglik(run, tile: int, recompute: bool = False) -> xr.DataArray:
             int(np.isfinite(z.isel(chain=0, draw=0)).sum())
         return z.isel(member=slice(0, n)).drop_vars([c for c in z.coords if c not in ("chain", "draw", "member")])
     X, active = tile_data(r, tile)
-    post = idata.posterior.sel(tile=tile)
+    d = tile_draws(r, tile)
     noise = ModelSpec.from_dict(r.settings["spec"]).noise
-    v = lambda name: post[name].values.astype(np.float64) if name in post else None  # noqa: E731
     shape = None
     if noise == "studentt":
-        shape = v("nu")[:, :, None, None]
+        shape = d["nu"][:, :, None, None]
     elif noise == "gennorm":
-        shape = v("noise_shape")[:, :, None, :]
-    mixture = (v("noise_weight"), v("noise_loc"), v("noise_var")) if noise == "mog" else None
-    ll = pointwise_loglik(X, v("B"), v("c"), v("sigma"), shape, noise, mixture=mixture, active=active)
+        shape = d["shape"][:, :, None, :]
+    mixture = (d["noise_weight"], d["noise_loc"], d["noise_var"]) if noise == "mog" else None
+    ll = pointwise_loglik(X, d["B"], d.get("c"), d.get("sigma"), shape, noise, mixture=mixture, active=active)
     return xr.DataArray(ll, dims=("chain", "draw", "member"),
-                        coords={"chain": post["chain"].values, "draw": post["draw"].values,
-                                "member": np.arange(ll.shape[-1])}, name="z")
+                        coords={"chain": d["chain"], "draw": d["draw"], "member": np.arange(ll.shape[-1])}, name="z")
 
 
 def tile_loo(run, tile: int, **kwargs):
@@ -400,24 +416,22 @@ def tile_idata(run, tile: int, predictive_draws: int = 200, seed: int = 0):
     post = post.drop_vars([c for c in post.coords if c not in post.dims])
     noise = ModelSpec.from_dict(r.settings["spec"]).noise
     C, D = post.sizes["chain"], post.sizes["draw"]
-    step = max(1, int(np.ceil(C * D / max(int(predictive_draws), 1))))
-    sub = post.isel(draw=slice(None, None, step))
-    d = sub.sizes["draw"]
-    flat = lambda name: sub[name].values.astype(np.float64).reshape(C * d, *sub[name].shape[2:])  # noqa: E731
+    sub = tile_draws(r, tile, step=int(np.ceil(C * D / max(int(predictive_draws), 1))))
+    d = sub["draw"].size
+    flat = lambda name: sub[name].reshape(C * d, *sub[name].shape[2:]) if name in sub else None  # noqa: E731
     shape = mixture = None
     if noise == "mog":
         mixture = (flat("noise_weight"), flat("noise_loc"), flat("noise_var"))
     elif noise == "studentt":
         shape = flat("nu").reshape(-1, 1)
     elif noise == "gennorm":
-        shape = flat("noise_shape")
+        shape = flat("shape")
     rng = np.random.default_rng(seed)
     rep = simulate_sem(flat("B"), flat("c"), flat("sigma"), noise, X.shape[0], rng, shape=shape, mixture=mixture)
     member = np.arange(X.shape[0])
     names = list(DESCRIPTORS)[:X.shape[1]]
     pp = xr.Dataset({"x": (("chain", "draw", "member", "variable"), rep.reshape(C, d, *rep.shape[1:]))},
-                    coords={"chain": sub["chain"].values, "draw": sub["draw"].values, "member": member,
-                            "variable": names})
+                    coords={"chain": sub["chain"], "draw": sub["draw"], "member": member, "variable": names})
     obs = xr.Dataset({"x": (("member", "variable"), X)}, coords={"member": member, "variable": names})
     ll = tile_loglik(r, tile)
     groups = {}
