@@ -64,8 +64,9 @@ Outputs (in ``out_dir``)
     ``top_model, mean_top`` (the highest-weight model and its mean).
 ``directions.csv``
     one row per (tile or image) x pair: ``level`` (``tile`` | ``image``), ``tile`` (-1 for
-    images), ``image, pair`` (``a->b``), ``a, b, n_cells, p_forward`` (P(a -> b)), ``elpd_diff``
-    (forward - backward), ``dse, coef_forward, coef_backward, lingam_forward, lingam_backward``
+    images), ``image, pair`` (``a->b``), ``a, b, n_cells, p_forward`` (P(a -> b)), ``p_forward_mcse``
+    (its Monte Carlo standard error), ``elpd_diff`` (forward - backward), ``elpd_diff_mcse``, ``dse,
+    coef_forward, coef_backward, lingam_forward, lingam_backward``
     (bootstrap fractions of each direction in ``discovery.nc``), ``found_both_ways`` (LiNGAM found
     both directions in this tile's / image's bootstrap), ``order, seconds``.
 ``manifest.json``
@@ -406,7 +407,8 @@ def _run_task(task: CompareTask) -> tuple[str, int, dict]:
         result["directions"].append({
             "level": task.kind, "tile": task.where["tile"], "image": task.where["image"], "pair": r["pair"],
             "a": a, "b": b, "n_cells": int(task.X.shape[0]), "p_forward": r["p_forward"],
-            "elpd_diff": r["elpd_diff"], "dse": r["dse"], "coef_forward": r["coef_forward"],
+            "p_forward_mcse": r["p_forward_mcse"], "elpd_diff": r["elpd_diff"], "elpd_diff_mcse": r["elpd_diff_mcse"],
+            "dse": r["dse"], "coef_forward": r["coef_forward"],
             "coef_backward": r["coef_backward"], "lingam_forward": fwd, "lingam_backward": bwd,
             "found_both_ways": bool(fwd > 0 and bwd > 0), "order": _order_text(task.order),
             "valid": r["valid"], "reason": r["reason"], "placements": r["placements"],
@@ -681,7 +683,8 @@ def _assemble(job, jobs) -> dict:
     return frames
 
 
-_DIRECTION_COLUMNS = ("level", "tile", "image", "pair", "a", "b", "n_cells", "p_forward", "elpd_diff", "dse",
+_DIRECTION_COLUMNS = ("level", "tile", "image", "pair", "a", "b", "n_cells", "p_forward", "p_forward_mcse",
+                      "elpd_diff", "elpd_diff_mcse", "dse",
                       "coef_forward", "coef_backward", "lingam_forward", "lingam_backward", "found_both_ways",
                       "valid", "reason", "placements", "order", "seconds")
 
@@ -699,4 +702,5 @@ def _direction_frame(frame):
 
     if not len(frame):
         return pd.DataFrame(columns=list(_DIRECTION_COLUMNS))
-    return frame[list(_DIRECTION_COLUMNS)]
+    # reindex: parts written by an earlier version (a resumed job) lack the newer columns
+    return frame.reindex(columns=list(_DIRECTION_COLUMNS))

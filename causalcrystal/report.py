@@ -772,7 +772,8 @@ def section_compare(ctx: Context) -> str:
         img_rows = dirs[dirs["level"].astype(str) == "image"]
         if len(img_rows):
             out += _table(img_rows.drop(columns=[c for c in ("level", "tile") if c in img_rows]),
-                          "Direction probabilities per image: p_forward = P(first &rarr; second of the pair); "
+                          "Direction probabilities per image: p_forward = P(first &rarr; second of the pair), "
+                          "p_forward_mcse its Monte Carlo standard error (from the finite draws); "
                           "elpd_diff = ELPD(forward) - ELPD(backward) with its standard error dse.")
         tile_rows = dirs[dirs["level"].astype(str) == "tile"]
         if len(tile_rows) and "tile" in tile_rows:

@@ -263,7 +263,7 @@ d["true_direction"] = np.where(d["pair"] == "Py->Px", "Py -> Px", "none (p ~ 0.5
 d["true_coef_Px_Py"] = [dir_truth(r) if r.pair == "Py->Px" else np.nan for r in d.itertuples(index=False)]
 d["says"] = np.select([d["p_forward"] > 0.9, d["p_forward"] < 0.1], ["forward", "backward"], "undecided")
 d["agrees"] = np.where(d["pair"] == "Py->Px", d["says"] == "forward", d["says"] == "undecided")
-dcols = ["level", "tile", "image", "pair", "n_cells", "p_forward", "elpd_diff", "dse", "lingam_forward",
+dcols = ["level", "tile", "image", "pair", "n_cells", "p_forward", "p_forward_mcse", "elpd_diff", "dse", "lingam_forward",
          "lingam_backward", "true_direction", "true_coef_Px_Py", "says", "agrees"]
 print(d[dcols].to_string(index=False, float_format="{:.3g}".format))
 d[dcols].to_csv(OUT / "directions_vs_truth.csv", index=False)
