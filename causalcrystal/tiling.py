@@ -62,6 +62,11 @@ def make_tiles(cells: xr.Dataset, size: int, stride: int | None = None, min_cell
     min_cells = size * size // 2 if min_cells is None else int(min_cells)
     if min_cells < 1:
         raise ValueError(f"min_cells {min_cells} must be >= 1.")
+    if min_cells > size * size:
+        # no tile could ever qualify, and "a smaller --tile-size" would make it worse
+        raise ValueError(f"--min-cells {min_cells} (min_cells) is more than a tile of size {size} holds "
+                         f"({size} x {size} = {size * size} cells); use --tile-size {int(np.ceil(np.sqrt(min_cells)))} "
+                         f"or larger, or --min-cells {size * size} or lower.")
 
     img = cells["image"].values.astype(str)
     rows_all, cols_all = cells["row"].values, cells["col"].values

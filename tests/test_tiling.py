@@ -76,7 +76,11 @@ def test_bad_tiling_arguments(cells):
     with warnings.catch_warnings():
         warnings.simplefilter("error", SmallTileWarning)
         with pytest.raises(ValueError, match="no tile.*smaller --tile-size.*--tile-size whole"):
-            make_tiles(cells, 16, min_cells=10_000)
+            make_tiles(cells, 64)   # the images (37 x 50) are smaller than half a 64 x 64 tile
+    # more cells asked of a tile than it can hold: the advice is a larger tile (bughunt re-run:
+    # '--tile-size 3 --min-cells 10' was told to use a smaller --tile-size)
+    with pytest.raises(ValueError, match=r"--min-cells 10 .*3 x 3 = 9 cells.*--tile-size 4 or larger"):
+        make_tiles(cells, 3, min_cells=10)
 
 
 def test_image_tiles_are_whole_images(cells):
