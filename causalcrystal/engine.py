@@ -453,6 +453,8 @@ def _discovery_phase(job: Job, plan: RunPlan, scheduler, workers, progress, log)
         raise ValueError(f"no tile can be fitted ({top}); use a larger --tile-size, a lower --min-cells (>= "
                          f"{MIN_CELLS_FLOOR}) or clean the input (see `causalcrystal inspect`).")
     _report_derived(cells, disc_images, disc, plan.derived, log)
+    for text in discovery.coarse_descriptors(cells):
+        log("WARNING: " + text)
     # the cells the run was made from (canonical order): plots over the image, and re-analysis
     # without the input files
     from causalcrystal.io import write_netcdf
@@ -529,7 +531,12 @@ def _warn_identifiability(summary, log) -> None:
     reversed, Gaussian-noise edges at inclusion 0.99 behind a tile-level mean."""
     if summary.empty or "direction_identified" not in summary:
         return
-    strong = summary[summary["inclusion_prob"] >= 0.5]
+    # an edge a reader would take as found: included, or a 90 % interval clear of 0 (a coefficient
+    # in the spike can still be clear of 0: a bughunt case had two such edges on all-Gaussian data)
+    found = summary["inclusion_prob"] >= 0.5
+    if {"hdi_5%", "hdi_95%"} <= set(summary.columns):
+        found |= (summary["hdi_5%"] > 0) | (summary["hdi_95%"] < 0)
+    strong = summary[found]
     weak = strong[~strong["direction_identified"].astype(bool)]
     if weak.empty:
         return
@@ -537,7 +544,8 @@ def _warn_identifiability(summary, log) -> None:
     examples = "; ".join(f"tile {t} {e}<-{c} (inclusion {p:.2f})"
                          for t, e, c, p in zip(top["tile"], top["effect"], top["cause"], top["inclusion_prob"]))
     share = len(weak) / len(strong)
-    log(f"WARNING: {len(weak)} of {len(strong)} edge(s) with inclusion probability >= 0.5 join two variables whose "
+    log(f"WARNING: {len(weak)} of {len(strong)} edge(s) with inclusion probability >= 0.5 or a 90 % interval "
+        "excluding 0 join two variables whose "
         f"residuals look Gaussian (Shapiro-Wilk, Benjamini-Hochberg over the tile's variables at {GAUSS_ALPHA}): their direction is not identified by the data "
         "(LiNGAM needs non-Gaussian noise), so read them as association, not as which causes which; e.g. " + examples
         + ". See 'direction_identified' in summary.csv."

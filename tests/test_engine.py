@@ -280,3 +280,7 @@ def test_included_edges_without_an_identified_direction_are_named():
     logged.clear()
     _warn_identifiability(pd.DataFrame(rows[2:5]), logged.append)
     assert not logged
+    # an edge below 0.5 inclusion whose 90 % interval excludes 0 counts too (bughunt 11 re-run)
+    hdi = pd.DataFrame(rows).assign(**{"hdi_5%": [0.1] * 5 + [0.02], "hdi_95%": [0.3] * 6})
+    _warn_identifiability(hdi, logged.append)
+    assert len(logged) == 1 and "3 of 6 edge(s)" in logged[0] and "interval excluding 0" in logged[0]
