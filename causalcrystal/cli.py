@@ -174,6 +174,13 @@ def inspect_text(cells) -> str:
             lines.append(f"WARNING: image {display_label(lab)}: {', '.join(whole)} non-finite in every cell; "
                          "`run` refuses this image (it would lose all its cells). Fix the export of that column "
                          "or leave the image out.")
+    # what `run` refuses (a constant descriptor) or warns about (quantised, nearly constant), said here first
+    from causalcrystal.discovery import coarse_descriptors, constant_descriptors
+
+    for lab, v, n, value in constant_descriptors(cells):
+        lines.append(f"WARNING: image {display_label(lab)}: {v} is constant ({value:g} in all {n} cells); "
+                     "`run` refuses this image (no variation, no causal information).")
+    lines += [f"WARNING: {text}" for text in coarse_descriptors(cells)]
     lines.append(f"{'descriptor':<10}{'units':>12}{'min':>12}{'median':>12}{'max':>12}")
     for v in DESCRIPTORS:
         vals = cells[v].values

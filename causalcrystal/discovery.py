@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from causalcrystal.cells import DESCRIPTORS, CellTableError, validate
+from causalcrystal.cells import DESCRIPTORS, CellTableError, quoted, validate
 from causalcrystal.errors import CausalCrystalError
 from causalcrystal.executor import InlineExecutor, Progress
 from causalcrystal.tiling import tile_members
@@ -140,6 +140,17 @@ def check_variation(cells: xr.Dataset) -> None:
     any standardisation mode it carries no causal information (every tile of that image would have
     a constant column, which no regression can use)."""
     src = cells.attrs.get("source") or "cell table"
+    for lab, name, n, value in constant_descriptors(cells)[:1]:
+        raise CellTableError(
+            f"{src}: image {str(lab)!r} has no variation in {name!r} (all {n} cells = {value:g}), so it "
+            "carries no causal information (and cannot be z-scored); exclude that image or check the "
+            "input that produced it.")
+
+
+def constant_descriptors(cells: xr.Dataset) -> list[tuple[str, str, int, float]]:
+    """``(image, descriptor, n_cells, value)`` for every descriptor constant within an image
+    (non-finite values ignored): what :func:`check_variation` refuses."""
+    out = []
     img = cells["image"].values.astype(str)
     for lab in dict.fromkeys(img.tolist()):
         m = img == lab
@@ -147,10 +158,47 @@ def check_variation(cells: xr.Dataset) -> None:
             v = cells[name].values[m].astype(np.float64)
             v = v[np.isfinite(v)]
             if v.size and _is_constant(float(v.std()), float(v.mean())):
-                raise CellTableError(
-                    f"{src}: image {str(lab)!r} has no variation in {name!r} (all {v.size} cells = {v[0]:g}), so it "
-                    "carries no causal information (and cannot be z-scored); exclude that image or check the "
-                    "input that produced it.")
+                out.append((lab, name, int(v.size), float(v[0])))
+    return out
+
+
+#: an image's descriptor with at most this many distinct values is called quantised
+COARSE_MAX_VALUES = 10
+#: ... or nearly constant when one value holds at least this share of its cells
+COARSE_TOP_SHARE = 0.9
+
+
+def coarse_descriptors(cells: xr.Dataset) -> list[str]:
+    """Descriptors that are quantised or nearly constant within an image: one message per image
+    and descriptor (``[]`` when none). Not an error (the run proceeds; a constant one is refused by
+    :func:`check_variation`), but the SEM's noise is continuous: a descriptor exported at a coarse
+    resolution (alpha in 0.5 degree steps: 4 values over an image) or constant but for a few cells
+    gives spiky residuals, which the tile's residual check flags as a noise misfit without saying
+    why, and its edges' intervals are not reliable (bughunt case 11). Thresholds:
+    :data:`COARSE_MAX_VALUES` distinct finite values, or one value in :data:`COARSE_TOP_SHARE` of
+    the cells, in an image of at least 50 cells."""
+    out = []
+    img = cells["image"].values.astype(str)
+    for lab in dict.fromkeys(img.tolist()):
+        m = img == lab
+        for name in DESCRIPTORS:
+            v = cells[name].values[m].astype(np.float64)
+            v = v[np.isfinite(v)]
+            if v.size < 50:
+                continue
+            values, counts = np.unique(v, return_counts=True)
+            if values.size < 2:
+                continue  # constant: check_variation's error
+            top = int(counts.max())
+            if values.size <= COARSE_MAX_VALUES or top >= COARSE_TOP_SHARE * v.size:
+                kind = (f"{top} of its {v.size} cells = {values[np.argmax(counts)]:g} (nearly constant)"
+                        if top >= COARSE_TOP_SHARE * v.size else
+                        f"only {values.size} distinct values over {v.size} cells ({', '.join(f'{x:g}' for x in values[:5])}"
+                        + (", ..." if values.size > 5 else "") + "; quantised?)")
+                out.append(f"image {quoted(lab)}: {name!r} has {kind}. The SEM's noise is continuous, so this "
+                           f"descriptor's residuals are spiky and its edges' intervals unreliable; export it at full "
+                           f"precision, or leave it out of the SEM with --derived {name}.")
+    return out
 
 
 _standardize = standardize  # discover() has a parameter of that name

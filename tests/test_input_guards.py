@@ -491,3 +491,29 @@ def test_netcdf_round_trip_does_not_decode_packing_attrs_twice(tmp_path):
     cells["Vol"].attrs["scale_factor"] = 1000.0
     back = read(write_netcdf(cells, tmp_path / "rt.nc"))
     np.testing.assert_allclose(back["Vol"].values, cells["Vol"].values)
+
+
+def test_quantised_or_nearly_constant_descriptors_are_named_by_inspect_and_run():
+    """Bughunt 11 re-run: alpha exported in 0.5 degree steps (4 values over an image) or constant but
+    for one cell ran with only 'noise misfit' flags to show for it; `inspect` said nothing about a
+    constant alpha that `run` then refused."""
+    from causalcrystal.cli import inspect_text
+    from causalcrystal.discovery import coarse_descriptors
+    from causalcrystal.simulator import simulate
+
+    cells = simulate((0.0, 0.1, 0.2), shape=(12, 12), seed=4)
+    assert coarse_descriptors(cells) == []          # continuous simulated descriptors: nothing to say
+    img = cells["image"].values.astype(str)
+    alpha = cells["alpha"].values.copy()
+    first, second, third = (img == lab for lab in dict.fromkeys(img.tolist()))
+    alpha[first] = np.round(alpha[first] * 2) / 2
+    alpha[second] = 90.0
+    alpha[np.flatnonzero(second)[17]] = 90.5
+    cells["alpha"].values[:] = alpha
+    said = coarse_descriptors(cells)
+    assert len(said) == 2 and all("'alpha'" in t and "--derived alpha" in t for t in said)
+    assert "distinct values over 144 cells" in said[0] and "143 of its 144 cells = 90 (nearly constant)" in said[1]
+    cells["alpha"].values[third] = 90.0
+    text = inspect_text(cells)
+    assert "alpha is constant (90 in all 144 cells); `run` refuses this image" in text
+    assert text.count("WARNING") == 3
