@@ -64,9 +64,10 @@ def make_tiles(cells: xr.Dataset, size: int, stride: int | None = None, min_cell
         raise ValueError(f"min_cells {min_cells} must be >= 1.")
     if min_cells > size * size:
         # no tile could ever qualify, and "a smaller --tile-size" would make it worse
-        raise ValueError(f"--min-cells {min_cells} (min_cells) is more than a tile of size {size} holds "
-                         f"({size} x {size} = {size * size} cells); use --tile-size {int(np.ceil(np.sqrt(min_cells)))} "
-                         f"or larger, or --min-cells {size * size} or lower.")
+        raise ValueError(f"no tile of size {size} has at least {min_cells} cells: it holds {size} x {size} = "
+                         f"{size * size}, fewer than the {min_cells} a tile needs (--min-cells, min_cells; by default "
+                         f"4 per descriptor); use --tile-size {int(np.ceil(np.sqrt(min_cells)))} or larger, or "
+                         f"--min-cells {size * size} or lower.")
 
     img = cells["image"].values.astype(str)
     rows_all, cols_all = cells["row"].values, cells["col"].values

@@ -79,7 +79,7 @@ def test_bad_tiling_arguments(cells):
             make_tiles(cells, 64)   # the images (37 x 50) are smaller than half a 64 x 64 tile
     # more cells asked of a tile than it can hold: the advice is a larger tile (bughunt re-run:
     # '--tile-size 3 --min-cells 10' was told to use a smaller --tile-size)
-    with pytest.raises(ValueError, match=r"--min-cells 10 .*3 x 3 = 9 cells.*--tile-size 4 or larger"):
+    with pytest.raises(ValueError, match=r"at least 10 cells: it holds 3 x 3 = 9.*--tile-size 4 or larger"):
         make_tiles(cells, 3, min_cells=10)
 
 
