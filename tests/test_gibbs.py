@@ -439,3 +439,23 @@ def test_a_relation_in_logs_says_log_on_both_sides():
     text = Relation(target="b", predictors=("a", "I14"), gap=1e-9, space="log", coef=(1.0, -0.5)).text()
     assert text.startswith("log b = 1 log a - 0.5 log I14 "), text
     assert Relation(target="b", predictors=("a",), gap=1e-9, space="linear", coef=(1.0,)).text().startswith("b = 1 a ")
+
+
+def test_jackknife_loo_with_fixed_smoothing_matches_refitting_per_block():
+    """``evidence.loo_jackknife_by_equation`` keeps the full run's Pareto-smoothed weights and drops
+    each block's draws; refitting the smoothing per block is the reference. On heavy-tailed
+    log-likelihoods (Student-t(3) data, where the smoothing acts) with a large negative offset
+    (nothing may underflow): the replicates average to the full-draw elpd, and the spread of the
+    summed elpd over replicates (what the Monte Carlo error is made of) agrees within 10 %
+    (measured 5 % here, 0.97-1.03x on direction tests)."""
+    from causalcrystal.evidence import loo_by_equation, loo_jackknife_by_equation
+
+    rng = np.random.default_rng(fixed_seed(21))
+    S, blocks = 1000, np.repeat(np.arange(10), 100)
+    theta = 0.1 * rng.normal(size=(S, 1, 1))
+    ll = -0.5 * (rng.standard_t(3, size=(1, 3, 256)) - theta) ** 2 - 300.0
+    J = loo_jackknife_by_equation(ll, blocks)
+    assert J.shape == (10, 3, 256) and np.isfinite(J).all()
+    np.testing.assert_allclose(J.mean(0), loo_by_equation(ll[None]).elpd, atol=2e-3)
+    ref = np.stack([loo_by_equation(ll[blocks != b][None]).elpd for b in range(10)])
+    assert abs(J.sum((1, 2)).std() / ref.sum((1, 2)).std() - 1) < 0.1
