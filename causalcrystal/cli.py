@@ -364,7 +364,8 @@ def _cmd_compare(args) -> int:
                       families=[f.strip() for f in args.families.split(",") if f.strip()],
                       pairs=[p.strip() for p in args.pairs.split(",") if p.strip()], tiles=tiles,
                       max_tiles=args.max_tiles, directions=not args.no_directions,
-                      image_directions=not args.no_image_directions, models=not args.directions_only, seed=args.seed,
+                      image_directions=not args.no_image_directions, models=not args.directions_only,
+                      draws=args.draws, seed=args.seed,
                       scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
                       progress=not args.quiet, log=warnings_only if args.quiet else None)
     return 0 if res["finished"] else 3
@@ -539,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-image-directions", action="store_true",
                    help="direction probabilities per tile only, not per whole image (a whole image mixes film, "
                         "substrate and domains, so its linear SEM is misspecified; 2 large fits per pair and image)")
+    p.add_argument("--draws", type=int, default=None,
+                   help="kept draws per chain for every fit of the comparison (default: the run's); the Monte Carlo "
+                        "error of a direction probability (p_forward_mcse in directions.csv) falls as 1/sqrt(draws), "
+                        "its cost grows with it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing comparison in --out")
     p.set_defaults(func=_cmd_compare)
     for verb in sub.choices.values():  # every verb's --help shows its defaults

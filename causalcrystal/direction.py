@@ -87,8 +87,8 @@ def direction_probability(X: np.ndarray, order, weights: np.ndarray, a, b, *, fo
     (default all); ``derived``: descriptors treated as derived in this tile. A pair with a derived
     member, or one whose members are a near-deterministic function of each other (and the rest,
     :func:`causalcrystal.collinearity.find_relations`), gets no direction. Returns a dict: ``pair``, ``p_forward`` (= P(a -> b); NaN when not
-    ``valid``) and ``p_forward_mcse`` (its Monte Carlo standard error, see the module docstring;
-    NaN for samplers other than the default Gibbs), ``elpd_diff`` (forward - backward in the
+    ``valid``) and ``p_forward_mcse`` (its Monte Carlo standard error, see the module docstring),
+    ``elpd_diff`` (forward - backward in the
     placement with the most weight), its ``elpd_diff_mcse`` and its ``dse``, ``coef_forward`` / ``coef_backward`` (posterior means of the pair's coefficient in that
     placement), ``valid``, ``reason``, ``pareto_k`` and ``p_loo`` of the pair's equations,
     ``placements`` (1 or 2) and ``refits`` (cells whose LOO was computed by refitting).
@@ -178,8 +178,11 @@ def _fit_orders(X, priors, spec: ModelSpec, seed: int, active):
     if not (spec.noise == "mog" and spec.sampler.name == "gibbs"):
         fits, loos = sem.fit_orders(X, priors, spec, seed, active)
         coefs = [lambda i, j, f=f: f["B"][..., i, j].mean() for f in fits]
+        # the jackknife per order, over its equations in the likelihood (whole orders here)
+        per_order = [_jackknife_elpd(f["loglik_eq"])[:, np.asarray(f["eq_active"], dtype=bool)].sum(1) for f in fits]
+        jack = list(np.stack(per_order, axis=1))                 # per block: (orders, n)
         return (coefs, np.stack([lo["elpd_i"] for lo in loos]), [lo["k_eq"] for lo in loos],
-                [lo["p_eq"] for lo in loos], 0, [])
+                [lo["p_eq"] for lo in loos], 0, jack)
     Xs, _, sd = sem.tile_standardise(X)
     batch, rows_of, per_order = sem.distinct_equations(Xs, priors, active, drop_common=True)
 
@@ -216,15 +219,22 @@ def _jackknife_loo(loglik: np.ndarray, eq_loo, refitted: np.ndarray) -> list:
     ``loglik`` (chain, draw, E, n); cells whose LOO was an exact refit (``refitted``) keep the
     full run's value. Returns one :class:`causalcrystal.evidence.EquationLoo` per block (its
     ``pareto_k`` and ``p_loo`` the full run's)."""
-    from causalcrystal.evidence import EquationLoo, loo_jackknife_by_equation
+    from causalcrystal.evidence import EquationLoo
+
+    return [EquationLoo(elpd=np.where(refitted, eq_loo.elpd, e), pareto_k=eq_loo.pareto_k, p_loo=eq_loo.p_loo)
+            for e in _jackknife_elpd(loglik)]
+
+
+def _jackknife_elpd(loglik: np.ndarray) -> np.ndarray:
+    """The leave-one-block-out pointwise elpd ``(blocks, E, n)`` of a log-likelihood ``(chain,
+    draw, E, n)``: :data:`JACKKNIFE_BLOCKS` contiguous blocks per chain."""
+    from causalcrystal.evidence import loo_jackknife_by_equation
 
     C, D = loglik.shape[:2]
     per_chain = min(JACKKNIFE_BLOCKS, D)
     within = np.concatenate([np.full(len(cut), j) for j, cut in enumerate(np.array_split(np.arange(D), per_chain))])
     blocks = (np.arange(C)[:, None] * per_chain + within[None, :]).ravel()   # (chain, draw) flattened
-    elpd = loo_jackknife_by_equation(loglik.reshape(C * D, *loglik.shape[2:]), blocks)
-    return [EquationLoo(elpd=np.where(refitted, eq_loo.elpd, e), pareto_k=eq_loo.pareto_k, p_loo=eq_loo.p_loo)
-            for e in elpd]
+    return loo_jackknife_by_equation(np.asarray(loglik).reshape(C * D, *loglik.shape[2:]), blocks)
 
 
 def _jackknife_se(values) -> float:

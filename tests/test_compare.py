@@ -278,9 +278,34 @@ def test_directions_only(run, cells, tmp_path):
     assert list(pd.read_csv(out / "models.csv").columns)[:5] == ["tile", "image", "row0", "col0", "model"]
     assert "effect" in pd.read_csv(out / "averaged.csv").columns
     assert json.loads((out / "manifest.json").read_text())["settings"]["models"] is False
+    # every direction carries its Monte Carlo error (finite where the direction is valid)
+    valid = d["valid"].astype(bool)
+    assert {"p_forward_mcse", "elpd_diff_mcse"} <= set(d.columns)
+    assert np.isfinite(d.loc[valid, "p_forward_mcse"]).all() and (d.loc[valid, "elpd_diff_mcse"] > 0).all()
     with pytest.raises(CompareError, match="nothing to compute"):
         compare_run(run, tmp_path / "none", cells, **{**CMP, "models": False, "directions": False})
     assert not (tmp_path / "none").exists()
+
+
+def test_draws_option_reaches_every_fit_and_is_recorded(run, cells, tmp_path):
+    """``--draws``: the lever against a direction probability's Monte Carlo error. It must reach
+    the direction tests' spec and every model's, and be part of the settings a resume checks."""
+    from causalcrystal.compare import _compare_tasks, _plan_compare
+
+    kw = {k: CMP[k] for k in ("candidates", "families", "pairs", "tiles")}
+    plan = _plan_compare(run, tmp_path / "c", cells, max_tiles=None, directions=True, image_directions=False,
+                         seed=0, draws=120, **kw)
+    assert plan["settings"]["draws"] == 120
+    assert all(sp.sampler.draws == 120 for sp in plan["specs"].values())
+    _, make_task = _compare_tasks(plan)
+    assert make_task("tile", 7, 1).direction_spec.sampler.draws == 120
+    default = _plan_compare(run, tmp_path / "d", cells, max_tiles=None, directions=True, image_directions=False,
+                            seed=0, **kw)
+    assert "draws" not in default["settings"] and _compare_tasks(default)[1]("tile", 7, 1).direction_spec.sampler.draws \
+        == default["run"]["spec"].sampler.draws != 120
+    with pytest.raises(CompareError, match="--draws 10"):
+        _plan_compare(run, tmp_path / "e", cells, max_tiles=None, directions=True, image_directions=False, seed=0,
+                      draws=10, **kw)
 
 
 def test_max_tiles_spreads_over_the_run(run):
