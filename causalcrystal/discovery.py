@@ -168,7 +168,7 @@ COARSE_MAX_VALUES = 10
 COARSE_TOP_SHARE = 0.9
 
 
-def coarse_descriptors(cells: xr.Dataset) -> list[str]:
+def coarse_descriptors(cells: xr.Dataset, skip=()) -> list[str]:
     """Descriptors that are quantised or nearly constant within an image: one message per image
     and descriptor (``[]`` when none). Not an error (the run proceeds; a constant one is refused by
     :func:`check_variation`), but the SEM's noise is continuous: a descriptor exported at a coarse
@@ -176,12 +176,15 @@ def coarse_descriptors(cells: xr.Dataset) -> list[str]:
     gives spiky residuals, which the tile's residual check flags as a noise misfit without saying
     why, and its edges' intervals are not reliable (bughunt case 11). Thresholds:
     :data:`COARSE_MAX_VALUES` distinct finite values, or one value in :data:`COARSE_TOP_SHARE` of
-    the cells, in an image of at least 50 cells."""
+    the cells, in an image of at least 50 cells. ``skip``: descriptor names not to check (those
+    already declared derived)."""
     out = []
     img = cells["image"].values.astype(str)
     for lab in dict.fromkeys(img.tolist()):
         m = img == lab
         for name in DESCRIPTORS:
+            if name in skip:
+                continue
             v = cells[name].values[m].astype(np.float64)
             v = v[np.isfinite(v)]
             if v.size < 50:
@@ -191,13 +194,17 @@ def coarse_descriptors(cells: xr.Dataset) -> list[str]:
                 continue  # constant: check_variation's error
             top = int(counts.max())
             if values.size <= COARSE_MAX_VALUES or top >= COARSE_TOP_SHARE * v.size:
-                kind = (f"{top} of its {v.size} cells = {values[np.argmax(counts)]:g} (nearly constant)"
-                        if top >= COARSE_TOP_SHARE * v.size else
+                nearly = top >= COARSE_TOP_SHARE * v.size
+                kind = (f"{top} of its {v.size} cells = {values[np.argmax(counts)]:g} (nearly constant)" if nearly else
                         f"only {values.size} distinct values over {v.size} cells ({', '.join(f'{x:g}' for x in values[:5])}"
                         + (", ..." if values.size > 5 else "") + "; quantised?)")
+                # a tile where it is exactly constant is skipped even with --derived (the tile's
+                # constant-column check comes first): only the export or leaving the image out helps
+                fix = ("fix the export, or leave this image out (tiles where it is exactly constant are not fitted, "
+                       f"even with --derived {name})" if nearly else
+                       f"export it at full precision, or leave it out of the SEM with --derived {name}")
                 out.append(f"image {quoted(lab)}: {name!r} has {kind}. The SEM's noise is continuous, so this "
-                           f"descriptor's residuals are spiky and its edges' intervals unreliable; export it at full "
-                           f"precision, or leave it out of the SEM with --derived {name}.")
+                           f"descriptor's residuals are spiky and its edges' intervals unreliable; {fix}.")
     return out
 
 
@@ -452,6 +459,22 @@ def _discover_tile(task: tuple) -> tuple:
     return k, res, "ok", derived, [r.text() for r in relations]
 
 
+def _skip_advice(reasons) -> str:
+    """What helps, by why tiles were skipped (lowering min_cells cannot help a constant column)."""
+    text = " ".join(reasons)
+    advice = []
+    if "too few cells" in text or "only" in text:
+        advice.append("larger tiles or a lower min_cells (--min-cells) keep small tiles")
+    if "constant column" in text:
+        advice.append("a descriptor constant inside a tile cannot be fitted there: larger tiles may span its "
+                      "variation, otherwise fix its export")
+    if "non-finite" in text:
+        advice.append("drop or repair the non-finite cells")
+    if not advice:
+        advice.append("larger tiles or cleaning the input may help")
+    return "; ".join(advice).capitalize() + "."
+
+
 def _embed(res: dict, keep: list[int], p: int) -> dict:
     """A LiNGAM result on the columns ``keep`` as one on all ``p`` columns: the left-out columns
     have no edges and come last in every causal order."""
@@ -642,7 +665,7 @@ def discover(
             + ", ".join(f"{c} x {r.removeprefix('skipped: ')}" for r, c in reasons.items())
             + f"); e.g. tile {k0} (image {tiles['image'].values[k0]}, row0={int(tiles['row0'].values[k0])}, "
             f"col0={int(tiles['col0'].values[k0])}): {status[k0]}. Their values are NaN; see the 'status' "
-            "variable. Use larger tiles, lower min_cells, or clean the input.",
+            "variable. " + _skip_advice(reasons),
             SkippedTileWarning,
             stacklevel=2,
         )

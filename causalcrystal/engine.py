@@ -453,7 +453,7 @@ def _discovery_phase(job: Job, plan: RunPlan, scheduler, workers, progress, log)
         raise ValueError(f"no tile can be fitted ({top}); use a larger --tile-size, a lower --min-cells (>= "
                          f"{MIN_CELLS_FLOOR}) or clean the input (see `causalcrystal inspect`).")
     _report_derived(cells, disc_images, disc, plan.derived, log)
-    for text in discovery.coarse_descriptors(cells):
+    for text in discovery.coarse_descriptors(cells, skip=plan.declared):   # declared derived: already out
         log("WARNING: " + text)
     # the cells the run was made from (canonical order): plots over the image, and re-analysis
     # without the input files
