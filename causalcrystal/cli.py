@@ -179,7 +179,8 @@ def inspect_text(cells) -> str:
 
     for lab, v, n, value in constant_descriptors(cells):
         lines.append(f"WARNING: image {display_label(lab)}: {v} is constant ({value:g} in all {n} cells); "
-                     "`run` refuses this image (no variation, no causal information).")
+                     "`run` refuses the whole table until this image is left out or fixed (no variation, no "
+                     "causal information).")
     lines += [f"WARNING: {text}" for text in coarse_descriptors(cells)]
     lines.append(f"{'descriptor':<10}{'units':>12}{'min':>12}{'median':>12}{'max':>12}")
     for v in DESCRIPTORS:
@@ -211,7 +212,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-size", type=_tile_size, default=16,
                    help="tile side in unit cells (default 16), or 'whole': one tile per image (small images)")
     p.add_argument("--stride", type=int, default=None, help="tile stride (default: half the tile size)")
-    p.add_argument("--min-cells", type=int, default=None, help="smallest tile kept (default: half a full tile)")
+    p.add_argument("--min-cells", type=int, default=None, help="smallest tile kept, in cells (default: half a full tile, at least 4 per descriptor = 32)")
     p.add_argument("--bootstrap", type=int, default=5,
                    help="LiNGAM bootstrap resamples per tile (default 5: more bought no better prior, see benchmarks)")
     p.add_argument("--image-bootstrap", type=int, default=100,
@@ -334,6 +335,13 @@ def _cmd_compare(args) -> int:
         print("error: give the input files the run was made from or --demo, not both (or neither: the run's own "
               "cells.nc is used).", file=sys.stderr)
         return 2
+    if args.directions_only and args.families is not None:
+        # the direction tests always use the run's own model: a --model here would be recorded in the
+        # manifest and silently not used (a fresh-user check got mog's numbers with --model laplace)
+        print("error: --model is not used with --directions-only: the direction tests use the run's own model "
+              "(noise family and priors). Drop --model, or leave out --directions-only to compare models.",
+              file=sys.stderr)
+        return 2
     stored = Path(args.run_dir) / "cells.nc"
     if args.demo:
         from causalcrystal.simulator import simulate
@@ -352,6 +360,7 @@ def _cmd_compare(args) -> int:
         print(f"error: {args.run_dir} has no cells.nc (runs made before it was stored): give the input files the "
               "run was made from, or --demo for a `causalcrystal demo` folder.", file=sys.stderr)
         return 2
+    families = args.families if args.families is not None else "mog,laplace"
     out = args.out if args.out is not None else str(Path(args.run_dir) / "compare")
     tiles = None
     if args.tiles is not None:
@@ -361,7 +370,7 @@ def _cmd_compare(args) -> int:
             print(f"error: --tiles expects comma-separated tile indices like 0,3,5, got {args.tiles!r}", file=sys.stderr)
             return 2
     res = compare_run(args.run_dir, out, cells, candidates=args.candidates,
-                      families=[f.strip() for f in args.families.split(",") if f.strip()],
+                      families=[f.strip() for f in families.split(",") if f.strip()],
                       pairs=[p.strip() for p in args.pairs.split(",") if p.strip()], tiles=tiles,
                       max_tiles=args.max_tiles, directions=not args.no_directions,
                       image_directions=not args.no_image_directions, models=not args.directions_only,
@@ -523,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=3,
                    help="LiNGAM candidate DAGs per tile to compare, most frequent first (default 3; equal orders "
                         "count once)")
-    p.add_argument("--model", "--families", dest="families", default="mog,laplace", metavar="NAMES",
+    p.add_argument("--model", "--families", dest="families", default=None, metavar="NAMES",
                    help="comma-separated model specifications (noise families) to compare: names in models/ or .toml "
                         "paths (default mog,laplace; studentt and gennorm are NUTS-only and 2-100x slower per fit, "
                         "normal warns that directions are unidentified; --families is the earlier name)")

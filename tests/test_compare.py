@@ -357,3 +357,6 @@ def test_compare_has_help(capsys):
     text = capsys.readouterr().out
     assert "--candidates" in text and "Cost" in text and "--directions-only" in text
     assert build_parser().parse_args(["compare", "RUN", "--directions-only"]).directions_only
+    # --model with --directions-only was recorded and silently not used (the run's model is): refused
+    assert main(["compare", "RUN_NOT_READ", "--directions-only", "--model", "laplace"]) == 2
+    assert "--model is not used with --directions-only" in capsys.readouterr().err
