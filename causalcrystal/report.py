@@ -773,8 +773,11 @@ def section_compare(ctx: Context) -> str:
         if len(img_rows):
             out += _table(img_rows.drop(columns=[c for c in ("level", "tile") if c in img_rows]),
                           "Direction probabilities per image: p_forward = P(first &rarr; second of the pair), "
-                          "p_forward_mcse its Monte Carlo standard error (from the finite draws); "
-                          "elpd_diff = ELPD(forward) - ELPD(backward) with its standard error dse.")
+                          "p_forward_mcse its Monte Carlo standard error (from the finite draws; 0 where "
+                          "p_forward is 0 or 1 to numerical precision); elpd_diff = ELPD(forward) - "
+                          "ELPD(backward) in the placement of the pair with the most weight (p_forward sums "
+                          "over both placements), with its standard error dse and Monte Carlo error "
+                          "elpd_diff_mcse.")
         tile_rows = dirs[dirs["level"].astype(str) == "tile"]
         if len(tile_rows) and "tile" in tile_rows:
             t = tile_rows.assign(tile=pd.to_numeric(tile_rows["tile"], errors="coerce"))
