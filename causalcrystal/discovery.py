@@ -140,26 +140,32 @@ def check_variation(cells: xr.Dataset) -> None:
     any standardisation mode it carries no causal information (every tile of that image would have
     a constant column, which no regression can use)."""
     src = cells.attrs.get("source") or "cell table"
-    for lab, name, n, value in constant_descriptors(cells)[:1]:
+    const = constant_descriptors(cells)
+    if const:
+        lab, name, n, value = const[0]
         raise CellTableError(
             f"{src}: image {str(lab)!r} has no variation in {name!r} (all {n} cells = {value:g}), so it "
             "carries no causal information (and cannot be z-scored); exclude that image or check the "
             "input that produced it.")
 
 
-def constant_descriptors(cells: xr.Dataset) -> list[tuple[str, str, int, float]]:
-    """``(image, descriptor, n_cells, value)`` for every descriptor constant within an image
-    (non-finite values ignored): what :func:`check_variation` refuses."""
-    out = []
+def _finite_by_image(cells: xr.Dataset, skip=()):
+    """``(image, descriptor, finite values)`` for every image and descriptor not in ``skip``."""
     img = cells["image"].values.astype(str)
     for lab in dict.fromkeys(img.tolist()):
         m = img == lab
         for name in DESCRIPTORS:
+            if name in skip:
+                continue
             v = cells[name].values[m].astype(np.float64)
-            v = v[np.isfinite(v)]
-            if v.size and _is_constant(float(v.std()), float(v.mean())):
-                out.append((lab, name, int(v.size), float(v[0])))
-    return out
+            yield lab, name, v[np.isfinite(v)]
+
+
+def constant_descriptors(cells: xr.Dataset) -> list[tuple[str, str, int, float]]:
+    """``(image, descriptor, n_cells, value)`` for every descriptor constant within an image
+    (non-finite values ignored): what :func:`check_variation` refuses."""
+    return [(lab, name, int(v.size), float(v[0])) for lab, name, v in _finite_by_image(cells)
+            if v.size and _is_constant(float(v.std()), float(v.mean()))]
 
 
 #: an image's descriptor with at most this many distinct values is called quantised
@@ -179,32 +185,25 @@ def coarse_descriptors(cells: xr.Dataset, skip=()) -> list[str]:
     the cells, in an image of at least 50 cells. ``skip``: descriptor names not to check (those
     already declared derived)."""
     out = []
-    img = cells["image"].values.astype(str)
-    for lab in dict.fromkeys(img.tolist()):
-        m = img == lab
-        for name in DESCRIPTORS:
-            if name in skip:
-                continue
-            v = cells[name].values[m].astype(np.float64)
-            v = v[np.isfinite(v)]
-            if v.size < 50:
-                continue
-            values, counts = np.unique(v, return_counts=True)
-            if values.size < 2:
-                continue  # constant: check_variation's error
-            top = int(counts.max())
-            if values.size <= COARSE_MAX_VALUES or top >= COARSE_TOP_SHARE * v.size:
-                nearly = top >= COARSE_TOP_SHARE * v.size
-                kind = (f"{top} of its {v.size} cells = {values[np.argmax(counts)]:g} (nearly constant)" if nearly else
-                        f"only {values.size} distinct values over {v.size} cells ({', '.join(f'{x:g}' for x in values[:5])}"
-                        + (", ..." if values.size > 5 else "") + "; quantised?)")
-                # a tile where it is exactly constant is skipped even with --derived (the tile's
-                # constant-column check comes first): only the export or leaving the image out helps
-                fix = ("fix the export, or leave this image out (tiles where it is exactly constant are not fitted, "
-                       f"even with --derived {name})" if nearly else
-                       f"export it at full precision, or leave it out of the SEM with --derived {name}")
-                out.append(f"image {quoted(lab)}: {name!r} has {kind}. The SEM's noise is continuous, so this "
-                           f"descriptor's residuals are spiky and its edges' intervals unreliable; {fix}.")
+    for lab, name, v in _finite_by_image(cells, skip):
+        if v.size < 50:
+            continue
+        values, counts = np.unique(v, return_counts=True)
+        if values.size < 2:
+            continue  # constant: check_variation's error
+        top = int(counts.max())
+        if values.size <= COARSE_MAX_VALUES or top >= COARSE_TOP_SHARE * v.size:
+            nearly = top >= COARSE_TOP_SHARE * v.size
+            kind = (f"{top} of its {v.size} cells = {values[np.argmax(counts)]:g} (nearly constant)" if nearly else
+                    f"only {values.size} distinct values over {v.size} cells ({', '.join(f'{x:g}' for x in values[:5])}"
+                    + (", ..." if values.size > 5 else "") + "; quantised?)")
+            # a tile where it is exactly constant is skipped even with --derived (the tile's
+            # constant-column check comes first): only the export or leaving the image out helps
+            fix = ("fix the export, or leave this image out (tiles where it is exactly constant are not fitted, "
+                   f"even with --derived {name})" if nearly else
+                   f"export it at full precision, or leave it out of the SEM with --derived {name}")
+            out.append(f"image {quoted(lab)}: {name!r} has {kind}. The SEM's noise is continuous, so this "
+                       f"descriptor's residuals are spiky and its edges' intervals unreliable; {fix}.")
     return out
 
 
