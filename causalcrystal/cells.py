@@ -284,6 +284,35 @@ def apply_nonfinite_policy(ds: xr.Dataset, policy: str = "drop", source: str | N
     return out
 
 
+def exclude_images(ds: xr.Dataset, labels, source: str | None = None) -> xr.Dataset:
+    """The table without the cells of the images ``labels`` (image labels, as ``inspect`` lists
+    them); ``attrs['excluded_images']`` (JSON list) records what was left out, so a run's
+    ``cells.nc`` says so. Nothing else changes (``sources`` keeps every file read).
+
+    Raises :class:`CellTableError` naming an unknown label (with the labels there are), or if no
+    image would be left.
+    """
+    labels = [str(v) for v in labels]
+    if not labels:
+        return ds
+    src = safe_text(source or ds.attrs.get("source") or "cell table")
+    img = ds["image"].values.astype(str)
+    have = list(dict.fromkeys(img.tolist()))
+    unknown = [lab for lab in labels if lab not in have]
+    if unknown:
+        raise CellTableError(
+            f"{src}: no image labelled {', '.join(quoted(v) for v in unknown)} to exclude; the images are "
+            f"{', '.join(quoted(v) for v in have)} (`causalcrystal inspect` lists them).")
+    keep = ~np.isin(img, labels)
+    if not keep.any():
+        raise CellTableError(f"{src}: excluding {', '.join(quoted(v) for v in labels)} leaves no image.")
+    out = ds.isel(cell=keep)
+    out.attrs = dict(ds.attrs)
+    previous = json.loads(ds.attrs.get("excluded_images", "[]") or "[]")
+    out.attrs["excluded_images"] = json.dumps(previous + [v for v in dict.fromkeys(labels) if v not in previous])
+    return out
+
+
 def _refuse_lost_images(ds: xr.Dataset, good: np.ndarray, src: str) -> None:
     """Dropping non-finite cells must never remove a whole image from a series: that is a failed
     export (a column written as NaN), not a few bad cells, and a series silently one image short

@@ -38,9 +38,17 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     xy = argparse.ArgumentParser(add_help=False)
     xy.add_argument("--xy-order", choices=["xy", "yx"], default="xy",
                     help="row order of xy_COM in Sm-BFO .h5 files (default xy: row 0 is x)")
+    xy.add_argument("--exclude-image", action="append", default=[], metavar="LABEL",
+                    help="leave this image out of the inputs (its label as `inspect` lists it; repeat, or "
+                         "comma-separate, for several)")
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("--quiet", action="store_true", help="no progress bars or progress messages (warnings still show)")
     return {"seed": seed, "workers": workers, "xy": xy, "quiet": quiet}
+
+
+def _excluded(args) -> list[str]:
+    """``--exclude-image`` values (repeated and/or comma-separated) as one list of labels."""
+    return [v.strip() for text in getattr(args, "exclude_image", None) or [] for v in text.split(",") if v.strip()]
 
 
 def _floats(text: str) -> list[float]:
@@ -150,6 +158,9 @@ def inspect_text(cells) -> str:
     table = images(cells)
     lines.append(f"source: {display_label(cells.attrs.get('source', ''))}")
     lines.append(f"{table.sizes['image']} image(s), {cells.sizes['cell']} cells")
+    left_out = json.loads(cells.attrs.get("excluded_images", "[]") or "[]")
+    if left_out:
+        lines.append(f"left out (--exclude-image): {', '.join(display_label(v) for v in left_out)}")
     width = max([16] + [len(display_label(lab)) + 2 for lab in table["image"].values])
     lines.append(f"{'image':<{width}}{'Sm fraction':>12}{'cells':>8}{'grid':>12}  source")
     for k, lab in enumerate(table["image"].values):
@@ -179,8 +190,8 @@ def inspect_text(cells) -> str:
 
     for lab, v, n, value in constant_descriptors(cells):
         lines.append(f"WARNING: image {display_label(lab)}: {v} is constant ({value:g} in all {n} cells); "
-                     "`run` refuses the whole table until this image is left out or fixed (no variation, no "
-                     "causal information).")
+                     f"`run` refuses the whole table unless this image is left out (--exclude-image {lab}) or "
+                     f"fixed, or {v} is left out of the SEM (--derived {v}): no variation, no causal information.")
     lines += [f"WARNING: {text}" for text in coarse_descriptors(cells)]
     lines.append(f"{'descriptor':<10}{'units':>12}{'min':>12}{'median':>12}{'max':>12}")
     for v in DESCRIPTORS:
@@ -196,7 +207,7 @@ def inspect_text(cells) -> str:
 def _cmd_inspect(args) -> int:
     from causalcrystal.io import read
 
-    cells = read(args.inputs, nonfinite="keep", xy_order=args.xy_order)
+    cells = read(args.inputs, nonfinite="keep", xy_order=args.xy_order, exclude_images=_excluded(args))
     try:
         print(inspect_text(cells))
         sys.stdout.flush()
@@ -280,7 +291,8 @@ def _run(cells, args) -> int:
 def _cmd_run(args) -> int:
     from causalcrystal.io import read
 
-    return _run(read(args.inputs, nonfinite=args.nonfinite, xy_order=args.xy_order), args)
+    return _run(read(args.inputs, nonfinite=args.nonfinite, xy_order=args.xy_order,
+                     exclude_images=_excluded(args)), args)
 
 
 def _cmd_demo(args) -> int:
@@ -343,6 +355,10 @@ def _cmd_compare(args) -> int:
               file=sys.stderr)
         return 2
     stored = Path(args.run_dir) / "cells.nc"
+    if _excluded(args) and not args.inputs:
+        print("error: --exclude-image applies to input files given here; the run's own cells (cells.nc, or --demo) "
+              "are already the cells it was made from. Drop --exclude-image.", file=sys.stderr)
+        return 2
     if args.demo:
         from causalcrystal.simulator import simulate
 
@@ -351,7 +367,7 @@ def _cmd_compare(args) -> int:
     elif args.inputs:
         from causalcrystal.io import read
 
-        cells = read(args.inputs, xy_order=args.xy_order)
+        cells = read(args.inputs, xy_order=args.xy_order, exclude_images=_excluded(args))
     elif stored.is_file():
         from causalcrystal.io import read
 

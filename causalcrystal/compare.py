@@ -181,7 +181,7 @@ def run_cells(cells: xr.Dataset, run: dict) -> tuple[xr.Dataset, xr.Dataset, xr.
             if a.astype(str).tolist() != b.astype(str).tolist():
                 k = int(np.flatnonzero(a.astype(str) != b.astype(str))[0])
                 raise CompareError(f"{name[:-1]} {k}: {c} = {a[k]} from the cells given but {b[k]} in {where}; {fix}.")
-    std = discovery.standardize(cells, s["standardize"])
+    std = discovery.standardize(cells, s["standardize"], discovery.declared_derived(disc))
     if s["standardize"] == "image":
         for key in ("standardize_mean", "standardize_sd"):
             ours, theirs = json.loads(std.attrs[key]), json.loads(disc.attrs[key])
@@ -627,7 +627,7 @@ def _compare_tasks(plan: dict):
     counts = {p: (discovery.direction_counts(disc, *p), discovery.direction_counts(disc_images, *p)) for p in pairs}
 
     def tile_task(k: int, threads) -> CompareTask:
-        X = discovery.tile_matrix(std, tile_members(tiling, k), mode)
+        X = discovery.tile_matrix(std, tile_members(tiling, k), mode, discovery.tile_derived(disc, k))
         models, seen = [], set()
         for c in range(n_cand if plan["models"] else 0):
             f = float(freq[k, c]) if freq is not None else float("nan")
@@ -650,7 +650,7 @@ def _compare_tasks(plan: dict):
                            forbidden | _derived_mask(der), run_spec, threads, der)
 
     def image_task(i: int, threads) -> CompareTask:
-        X = discovery.tile_matrix(std, tile_members(images, i), mode)
+        X = discovery.tile_matrix(std, tile_members(images, i), mode, discovery.tile_derived(disc_images, i))
         order = disc_images["order"].values[i]
         if "candidate_order" in disc_images and disc_images["candidate_frequency"].values[i, 0] > 0:
             order = disc_images["candidate_order"].values[i, 0]

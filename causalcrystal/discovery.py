@@ -70,23 +70,26 @@ def _is_constant(sd: float, mean: float) -> bool:
     return not sd > 1e-12 * max(abs(mean), 1e-300)
 
 
-def standardize(cells: xr.Dataset, mode: str = "image") -> xr.Dataset:
+def standardize(cells: xr.Dataset, mode: str = "image", derived=()) -> xr.Dataset:
     """Standardise a raw cell table for discovery; return a new table (``cells`` is untouched).
 
     ``mode="image"`` z-scores every descriptor within each image (population s.d., ``ddof=0``)
     and records ``attrs['standardize_mean']`` / ``attrs['standardize_sd']`` as JSON
     ``{image: {variable: value}}``; ``"none"`` and ``"tile"`` leave the values unchanged (for
     ``"tile"`` :func:`tile_matrix` standardises per tile). ``attrs['standardize']`` records the mode.
+    ``derived``: descriptor names declared derived (out of discovery and the SEM); one of them may be
+    constant within an image (it is centred there, s.d. recorded as 1).
 
-    Raises :class:`~causalcrystal.cells.CellTableError` if a descriptor is constant or non-finite
-    within an image (it cannot be z-scored), or if the table is already standardised.
+    Raises :class:`~causalcrystal.cells.CellTableError` if a descriptor not in ``derived`` is
+    constant, or any is non-finite, within an image (it cannot be z-scored), or if the table is
+    already standardised.
     """
     if mode not in STANDARDIZE_MODES:
         raise ValueError(f"standardize mode {mode!r} unknown; use one of {STANDARDIZE_MODES}.")
     validate(cells, allow_nonfinite=True)
     src = cells.attrs.get("source") or "cell table"
     done = cells.attrs.get("standardize", "none")
-    check_variation(cells)  # in every mode: a constant descriptor carries no causal information
+    check_variation(cells, skip=derived)  # in every mode: a constant descriptor carries no causal information
     if mode == "none":
         out = cells.copy()
         out.attrs = dict(cells.attrs)
@@ -123,6 +126,8 @@ def standardize(cells: xr.Dataset, mode: str = "image") -> xr.Dataset:
                     "read(..., nonfinite='drop'))."
                 )
             mu, sd = float(v.mean()), float(v.std())
+            if name in derived and _is_constant(sd, mu):
+                sd = 1.0  # a declared-derived descriptor has no equation: centring is all it needs
             new[m] = (v - mu) / sd
             means[lab][name], sds[lab][name] = mu, sd
         attrs = dict(cells[name].attrs)
@@ -134,19 +139,20 @@ def standardize(cells: xr.Dataset, mode: str = "image") -> xr.Dataset:
     return out
 
 
-def check_variation(cells: xr.Dataset) -> None:
+def check_variation(cells: xr.Dataset, skip=()) -> None:
     """Raise :class:`~causalcrystal.cells.CellTableError` naming the image and descriptor if a
     descriptor is constant within an image (non-finite values ignored): it cannot be z-scored, and in
     any standardisation mode it carries no causal information (every tile of that image would have
-    a constant column, which no regression can use)."""
+    a constant column, which no regression can use). ``skip``: descriptor names declared derived
+    (they have no equation, so a constant one costs nothing)."""
     src = cells.attrs.get("source") or "cell table"
-    const = constant_descriptors(cells)
+    const = constant_descriptors(cells, skip)
     if const:
         lab, name, n, value = const[0]
         raise CellTableError(
             f"{src}: image {str(lab)!r} has no variation in {name!r} (all {n} cells = {value:g}), so it "
-            "carries no causal information (and cannot be z-scored); exclude that image or check the "
-            "input that produced it.")
+            "carries no causal information (and cannot be z-scored); leave that image out (--exclude-image "
+            f"{lab}), check the input that produced it, or leave {name} out of the SEM with --derived {name}.")
 
 
 def _finite_by_image(cells: xr.Dataset, skip=()):
@@ -161,10 +167,10 @@ def _finite_by_image(cells: xr.Dataset, skip=()):
             yield lab, name, v[np.isfinite(v)]
 
 
-def constant_descriptors(cells: xr.Dataset) -> list[tuple[str, str, int, float]]:
-    """``(image, descriptor, n_cells, value)`` for every descriptor constant within an image
-    (non-finite values ignored): what :func:`check_variation` refuses."""
-    return [(lab, name, int(v.size), float(v[0])) for lab, name, v in _finite_by_image(cells)
+def constant_descriptors(cells: xr.Dataset, skip=()) -> list[tuple[str, str, int, float]]:
+    """``(image, descriptor, n_cells, value)`` for every descriptor (not in ``skip``) constant within
+    an image (non-finite values ignored): what :func:`check_variation` refuses."""
+    return [(lab, name, int(v.size), float(v[0])) for lab, name, v in _finite_by_image(cells, skip)
             if v.size and _is_constant(float(v.std()), float(v.mean()))]
 
 
@@ -197,10 +203,9 @@ def coarse_descriptors(cells: xr.Dataset, skip=()) -> list[str]:
             kind = (f"{top} of its {v.size} cells = {values[np.argmax(counts)]:g} (nearly constant)" if nearly else
                     f"only {values.size} distinct values over {v.size} cells ({', '.join(f'{x:g}' for x in values[:5])}"
                     + (", ..." if values.size > 5 else "") + "; quantised?)")
-            # a tile where it is exactly constant is skipped even with --derived (the tile's
-            # constant-column check comes first): only the export or leaving the image out helps
-            fix = ("fix the export, or leave this image out (tiles where it is exactly constant are not fitted, "
-                   f"even with --derived {name})" if nearly else
+            # without --derived, a tile where it is exactly constant is skipped (a constant column)
+            fix = (f"fix the export, or leave it out of the SEM with --derived {name} (without it, tiles where it "
+                   "is exactly constant are not fitted)" if nearly else
                    f"export it at full precision, or leave it out of the SEM with --derived {name}")
             out.append(f"image {quoted(lab)}: {name!r} has {kind}. The SEM's noise is continuous, so this "
                        f"descriptor's residuals are spiky and its edges' intervals unreliable; {fix}.")
@@ -215,7 +220,7 @@ def cell_matrix(cells: xr.Dataset) -> np.ndarray:
     return np.column_stack([cells[name].values.astype(np.float64) for name in DESCRIPTORS])
 
 
-def _tile_matrix(X_all: np.ndarray, members: np.ndarray, mode: str) -> np.ndarray:
+def _tile_matrix(X_all: np.ndarray, members: np.ndarray, mode: str, derived=()) -> np.ndarray:
     X = X_all[np.asarray(members, dtype=np.int64)]
     if X.shape[0] < 2:
         raise TileError(f"only {X.shape[0]} cell(s); a tile needs at least 2 (and more for LiNGAM).")
@@ -224,26 +229,50 @@ def _tile_matrix(X_all: np.ndarray, members: np.ndarray, mode: str) -> np.ndarra
         bad = [DESCRIPTORS[j] for j in np.flatnonzero(~finite.all(axis=0))]
         raise TileError(f"non-finite values in {bad}; drop those cells from the cell table first.")
     mu, sd = X.mean(axis=0), X.std(axis=0)
-    const = [DESCRIPTORS[j] for j in range(X.shape[1]) if _is_constant(sd[j], mu[j])]
+    flat = [j for j in range(X.shape[1]) if _is_constant(sd[j], mu[j])]
+    const = [DESCRIPTORS[j] for j in flat if j not in derived]
     if const:
         raise TileError(f"constant column {', '.join(const)} (no variation inside the tile)")
     if mode == "tile":
+        sd[flat] = 1.0  # only derived columns (no equation, no effects) get here: centred
         X = (X - mu) / sd
     return X
 
 
-def tile_matrix(cells: xr.Dataset, members: np.ndarray, mode: str) -> np.ndarray:
+def tile_matrix(cells: xr.Dataset, members: np.ndarray, mode: str, derived=()) -> np.ndarray:
     """The (n, 8) data matrix of the cells ``members`` (indices into ``cells``).
 
     Columns follow ``DESCRIPTORS``. With ``mode == "tile"`` each column is z-scored within the
     tile; otherwise values are taken as they are (already standardised per image, or raw).
-    Raises :class:`TileError` naming the variable if a column is constant or non-finite.
+    Raises :class:`TileError` naming the variable if a column is non-finite, or constant and not
+    in ``derived`` (descriptor names, or a boolean mask over ``DESCRIPTORS``: those with no
+    equation in the SEM, which may be constant; centred then).
     """
     if mode not in STANDARDIZE_MODES:
         raise ValueError(f"standardize mode {mode!r} unknown; use one of {STANDARDIZE_MODES}.")
     members = np.asarray(members, dtype=np.int64)
     cols = [cells[name].values[members].astype(np.float64) for name in DESCRIPTORS]
-    return _tile_matrix(np.column_stack(cols), np.arange(members.size), mode)
+    return _tile_matrix(np.column_stack(cols), np.arange(members.size), mode, _derived_indices(derived))
+
+
+def declared_derived(disc: xr.Dataset) -> list[str]:
+    """The descriptors a discovery result (``discovery.nc``) was told were derived in every tile
+    (``attrs['derived']``): what :func:`standardize` and :func:`tile_matrix` need to rebuild its
+    tables."""
+    return list(json.loads(disc.attrs.get("derived", "[]")))
+
+
+def tile_derived(disc: xr.Dataset, k: int) -> np.ndarray:
+    """(8,) bool: the descriptors treated as derived in tile ``k`` of ``disc`` (none if unrecorded)."""
+    return disc["derived"].values[k].astype(bool) if "derived" in disc else np.zeros(_N, dtype=bool)
+
+
+def _derived_indices(derived) -> list[int]:
+    """Column indices of ``derived`` (names, or a boolean mask over ``DESCRIPTORS``)."""
+    d = np.asarray(derived) if derived is not None else np.zeros(0)
+    if d.dtype == bool:
+        return np.flatnonzero(d).tolist()
+    return [DESCRIPTORS.index(str(v)) for v in d]
 
 
 # --------------------------------------------------------------------------------------------
@@ -589,7 +618,7 @@ def discover(
 
     done = cells.attrs.get("standardize", "none")
     # A table standardised upstream in the requested mode is used as it is.
-    table = cells if (done != "none" and done == standardize) else _standardize(cells, standardize)
+    table = cells if (done != "none" and done == standardize) else _standardize(cells, standardize, derived)
     mode = table.attrs.get("standardize", "none")
     X_all = cell_matrix(table)
     # raw values for the search for derived descriptors (the table given may be standardised already)
@@ -613,7 +642,7 @@ def discover(
             status[k] = f"skipped: too few cells ({m.size} < min_cells {min_cells})"
             continue
         try:
-            X = _tile_matrix(X_all, m, mode)
+            X = _tile_matrix(X_all, m, mode, derived_idx)
         except TileError as err:
             status[k] = f"skipped: {err}"
             continue

@@ -62,7 +62,7 @@ import numpy as np
 import xarray as xr
 
 from causalcrystal import __version__
-from causalcrystal.cells import DESCRIPTORS, canonical, validate
+from causalcrystal.cells import DESCRIPTORS, canonical, display_label, validate
 from causalcrystal.checks import GAUSS_ALPHA, PIT_ALPHA, non_gaussian
 from causalcrystal.executor import Progress, check_workers, get_executor
 from causalcrystal.jobs import (  # noqa: F401  (RunExistsError, FolderLockedError: part of this module's API)
@@ -398,7 +398,7 @@ def _plan_run(cells, *, tile_size, stride, min_cells, n_bootstrap, image_bootstr
                          "estimate; make fewer descriptors exogenous or derived.")
     from causalcrystal.discovery import standardize as _standardize
 
-    _standardize(cells, standardize)  # constant or already-standardised columns: refused before --out is touched
+    _standardize(cells, standardize, declared)  # constant or already-standardised columns: refused before --out is touched
     eff_min = tile_min_cells(tile_size, min_cells)
     tiles = run_tiles(cells, tile_size, stride, eff_min)
     settings = {"tile_size": tile_size, "stride": stride, "min_cells": min_cells, "n_bootstrap": n_bootstrap,
@@ -425,6 +425,9 @@ def _discovery_phase(job: Job, plan: RunPlan, scheduler, workers, progress, log)
         disc_images = job.load_part(dpath, lambda p: xr.load_dataset(p, engine="h5netcdf", group="images"))
         return disc, disc_images
     cells, tiles = plan.cells, plan.tiles
+    left_out = json.loads(cells.attrs.get("excluded_images", "[]") or "[]")
+    if left_out:
+        log(f"left out of the inputs (--exclude-image): {', '.join(display_label(v) for v in left_out)}")
     log(f"discovery: {tiles.sizes['tile']} tiles, bootstrap x{plan.n_bootstrap}; "
         f"{len(set(cells['image'].values.tolist()))} images, bootstrap x{plan.image_bootstrap}")
     executor = get_executor(scheduler, workers)
@@ -483,7 +486,7 @@ def _sampling_phase(job: Job, plan: RunPlan, disc, disc_images, scheduler, worke
         todo = todo[: max(0, int(stop_after))]
     if reused:
         log(f"resuming: {reused} finished tile(s) kept, {len(todo)} to sample")
-    std_cells = discovery.standardize(plan.cells, plan.standardize)
+    std_cells = discovery.standardize(plan.cells, plan.standardize, discovery.declared_derived(disc))
 
     def tasks(executor):
         # One sampler thread per core in all (2 local workers on 2 cores: one thread each; Dask
@@ -492,8 +495,9 @@ def _sampling_phase(job: Job, plan: RunPlan, disc, disc_images, scheduler, worke
         # it keeps a multi-threaded Dask worker from running threads x chains sampler threads.
         threads = 1 if scheduler else max(1, (os.cpu_count() or 1) // executor.workers)
         for k in todo:
-            X = discovery.tile_matrix(std_cells, tile_members(plan.tiles, k), plan.standardize)
-            active = ~disc["derived"].values[k].astype(bool) if "derived" in disc else None
+            der = discovery.tile_derived(disc, k)
+            X = discovery.tile_matrix(std_cells, tile_members(plan.tiles, k), plan.standardize, der)
+            active = ~der if "derived" in disc else None
             yield TileTask(k, X, priors[k], plan.spec, tile_seed(plan.seed, k), threads, active)
 
     def save(result):
@@ -513,7 +517,7 @@ def _write_phase(job: Job, plan: RunPlan, disc, priors, done, progress, keep_log
     """``posterior.nc`` then ``summary.csv``, each atomically (the finished marker comes after)."""
     from causalcrystal import discovery
 
-    std_cells = discovery.standardize(plan.cells, plan.standardize)
+    std_cells = discovery.standardize(plan.cells, plan.standardize, discovery.declared_derived(disc))
     with job.output("posterior.nc") as tmp:
         summary = write_posterior(tmp, plan.tiles, disc, priors, done, job.work_dir, plan.spec, plan.standardize,
                                   progress, constants=tile_constants(plan.cells, std_cells, plan.tiles, done,

@@ -76,7 +76,7 @@ def ols_constants(y: np.ndarray, X: np.ndarray, pmask: np.ndarray) -> tuple[np.n
     ``y`` (E, n), ``X`` (E, n, P) (columns of absent parents are ignored), ``pmask`` (E, P).
     Returns ``(coef (E, P), intercept m0 (E,), residual variance v (E,))``; ``v`` is the mean
     squared residual, floored at ``1e-12`` times the variance of ``y`` (a deterministic equation
-    is caught before sampling, see :mod:`causalcrystal.collinearity`).
+    is caught before sampling, see :mod:`causalcrystal.collinearity`); 1 for a constant ``y``.
     """
     E, n, P = X.shape
     coef = np.zeros((E, P))
@@ -89,7 +89,10 @@ def ols_constants(y: np.ndarray, X: np.ndarray, pmask: np.ndarray) -> tuple[np.n
         coef[e, cols] = sol[:-1]
         m0[e] = sol[-1]
         r = y[e] - A @ sol
-        v[e] = max(float(np.mean(r**2)), 1e-12 * float(np.var(y[e])) + 1e-300)
+        # a constant y is a derived descriptor's equation (out of the likelihood; other constant
+        # columns are refused): the standardised scale 1 keeps its noise prior finite
+        vy = float(np.var(y[e]))
+        v[e] = max(float(np.mean(r**2)), 1e-12 * vy) if vy > 0 else 1.0
     return coef, m0, v
 
 

@@ -100,7 +100,7 @@ def _run_context(run_dir: Path, cells: xr.Dataset):
     st = run["settings"]
     priors = tile_priors(run["disc"], run["disc_images"], run["spec"], exogenous=st["exogenous"])
     const = xr.load_dataset(run_dir / "posterior.nc", engine="h5netcdf", group="constant_data")
-    return tiles, std_cells, st["standardize"], priors, const, run["spec"]
+    return tiles, std_cells, st["standardize"], priors, const, run["spec"], run["disc"]
 
 
 def prepare(cells: xr.Dataset, run_dir: str | Path, spec: cn.ConcentrationSpec | str = "lgd",
@@ -120,7 +120,7 @@ def prepare(cells: xr.Dataset, run_dir: str | Path, spec: cn.ConcentrationSpec |
         warnings.warn(f"one-stage model: total-effect couplings {total} left out (only direct couplings are "
                       "single SEM coefficients).", stacklevel=2)
         spec = replace(spec, couplings=tuple(c for c in spec.couplings if c.effect_kind == "direct"))
-    tl, std_cells, mode, priors, const, sem_spec = _run_context(run_dir, cells)
+    tl, std_cells, mode, priors, const, sem_spec, disc = _run_context(run_dir, cells)
     if sem_spec.noise not in JOINT_NOISE:
         raise cn.ConcentrationError(f"the run used {sem_spec.noise!r} noise; the one-stage model supports "
                                     f"{JOINT_NOISE} (use the two-stage fit).")
@@ -149,7 +149,7 @@ def prepare(cells: xr.Dataset, run_dir: str | Path, spec: cn.ConcentrationSpec |
     n_eq = 0
     for p, k in enumerate(chosen):
         prior = priors[k]
-        X = discovery.tile_matrix(std_cells, tile_members(tl, k), mode)
+        X = discovery.tile_matrix(std_cells, tile_members(tl, k), mode, discovery.tile_derived(disc, k))
         i_low, j_low = lower_pairs(len(DESCRIPTORS))
         eff, cau = prior.order[i_low], prior.order[j_low]
         for i in children:

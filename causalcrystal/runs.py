@@ -128,7 +128,7 @@ class Run:
 
         s = self.settings
         tiles = run_tiles(self.cells, s["tile_size"], s["stride"], tile_min_cells(s["tile_size"], s["min_cells"]))
-        return discovery.standardize(self.cells, s["standardize"]), tiles
+        return discovery.standardize(self.cells, s["standardize"], discovery.declared_derived(self.discovery)), tiles
 
     @property
     def tiles(self):
@@ -306,9 +306,10 @@ def tile_data(run, tile: int):
             raise ValueError(f"tile {tile}: the cells of {safe_name(r.path / 'cells.nc')} rebuild another tile "
                              f"({name} {tiles[name].values[tile]} vs {post[name].sel(tile=tile).values}); was "
                              "cells.nc replaced?")
-    X = discovery.tile_matrix(std, tile_members(tiles, tile), s["standardize"])
     disc = r.discovery
-    active = ~disc["derived"].values[tile].astype(bool) if "derived" in disc else None
+    der = discovery.tile_derived(disc, tile)
+    X = discovery.tile_matrix(std, tile_members(tiles, tile), s["standardize"], der)
+    active = ~der if "derived" in disc else None
     return X, active
 
 

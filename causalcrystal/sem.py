@@ -1046,16 +1046,19 @@ def pointwise_loglik(X, B, c, sigma, shape, noise: str, mixture=None, active=Non
     ``active`` (var,): the variables whose equations count (default all). ``per_equation``:
     return ``(chain, draw, cell, var)`` without summing over the equations.
     """
-    if noise == "mog":
-        resid = X[None, None] - np.einsum("cdij,nj->cdni", B, X)            # (C, D, n, V)
-        pi, mu, s2 = mixture
-        ll = mixture_logpdf(np.moveaxis(resid, 2, 3), pi, mu, s2)          # (C, D, V, n)
-        ll = np.moveaxis(ll, 2, 3)
-    else:
-        resid = X[None, None] - np.einsum("cdij,nj->cdni", B, X) - c[:, :, None, :]
-        ll = noise_logp(resid, sigma[:, :, None, :], shape, noise)
+    # an equation out of the likelihood (a derived descriptor, possibly constant in the tile, its
+    # noise scale stored as 0) may give inf or NaN here: it is masked out, never multiplied by 0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if noise == "mog":
+            resid = X[None, None] - np.einsum("cdij,nj->cdni", B, X)            # (C, D, n, V)
+            pi, mu, s2 = mixture
+            ll = mixture_logpdf(np.moveaxis(resid, 2, 3), pi, mu, s2)          # (C, D, V, n)
+            ll = np.moveaxis(ll, 2, 3)
+        else:
+            resid = X[None, None] - np.einsum("cdij,nj->cdni", B, X) - c[:, :, None, :]
+            ll = noise_logp(resid, sigma[:, :, None, :], shape, noise)
     if active is not None:
-        ll = ll * np.asarray(active, dtype=np.float64)
+        ll = np.where(np.asarray(active, dtype=bool), ll, 0.0)
     return ll if per_equation else ll.sum(axis=-1)
 
 

@@ -152,7 +152,8 @@ def test_standardize_refuses_a_constant_descriptor_naming_image_and_variable(sma
     m = bad["image"].values == "Sm_10_0"
     bad["I5"].values[m] = 1.0
     for mode in ("image", "tile", "none"):
-        with pytest.raises(CellTableError, match=r"'Sm_10_0' has no variation in 'I5'.*exclude that image"):
+        with pytest.raises(CellTableError, match=r"'Sm_10_0' has no variation in 'I5'.*leave that image out "
+                           r"\(--exclude-image Sm_10_0\).*--derived I5"):
             standardize(bad, mode)
     bad = small.copy(deep=True)
     bad["Py"].values[3] = np.nan
@@ -305,3 +306,31 @@ def test_edges_and_orders_do_not_depend_on_units():
     assert a["order"] == b["order"] and [c["order"] for c in a["candidates"]] == [c["order"] for c in b["candidates"]]
     np.testing.assert_array_equal(a["probability"], b["probability"])
     np.testing.assert_allclose(b["adjacency"] * scale[None, :] / scale[:, None], a["adjacency"], atol=1e-9)
+
+
+def test_a_descriptor_declared_derived_may_be_constant(small):
+    """Bughunt 11 follow-up: a descriptor constant in an image, or in one tile, refused the whole table
+    or skipped the tile even when declared derived (no equation, no effects), so a broken export of
+    one derived column cost images. Declared derived, it is centred and every tile is fitted."""
+    bad = small.copy(deep=True)
+    img = bad["image"].values.astype(str)
+    bad["I5"].values[img == "Sm_10_0"] = 1.0
+    st = standardize(bad, "image", derived=["I5"])
+    np.testing.assert_array_equal(st["I5"].values[img == "Sm_10_0"], 0.0)
+    assert json.loads(st.attrs["standardize_sd"])["Sm_10_0"]["I5"] == 1.0
+    np.testing.assert_allclose(st["I5"].values[img == "Sm_0_0"].std(), 1.0)   # the other image z-scored as before
+    with pytest.raises(CellTableError, match="no variation in 'I5'"):
+        standardize(bad, "image", derived=["Vol"])                            # another one declared: still refused
+
+    tiles = make_tiles(small, 12, stride=12)
+    m = tile_members(tiles, 2)
+    flat = small.copy(deep=True)
+    flat["Px"].values[m] = 0.25
+    for derived in (["Px"], np.array([v == "Px" for v in DESCRIPTORS])):      # names or a mask
+        Z = tile_matrix(flat, m, "tile", derived)
+        np.testing.assert_array_equal(Z[:, IX("Px")], 0.0)
+        np.testing.assert_allclose(Z[:, IX("a")].std(), 1.0)
+    disc = discover(flat, tiles, n_bootstrap=1, derived=["Px"], detect_derived=False, progress=False)
+    assert (disc["status"].values == "ok").all()
+    assert disc["derived"].values[:, IX("Px")].all()
+    assert (disc["order"].values[2][-1:] == IX("Px"))   # derived: last in every order, no effects

@@ -513,9 +513,12 @@ def test_quantised_or_nearly_constant_descriptors_are_named_by_inspect_and_run()
     said = coarse_descriptors(cells)
     assert len(said) == 2 and all("'alpha'" in t and "--derived alpha" in t for t in said)
     assert "distinct values over 144 cells" in said[0] and "143 of its 144 cells = 90 (nearly constant)" in said[1]
-    assert "leave this image out" in said[1] and "leave it out of the SEM with --derived alpha" in said[0]
+    assert "without it, tiles where it is exactly constant are not fitted" in said[1]
+    assert "leave it out of the SEM with --derived alpha" in said[0]
     assert coarse_descriptors(cells, skip=["alpha"]) == []   # declared derived: not said again
     cells["alpha"].values[third] = 90.0
+    lab3 = img[third][0]
     text = inspect_text(cells)
-    assert "alpha is constant (90 in all 144 cells); `run` refuses the whole table until this image" in text
+    assert ("alpha is constant (90 in all 144 cells); `run` refuses the whole table unless this image is left out "
+            f"(--exclude-image {lab3})" in text and "(--derived alpha)" in text)
     assert text.count("WARNING") == 3

@@ -487,3 +487,30 @@ def test_a_damaged_units_line_is_named(tmp_path):
     p.write_text("\n".join(['# causalcrystal units: {"a": "angstrom", "zz": "px"}'] + text[1:]) + "\n")
     with pytest.raises(CellTableError, match=r"t\.csv.*units.*\['zz'\]"):
         read(p)
+
+
+def test_an_image_can_be_left_out_of_the_inputs(tmp_path, series, capsys):
+    """``read(..., exclude_images=...)`` / ``--exclude-image``: the messages about a constant or broken
+    image say "leave that image out", which used to mean editing files by hand."""
+    from causalcrystal.cli import inspect_text, main
+
+    labels = list(dict.fromkeys(series["image"].values.astype(str).tolist()))
+    bad = series.copy(deep=True)
+    bad["Px"].values[bad["image"].values == labels[1]] = np.nan    # a broken column in the second image
+    path = write_netcdf(bad, tmp_path / "two.nc")
+    with pytest.raises(CellTableError, match="would remove whole image"):
+        read(path)
+    one = read_quiet(path, exclude_images=[labels[1]])                # left out before the non-finite policy
+    assert set(one["image"].values.astype(str)) == {labels[0]}
+    assert one.sizes["cell"] == int((series["image"].values == labels[0]).sum())
+    assert json.loads(one.attrs["excluded_images"]) == [labels[1]]
+    assert f"left out (--exclude-image): {labels[1]}" in inspect_text(one)
+    with pytest.raises(CellTableError, match=rf"no image labelled 'nope' to exclude; the images are '{labels[0]}'"):
+        read(path, exclude_images=["nope"])
+    with pytest.raises(CellTableError, match="leaves no image"):
+        read(path, exclude_images=labels)
+    assert main(["inspect", str(path), "--exclude-image", f"{labels[1]}, "]) == 0    # the command line's way
+    assert f"1 image(s), {one.sizes['cell']} cells" in capsys.readouterr().out
+    # the option reaches `compare` only with input files (the run's cells.nc is what it was made from)
+    assert main(["compare", str(tmp_path), "--exclude-image", labels[1]]) == 2
+    assert "--exclude-image applies to input files given here" in capsys.readouterr().err

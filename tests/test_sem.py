@@ -297,3 +297,39 @@ def test_every_noise_prior_and_the_floor_come_from_the_spec():
         spec = replace(spec, prior=replace(spec.prior, floor=floor))
         (p,) = tile_order_priors(disc, images, spec, n_orders=1)[0]
         assert np.allclose(p.w, floor), (floor, p.w.min())
+
+
+def test_a_constant_derived_descriptor_changes_no_other_equation():
+    """A derived descriptor (no equation in the likelihood, no effects) exactly constant in a tile:
+    the tile samples with finite draws, and every other equation's posterior, the log-likelihood and
+    the order weights are exactly those of the same tile with that column replaced by noise (same
+    seed): the column reaches nothing. Before, the constant column's noise scale was floored at
+    1e-300, stored as 0, and the recomputed log-likelihood was inf * 0 = NaN."""
+    from causalcrystal.sem import pointwise_loglik, sample_tile_orders
+
+    cells = simulate((0.0,), shape=(16, 16), seed=fixed_seed(3))
+    X = np.column_stack([cells[v].values for v in DESCRIPTORS])
+    der = np.array([v == "Vol" for v in DESCRIPTORS])
+    forbidden = forbidden_into([IX["I14"], IX["I5"]], 8) | der[:, None] | der[None, :]
+    base = [IX[v] for v in TRUE_ORDER if v != "Vol"]
+    orders = [base + [IX["Vol"]], base[:2] + base[2:4][::-1] + base[4:] + [IX["Vol"]]]
+    priors = [dag_prior(o, np.full((8, 8), 0.5), forbidden) for o in orders]
+    fits = []
+    for col in (np.full(X.shape[0], 7.5), np.random.default_rng(fixed_seed(4)).normal(size=X.shape[0])):
+        Xc = X.copy()
+        Xc[:, IX["Vol"]] = col
+        fits.append(sample_tile_orders(Xc, priors, load_spec(), seed=fixed_seed(5), active=~der))
+    const, noisy = fits
+    for name in ("B", "edge_inclusion", "loglik", "order_weight", "order_elpd"):
+        np.testing.assert_array_equal(const[name], noisy[name], err_msg=name)
+    np.testing.assert_array_equal(const["r_hat"], noisy["r_hat"])
+    for name in ("c", "sigma", "noise_var", "noise_loc", "noise_weight"):
+        assert np.isfinite(const[name]).all(), name
+        np.testing.assert_array_equal(np.delete(const[name], IX["Vol"], axis=2),
+                                      np.delete(noisy[name], IX["Vol"], axis=2), err_msg=name)
+    # stored noise scales of a constant column can round to 0: the masked log-likelihood stays finite
+    mixture = (const["noise_weight"], const["noise_loc"], np.where(der[:, None], 0.0, const["noise_var"]))
+    Xc = X.copy()
+    Xc[:, IX["Vol"]] = 7.5
+    ll = pointwise_loglik(Xc, const["B"], const["c"], const["sigma"], None, "mog", mixture, active=~der)
+    assert np.isfinite(ll).all()

@@ -212,6 +212,7 @@ def read(
     sm_fraction: float | Mapping | None = None,
     xy_order: str = "xy",
     image: str | Mapping | None = None,
+    exclude_images: Sequence[str] = (),
 ) -> xr.Dataset:
     """Read cell data from a file, a folder or a list of them into one validated cell table.
 
@@ -223,6 +224,8 @@ def read(
     ``"raise"`` or ``"keep"``. ``sm_fraction``, ``xy_order`` and ``image`` apply to Sm-BFO files
     (see :func:`~causalcrystal.io.smbfo.read_smbfo`); ``sm_fraction``/``image`` are a single
     value for one file or a dict ``{path, file name or image label: value}`` for several.
+    ``exclude_images``: image labels to leave out of the table (before the non-finite policy, so
+    an image with a broken column can be left out; :func:`~causalcrystal.cells.exclude_images`).
 
     Raises :class:`~causalcrystal.cells.CellTableError` naming the file and the fix.
     """
@@ -258,5 +261,6 @@ def read(
     ds = _join(parts)
     # Messages name the file read (a netCDF's own 'source' attr names where it came from).
     src = safe_text(files[0].resolve()) if len(files) == 1 else None
+    ds = cells.exclude_images(ds, exclude_images, source=src)
     ds = cells.apply_nonfinite_policy(ds, nonfinite, source=src)
     return cells.canonical(cells.validate(ds, source=src, allow_nonfinite=(nonfinite == "keep")))
