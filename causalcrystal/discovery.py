@@ -688,15 +688,19 @@ def discover(
     if skipped:
         reasons = Counter(str(status[k]).split(" (")[0] for k in skipped)
         k0 = skipped[0]
-        warnings.warn(
-            f"{len(skipped)} of {n_tiles} tile(s) not fitted ("
-            + ", ".join(f"{c} x {r.removeprefix('skipped: ')}" for r, c in reasons.items())
-            + f"); e.g. tile {k0} (image {tiles['image'].values[k0]}, row0={int(tiles['row0'].values[k0])}, "
-            f"col0={int(tiles['col0'].values[k0])}): {status[k0]}. Their values are NaN; see the 'status' "
-            "variable. " + _skip_advice(reasons),
-            SkippedTileWarning,
-            stacklevel=2,
-        )
+        counts = ", ".join(f"{c} x {r.removeprefix('skipped: ')}" for r, c in reasons.items())
+        if int(tiles.attrs.get("whole_image", 0)):
+            # the whole-image fits (image-level priors), not tiles: a tile of the image was reported
+            # by the tiling already, and "tile 1" named an image's index among the images
+            text = (f"{len(skipped)} of {n_tiles} whole image(s) not fitted by the image-level LiNGAM ({counts}); "
+                    f"e.g. image {quoted(tiles['image'].values[k0])}: {status[k0]}. The priors of its tiles use "
+                    "their own bootstrap only.")
+        else:
+            text = (f"{len(skipped)} of {n_tiles} tile(s) not fitted ({counts}); e.g. tile {k0} (image "
+                    f"{tiles['image'].values[k0]}, row0={int(tiles['row0'].values[k0])}, "
+                    f"col0={int(tiles['col0'].values[k0])}): {status[k0]}. Their values are NaN; see the 'status' "
+                    "variable. " + _skip_advice(reasons))
+        warnings.warn(text, SkippedTileWarning, stacklevel=2)
 
     tile_coords = {name: c for name, c in tiles.coords.items() if c.dims == ("tile",)}
     coords = dict(tile_coords)

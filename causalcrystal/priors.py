@@ -83,9 +83,10 @@ def lower_pairs(n_vars: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def inclusion_weights(p_tile: np.ndarray, p_image: np.ndarray | None, n_tile: int, spec: PriorSpec) -> np.ndarray:
-    """Combine tile and image bootstrap probabilities (matrices ``[effect, cause]``) into ``w``."""
+    """Combine tile and image bootstrap probabilities (matrices ``[effect, cause]``) into ``w``.
+    ``p_image`` ``None``, or NaN (its image-level fit was skipped): the tile's alone."""
     p_tile = np.asarray(p_tile, dtype=float)
-    if p_image is None:
+    if p_image is None or not np.isfinite(p_image).all():
         w = p_tile
     else:
         w = (n_tile * p_tile + spec.pseudo_count * np.asarray(p_image, dtype=float)) / (n_tile + spec.pseudo_count)

@@ -334,3 +334,23 @@ def test_a_descriptor_declared_derived_may_be_constant(small):
     assert (disc["status"].values == "ok").all()
     assert disc["derived"].values[:, IX("Px")].all()
     assert (disc["order"].values[2][-1:] == IX("Px"))   # derived: last in every order, no effects
+
+
+def test_a_skipped_whole_image_is_named_as_an_image_and_its_tiles_use_their_own_bootstrap(small):
+    """Bughunt 10a: a 30-cell image was reported by the tiling, then again as "tile 1 (image tiny)"
+    skipped, where 1 was its index among the images. An image-level fit that is skipped leaves NaN
+    probabilities, which must not reach a tile's inclusion weights."""
+    from causalcrystal.priors import PriorSpec, inclusion_weights
+
+    img = small["image"].values.astype(str)
+    keep = np.flatnonzero(img == "Sm_0_0").tolist() + np.flatnonzero(img == "Sm_10_0")[:30].tolist()
+    cells = small.isel(cell=keep)
+    with pytest.warns(SkippedTileWarning, match=r"1 of 2 whole image\(s\) not fitted by the image-level LiNGAM "
+                      r"\(1 x too few cells\); e.g. image 'Sm_10_0'.*their own bootstrap only") as rec:
+        disc = discover(cells, image_tiles(cells), n_bootstrap=1, progress=False)
+    assert not any("tile 1" in str(w.message) for w in rec)
+    assert np.isnan(disc["probability"].values[1]).all()
+    p = np.random.default_rng(fixed_seed(2)).uniform(size=(8, 8))
+    spec = PriorSpec()
+    np.testing.assert_array_equal(inclusion_weights(p, disc["probability"].values[1], 5, spec),
+                                  inclusion_weights(p, None, 5, spec))

@@ -279,3 +279,12 @@ def test_included_edges_without_an_identified_direction_are_named():
     hdi = pd.DataFrame(rows).assign(**{"hdi_5%": [0.1] * 5 + [0.02], "hdi_95%": [0.3] * 6})
     _warn_identifiability(hdi, logged.append)
     assert len(logged) == 1 and "3 of 6 edge(s)" in logged[0] and "interval excluding 0" in logged[0]
+    # mostly unidentified: "the data look Gaussian", unless the tiles are too small for the test to tell
+    # (bughunt 10a: 16-cell tiles were told their data look Gaussian)
+    gauss = pd.DataFrame(rows[:2] + rows[5:]).assign(tile=[0, 1, 1])
+    for n_cells, says in ((np.array([256, 256]), "the data look Gaussian"),
+                          (np.array([16, 20]), "median of 18 cells, where the test has little power")):
+        logged.clear()
+        _warn_identifiability(gauss, logged.append, n_cells)
+        assert len(logged) == 1 and says in logged[0]
+        assert ("look Gaussian." in logged[0]) == (n_cells[0] == 256)
