@@ -529,8 +529,8 @@ def _write_phase(job: Job, plan: RunPlan, disc, priors, done, progress, keep_log
 
 
 #: below this many cells per tile the normality test behind ``direction_identified`` has little
-#: power (BH over a tile at 64 cells: Laplace noise found in 76 % of tiles, Student-t(5) in 51 %;
-#: at 256 cells 98-100 %; ``benchmarks/bench_direction_rule.py``)
+#: power (BH over a tile at 64 cells: 76 % of edges with Laplace noise called identified, 51 %
+#: with Student-t(5); at 256 cells 98-100 %; ``benchmarks/bench_direction_rule.py``)
 LOW_POWER_CELLS = 128
 
 
@@ -562,7 +562,7 @@ def _warn_identifiability(summary, log, n_cells=None) -> None:
         small = median if median < LOW_POWER_CELLS else None
     if small is not None:
         why = (f" Their tiles have a median of {small:g} cells, where the test has little power (at 64 cells it "
-               "finds Laplace noise in 76 % of tiles and Student-t(5) in 51 %; benchmarks/RESULTS.md): small "
+               "calls 76 % of edges with Laplace noise identified, 51 % with Student-t(5); benchmarks/RESULTS.md): small "
                "tiles, not necessarily Gaussian data; a larger --tile-size can identify what these cannot.")
     else:
         why = " This is most of the run: the data look Gaussian." if share > 0.5 else ""
