@@ -163,7 +163,8 @@ def run_cells(cells: xr.Dataset, run: dict) -> tuple[xr.Dataset, xr.Dataset, xr.
     cells = canonical(cells)  # as run_pipeline did
     s, disc, disc_images = run["settings"], run["disc"], run["disc_images"]
     where = f"the run in {run['dir']} (source {s.get('source', '')!r})"
-    fix = "pass the same inputs (and reader options) as `causalcrystal run`, or --demo for a demo folder"
+    fix = ("pass the same inputs (and reader options: --xy-order, --exclude-image) as `causalcrystal run`, or --demo "
+           "for a demo folder")
     n = int(cells.sizes["cell"])
     if n != int(s["n_cells"]):
         raise CompareError(f"the cells given have {n} cells but {where} was made from {s['n_cells']}; {fix}.")
