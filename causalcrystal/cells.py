@@ -338,7 +338,8 @@ def _refuse_lost_images(ds: xr.Dataset, good: np.ndarray, src: str) -> None:
         f"{safe_text(src)}: nonfinite='drop' would remove whole image(s) from the series -- "
         + "; ".join(details)
         + ". A whole image is not dropped quietly: fix the export of that column, or leave the image "
-        "out of the inputs (nonfinite='keep', as `causalcrystal inspect` uses, shows it)."
+        f"out of the inputs (--exclude-image {display_label(lost[0])}; read(..., exclude_images=[...])). `causalcrystal inspect` "
+        "shows the table as it is."
     )
 
 

@@ -184,14 +184,16 @@ def inspect_text(cells) -> str:
         if whole:
             lines.append(f"WARNING: image {display_label(lab)}: {', '.join(whole)} non-finite in every cell; "
                          "`run` refuses this image (it would lose all its cells). Fix the export of that column "
-                         "or leave the image out.")
+                         f"or leave the image out (--exclude-image {display_label(lab)}).")
     # what `run` refuses (a constant descriptor) or warns about (quantised, nearly constant), said here first
     from causalcrystal.discovery import coarse_descriptors, constant_descriptors
 
     for lab, v, n, value in constant_descriptors(cells):
+        out = (f"this image is left out (--exclude-image {display_label(lab)}) or fixed" if len(set(img.tolist())) > 1
+               else "fixed")
         lines.append(f"WARNING: image {display_label(lab)}: {v} is constant ({value:g} in all {n} cells); "
-                     f"`run` refuses the whole table unless this image is left out (--exclude-image {lab}) or "
-                     f"fixed, or {v} is left out of the SEM (--derived {v}): no variation, no causal information.")
+                     f"`run` refuses the whole table unless {out}, or {v} is left out of the SEM (--derived {v}): "
+                     "no variation, no causal information.")
     lines += [f"WARNING: {text}" for text in coarse_descriptors(cells)]
     lines.append(f"{'descriptor':<10}{'units':>12}{'min':>12}{'median':>12}{'max':>12}")
     for v in DESCRIPTORS:

@@ -1005,6 +1005,21 @@ _SAME_UNIT = {"a.u.": "counts", "counts": "counts", "Å": "angstrom", "A": "angs
               "degrees": "deg"}
 
 
+def run_derived(run_dir) -> set[str]:
+    """Descriptors a run treated as derived in every fitted tile (no equation, no effects: no
+    coupling to or from them has data); empty for a run without ``discovery.nc``."""
+    path = Path(run_dir) / "discovery.nc"
+    if not path.is_file():
+        return set()
+    with xr.open_dataset(path, engine="h5netcdf") as disc:
+        if "derived" not in disc:
+            return set()
+        ok = disc["status"].values.astype(str) == "ok"
+        der = disc["derived"].values[ok].astype(bool)
+        names = [str(v) for v in disc["variable"].values] if "variable" in disc.coords else list(DESCRIPTORS)
+    return {v for v, d in zip(names, der.all(axis=0)) if d} if der.size else set()
+
+
 def check_units(spec: ConcentrationSpec, run_dir, log=None) -> None:
     """Refuse a spec whose amplitude priors are in other units than the run's data.
 
@@ -1030,9 +1045,10 @@ def check_units(spec: ConcentrationSpec, run_dir, log=None) -> None:
         return _SAME_UNIT.get(str(u).strip(), str(u).strip())
 
     bad = []
+    derived = run_derived(run_dir)
     for c in spec.couplings:
-        if c.amplitude is None:
-            continue
+        if c.amplitude is None or {c.effect, c.cause} & derived:
+            continue  # a coupling of a derived descriptor is left out of the fit (no data), not checked
         data = (norm(units.get(c.effect, "")), norm(units.get(c.cause, "")))
         prior = (norm(AMPLITUDE_UNITS[c.effect]), norm(AMPLITUDE_UNITS[c.cause]))
         if data == prior or (data[0] == data[1] and prior[0] == prior[1]):
@@ -1141,7 +1157,14 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
         if not keep:
             raise ConcentrationError(f"no coupling of spec {spec.name!r} is allowed by the causal order of any tile "
                                      f"({empty}); check the run's discovery.")
-        log(f"WARNING: coupling(s) {empty} are not allowed by the causal order of any tile; left out of the fit")
+        derived = run_derived(run_dir)
+        of_derived = [lab for lab in empty if set(lab.split("<-")) & derived]
+        if of_derived:
+            log(f"WARNING: coupling(s) {of_derived} involve {sorted(derived & {v for lab in of_derived for v in lab.split('<-')})}, "
+                "treated as derived in this run (no equation, no effects: run --derived); left out of the fit")
+        rest = [lab for lab in empty if lab not in of_derived]
+        if rest:
+            log(f"WARNING: coupling(s) {rest} are not allowed by the causal order of any tile; left out of the fit")
         spec = replace(spec, couplings=tuple(c for c in spec.couplings if c.label in keep))
         alternatives = [replace(a, couplings=tuple(c for c in a.couplings if c.label in keep)) for a in alternatives]
         summ = summ.sel(coupling=keep)

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from causalcrystal.cells import DESCRIPTORS, CellTableError, quoted, validate
+from causalcrystal.cells import DESCRIPTORS, CellTableError, display_label, quoted, validate
 from causalcrystal.errors import CausalCrystalError
 from causalcrystal.executor import InlineExecutor, Progress
 from causalcrystal.tiling import tile_members
@@ -149,10 +149,12 @@ def check_variation(cells: xr.Dataset, skip=()) -> None:
     const = constant_descriptors(cells, skip)
     if const:
         lab, name, n, value = const[0]
+        several = len(set(cells["image"].values.astype(str).tolist())) > 1
         raise CellTableError(
             f"{src}: image {str(lab)!r} has no variation in {name!r} (all {n} cells = {value:g}), so it "
-            "carries no causal information (and cannot be z-scored); leave that image out (--exclude-image "
-            f"{lab}), check the input that produced it, or leave {name} out of the SEM with --derived {name}.")
+            "carries no causal information (and cannot be z-scored); "
+            + (f"leave that image out (--exclude-image {display_label(lab)}), " if several else "")
+            + f"check the input that produced it, or leave {name} out of the SEM with --derived {name}.")
 
 
 def _finite_by_image(cells: xr.Dataset, skip=()):
@@ -495,7 +497,8 @@ def _skip_advice(reasons) -> str:
         advice.append("larger tiles or a lower min_cells (--min-cells) keep small tiles")
     if "constant column" in text:
         advice.append("a descriptor constant inside a tile cannot be fitted there: larger tiles may span its "
-                      "variation, otherwise fix its export")
+                      "variation, otherwise fix its export or declare it derived (--derived NAME: no equation, no "
+                      "effects, in every tile)")
     if "non-finite" in text:
         advice.append("drop or repair the non-finite cells")
     if not advice:
@@ -693,13 +696,14 @@ def discover(
             # the whole-image fits (image-level priors), not tiles: a tile of the image was reported
             # by the tiling already, and "tile 1" named an image's index among the images
             text = (f"{len(skipped)} of {n_tiles} whole image(s) not fitted by the image-level LiNGAM ({counts}); "
-                    f"e.g. image {quoted(tiles['image'].values[k0])}: {status[k0]}. The priors of its tiles use "
-                    "their own bootstrap only.")
+                    f"e.g. image {quoted(tiles['image'].values[k0])}: {status[k0]}. Any of its tiles that are "
+                    "fitted take their priors from their own bootstrap only.")
         else:
             text = (f"{len(skipped)} of {n_tiles} tile(s) not fitted ({counts}); e.g. tile {k0} (image "
                     f"{tiles['image'].values[k0]}, row0={int(tiles['row0'].values[k0])}, "
-                    f"col0={int(tiles['col0'].values[k0])}): {status[k0]}. Their values are NaN; see the 'status' "
-                    "variable. " + _skip_advice(reasons))
+                    f"col0={int(tiles['col0'].values[k0])}): {status[k0]}. Their values here (discovery.nc) are "
+                    "NaN, with 'status' saying why, and a run fits no posterior for them (they are not in "
+                    "posterior.nc or summary.csv). " + _skip_advice(reasons))
         warnings.warn(text, SkippedTileWarning, stacklevel=2)
 
     tile_coords = {name: c for name, c in tiles.coords.items() if c.dims == ("tile",)}

@@ -411,6 +411,9 @@ def _plan_run(cells, *, tile_size, stride, min_cells, n_bootstrap, image_bootstr
                 # the descriptors' units: B_raw is in effect units per cause unit, and the
                 # concentration model's amplitude priors are in physical units (checked there)
                 "units": {v: str(cells[v].attrs.get("units", "")) for v in DESCRIPTORS}}
+    left_out = json.loads(cells.attrs.get("excluded_images", "[]") or "[]")
+    if left_out:  # only when used: the settings of runs without it stay as they were (resume compares them)
+        settings["excluded_images"] = left_out
     return RunPlan(cells, tiles, spec, settings, declared, detect, eff_min, exogenous, standardize, int(n_bootstrap),
                    int(image_bootstrap), int(n_orders), int(seed), derived)
 

@@ -355,7 +355,11 @@ def section_provenance(ctx: Context) -> str:
     simulated = "simulator" in str(src)
     kind = ("simulated: the LGD simulator (causalcrystal.simulate); the ground truth is in the simulated cell "
             "table, not in the run") if simulated else "measured data read from the file(s) below"
-    out = _kv([("source", src or "not recorded"), ("kind", kind)])
+    rows = [("source", src or "not recorded"), ("kind", kind)]
+    left_out = ctx.manifest.get("settings", {}).get("excluded_images")
+    if left_out:
+        rows.append(("images left out of the inputs (--exclude-image)", ", ".join(map(str, left_out))))
+    out = _kv(rows)
     d = ctx.disc_attrs
     if d:
         out += _kv([("discovery", d.get("method", "")), ("tile bootstrap resamples", d.get("n_bootstrap", "")),

@@ -321,6 +321,9 @@ def test_a_descriptor_declared_derived_may_be_constant(small):
     np.testing.assert_allclose(st["I5"].values[img == "Sm_0_0"].std(), 1.0)   # the other image z-scored as before
     with pytest.raises(CellTableError, match="no variation in 'I5'"):
         standardize(bad, "image", derived=["Vol"])                            # another one declared: still refused
+    with pytest.raises(CellTableError) as err:                                # one image: leaving it out is no fix
+        standardize(bad.isel(cell=np.flatnonzero(img == "Sm_10_0")))
+    assert "--derived I5" in str(err.value) and "--exclude-image" not in str(err.value)
 
     tiles = make_tiles(small, 12, stride=12)
     m = tile_members(tiles, 2)

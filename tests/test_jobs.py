@@ -534,10 +534,20 @@ def test_a_constant_descriptor_declared_derived_runs_and_reopens(small_cells, tm
     import causalcrystal as cc
     from causalcrystal.engine import run_pipeline
 
+    from causalcrystal.cells import exclude_images
+    from causalcrystal.report import load_context, section_provenance
+
     const = small_cells.copy(deep=True)
-    const["alpha"].values[const["image"].values == const["image"].values[0]] = 90.0
-    res = run_pipeline(const, tmp_path / "run", derived=["alpha"], **_kw())
+    first, second = dict.fromkeys(const["image"].values.astype(str).tolist())
+    const["alpha"].values[const["image"].values == first] = 90.0
+    # with the other image left out: the run's record and report say so (a helper found it only in cells.nc)
+    res = run_pipeline(exclude_images(const, [second]), tmp_path / "run", derived=["alpha"], **_kw())
     assert res["finished"]
+    from causalcrystal.jobs import read_manifest
+
+    assert read_manifest(tmp_path / "run")["settings"]["excluded_images"] == [second]
+    assert f"<th>images left out of the inputs (--exclude-image)</th><td>{second}</td>" in section_provenance(
+        load_context(tmp_path / "run", log=lambda m: None))
     disc = xr.load_dataset(tmp_path / "run" / "discovery.nc", engine="h5netcdf")
     assert (disc["status"].values == "ok").all() and disc["derived"].sel(variable="alpha").values.all()
     post = xr.load_dataset(tmp_path / "run" / "posterior.nc", engine="h5netcdf", group="posterior")
@@ -545,3 +555,17 @@ def test_a_constant_descriptor_declared_derived_runs_and_reopens(small_cells, tm
     for tile in post["tile"].values:                  # cells.nc -> standardised tile -> log-likelihood
         loo = cc.tile_loo(tmp_path / "run", int(tile))
         assert np.isfinite(loo["loo_i"].values).all() and np.isfinite(loo["elpd_loo"])
+    # the concentration job knows alpha has no coupling here: its amplitude prior's units are not
+    # held against the data (a helper's run was refused over a coupling it then dropped)
+    from causalcrystal import concentration as cn
+
+    assert cn.run_derived(tmp_path / "run") == {"alpha"}
+    manifest = tmp_path / "run" / "manifest.json"
+    m = read_manifest(tmp_path / "run")
+    m["settings"]["units"]["alpha"] = "rad"
+    manifest.write_text(json.dumps(m))
+    cn.check_units(cn.load_spec("lgd"), tmp_path / "run")          # alpha<-Py has a prior in deg: not checked
+    m["settings"]["units"]["b"] = "nm"
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(cn.ConcentrationError, match=r"b<-Px \(data nm/"):
+        cn.check_units(cn.load_spec("lgd"), tmp_path / "run")
