@@ -426,9 +426,14 @@ def test_two_images_are_not_a_test_of_universality():
     """Leave-one-image-out over two images is no evidence: every coupling is 'not testable' (no
     weight is reported; a weight of 1e-15 with dse 0 was reported as 'favours universal'), and
     whole link specifications are not compared."""
+    import arviz as az
+
     spec = _spec(0.5, labels=LABELS)
     summ = cn.simulate_summaries(spec, (0.0, 0.2), images_per_composition=1, seed=fixed_seed(6))
-    table, _ = cn.universality(summ, spec, seed=fixed_seed(6))
+    # the specification's own fit is given (an empty one): what is tested is that no coupling is
+    # compared, and a real fit of this 2-image model cost ~30 s of the suite in a fresh compile
+    table, fits = cn.universality(summ, spec, seed=fixed_seed(6), idata=az.InferenceData())
+    assert list(fits) == ["spec"]                      # no variant was fitted
     assert (table["favours"] == "not testable").all() and table["weight_dependent"].isna().all()
     assert table["note"].str.contains("2 image").all()
     with pytest.raises(cn.ConcentrationError, match=">= 3 images"):
