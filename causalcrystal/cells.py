@@ -284,6 +284,11 @@ def apply_nonfinite_policy(ds: xr.Dataset, policy: str = "drop", source: str | N
     return out
 
 
+def excluded_images(ds: xr.Dataset) -> list[str]:
+    """The image labels :func:`exclude_images` left out of ``ds`` (``attrs['excluded_images']``)."""
+    return list(json.loads(ds.attrs.get("excluded_images", "[]") or "[]"))
+
+
 def exclude_images(ds: xr.Dataset, labels, source: str | None = None) -> xr.Dataset:
     """The table without the cells of the images ``labels`` (image labels, as ``inspect`` lists
     them); ``attrs['excluded_images']`` (JSON list) records what was left out, so a run's
@@ -308,7 +313,7 @@ def exclude_images(ds: xr.Dataset, labels, source: str | None = None) -> xr.Data
         raise CellTableError(f"{src}: excluding {', '.join(quoted(v) for v in labels)} leaves no image.")
     out = ds.isel(cell=keep)
     out.attrs = dict(ds.attrs)
-    previous = json.loads(ds.attrs.get("excluded_images", "[]") or "[]")
+    previous = excluded_images(ds)
     out.attrs["excluded_images"] = json.dumps(previous + [v for v in dict.fromkeys(labels) if v not in previous])
     return out
 

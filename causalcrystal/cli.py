@@ -150,7 +150,7 @@ def inspect_text(cells) -> str:
 
     import numpy as np
 
-    from causalcrystal.cells import DESCRIPTORS, display_label, images, nonfinite_counts
+    from causalcrystal.cells import DESCRIPTORS, display_label, excluded_images, images, nonfinite_counts
 
     # Labels and paths come from users' files: print them safely (no control characters, no
     # undecodable file-name bytes, no np.str_ reprs).
@@ -158,7 +158,7 @@ def inspect_text(cells) -> str:
     table = images(cells)
     lines.append(f"source: {display_label(cells.attrs.get('source', ''))}")
     lines.append(f"{table.sizes['image']} image(s), {cells.sizes['cell']} cells")
-    left_out = json.loads(cells.attrs.get("excluded_images", "[]") or "[]")
+    left_out = excluded_images(cells)
     if left_out:
         lines.append(f"left out (--exclude-image): {', '.join(display_label(v) for v in left_out)}")
     width = max([16] + [len(display_label(lab)) + 2 for lab in table["image"].values])

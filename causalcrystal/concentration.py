@@ -1158,9 +1158,10 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
             raise ConcentrationError(f"no coupling of spec {spec.name!r} is allowed by the causal order of any tile "
                                      f"({empty}); check the run's discovery.")
         derived = run_derived(run_dir)
-        of_derived = [lab for lab in empty if set(lab.split("<-")) & derived]
+        hit = {c.label: {c.effect, c.cause} & derived for c in spec.couplings if c.label in empty}
+        of_derived = [lab for lab, names in hit.items() if names]
         if of_derived:
-            log(f"WARNING: coupling(s) {of_derived} involve {sorted(derived & {v for lab in of_derived for v in lab.split('<-')})}, "
+            log(f"WARNING: coupling(s) {of_derived} involve {sorted(set().union(*hit.values()))}, "
                 "treated as derived in this run (no equation, no effects: run --derived); left out of the fit")
         rest = [lab for lab in empty if lab not in of_derived]
         if rest:

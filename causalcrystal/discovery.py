@@ -609,7 +609,7 @@ def discover(
     unknown = [d for d in derived if d not in DESCRIPTORS]
     if unknown:
         raise ValueError(f"derived descriptor(s) {unknown} unknown; use names from {list(DESCRIPTORS)}.")
-    derived_idx = sorted(DESCRIPTORS.index(d) for d in derived)
+    derived_idx = sorted(_derived_indices(derived))
     tol = TOL if derived_tol is None else float(derived_tol)
     n_cells_total = cells.sizes["cell"]
     members_all = tiles["members"].values

@@ -62,7 +62,7 @@ import numpy as np
 import xarray as xr
 
 from causalcrystal import __version__
-from causalcrystal.cells import DESCRIPTORS, canonical, display_label, validate
+from causalcrystal.cells import DESCRIPTORS, canonical, display_label, excluded_images, validate
 from causalcrystal.checks import GAUSS_ALPHA, PIT_ALPHA, non_gaussian
 from causalcrystal.executor import Progress, check_workers, get_executor
 from causalcrystal.jobs import (  # noqa: F401  (RunExistsError, FolderLockedError: part of this module's API)
@@ -411,7 +411,7 @@ def _plan_run(cells, *, tile_size, stride, min_cells, n_bootstrap, image_bootstr
                 # the descriptors' units: B_raw is in effect units per cause unit, and the
                 # concentration model's amplitude priors are in physical units (checked there)
                 "units": {v: str(cells[v].attrs.get("units", "")) for v in DESCRIPTORS}}
-    left_out = json.loads(cells.attrs.get("excluded_images", "[]") or "[]")
+    left_out = excluded_images(cells)
     if left_out:  # only when used: the settings of runs without it stay as they were (resume compares them)
         settings["excluded_images"] = left_out
     return RunPlan(cells, tiles, spec, settings, declared, detect, eff_min, exogenous, standardize, int(n_bootstrap),
@@ -428,7 +428,7 @@ def _discovery_phase(job: Job, plan: RunPlan, scheduler, workers, progress, log)
         disc_images = job.load_part(dpath, lambda p: xr.load_dataset(p, engine="h5netcdf", group="images"))
         return disc, disc_images
     cells, tiles = plan.cells, plan.tiles
-    left_out = json.loads(cells.attrs.get("excluded_images", "[]") or "[]")
+    left_out = plan.settings.get("excluded_images", [])
     if left_out:
         log(f"left out of the inputs (--exclude-image): {', '.join(display_label(v) for v in left_out)}")
     log(f"discovery: {tiles.sizes['tile']} tiles, bootstrap x{plan.n_bootstrap}; "
