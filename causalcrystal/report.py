@@ -662,8 +662,9 @@ def section_concentration(ctx: Context) -> str:
     axes[0].legend(fontsize=6, loc="best")
     out += _img(fig, "couplings against Sm fraction", "Each coupling (raw units; strain &larr; polarisation "
                 "couplings oriented by the sign of the tile's mean Px) against the Sm fraction: the LGD link's "
-                "median with 50 % and 90 % bands (curves.csv), the tiles' posterior means &plusmn; sd "
-                "(tile_summaries.nc, jittered; red triangles: tiles off the scale, e.g. on a wall) and the images' "
+                "median with 50 % and 90 % bands (curves.csv), the posterior means &plusmn; sd of the tiles used "
+                "(tile_summaries.nc, jittered; red triangles: tiles off the scale; couplings marked single-domain "
+                "use only tiles inside one domain, 'excluded' there says why a tile is out) and the images' "
                 "values with 90 % intervals (concentration.nc).")
     if (d / "contraction.json").is_file():
         cont = json.loads((d / "contraction.json").read_text())
