@@ -132,7 +132,8 @@ def prepare(cells: xr.Dataset, run_dir: str | Path, spec: cn.ConcentrationSpec |
     summ = cn.tile_summaries(run_dir, spec).sel(tile=chosen)
     empty = [lab for lab in summ["coupling"].values.tolist() if not summ["used"].sel(coupling=lab).any()]
     if empty and len(empty) < summ.sizes["coupling"]:  # (all empty: _prepare says so)
-        warnings.warn(f"one-stage model: coupling(s) {empty} are allowed by no tile of the partition; left out.",
+        warnings.warn(f"one-stage model: coupling(s) {empty} are used by no tile of the partition (not allowed by "
+                      "its causal order, or no tile inside one domain: tile_summaries' 'excluded'); left out.",
                       stacklevel=2)
         spec = replace(spec, couplings=tuple(c for c in spec.couplings if c.label not in empty))
         summ = summ.sel(coupling=[c.label for c in spec.couplings])

@@ -272,8 +272,9 @@ d[dcols].to_csv(OUT / "directions_vs_truth.csv", index=False)
 # ## 3. Concentration dependence: LGD links against an all-universal alternative
 #
 # Stage 1 summarises each tile's posterior of each coupling in raw units; stage 2 fits the
-# hierarchy (tiles around image values around the link curve). Couplings no tile's causal order
-# allows cannot be fitted and are dropped first (said below). `run_concentration` fits the LGD
+# hierarchy (tiles around image values around the link curve). Strain <- polarisation couplings
+# use only tiles inside one domain (a tile across a wall averages the coupling over both signs).
+# Couplings no usable tile's causal order allows cannot be fitted and are dropped first (said below). `run_concentration` fits the LGD
 # specification and, per coupling, the universality comparison (`couplings.csv`); then the
 # whole specification is compared with an all-universal one by leave-one-image-out LOO.
 
