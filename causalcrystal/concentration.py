@@ -120,8 +120,8 @@ class Coupling:
     ``tiles``: ``"all"`` or ``"single-domain"``: only tiles inside one ferroelectric domain enter
     this coupling's image values (:func:`polarisation_ratio`). The LGD amplitudes are bulk,
     single-domain values; a tile that holds a 180-degree wall or the substrate interface measures
-    a slope averaged over the polarisation profile, measured at 0.02-0.9 of the link
-    (``benchmarks/RESULTS.md``), which bent ``y0`` and ``eps0`` low when such tiles were used.
+    a slope averaged over the polarisation profile (with every tile used, the per-coupling medians
+    were 0.02-0.9 of the link, ``benchmarks/RESULTS.md``), which bent ``y0`` and ``eps0`` low.
     """
 
     effect: str
@@ -302,8 +302,13 @@ def polarisation_ratio(tile_mean_px, images) -> np.ndarray:
     ``images``: (tile,) image labels. The level is the ``DOMAIN_LEVEL_QUANTILE`` quantile of the
     image's ``|mean Px|``; NaN where it is 0 or not finite (no polarisation to tell domains by).
     On the simulator's 40 x 40 images (one wall, a substrate strip; ``benchmarks/RESULTS.md``)
-    tiles with every cell at >= 0.9 of ``P_S`` had ratios >= 0.98 and couplings at 0.97-1.0 of
-    the link; tiles with a wall 0.56-0.83.
+    tiles with every cell at >= 0.9 of ``P_S`` had ratios >= 0.98 (their couplings 0.97-1.0 of
+    the link); tiles with a wall had ratios 0.56-0.83 (their couplings 0.3-0.6 of the link). A
+    single-domain tile can exceed 1 (the level is a quantile, not the largest). The level is
+    relative to the image, so an image without any single-domain tile still passes its most
+    polarised ones, and genuine variation of ``|P|`` between domains (strain, composition) leaves
+    some single-domain tiles out; only ``Px`` is looked at (walls that flip only ``Py``, such as
+    some 71/109-degree walls in BiFeO3, are not detected).
     """
     m = np.abs(np.asarray(tile_mean_px, dtype=np.float64))
     images = np.asarray(images).astype(str)
@@ -387,6 +392,11 @@ def tile_summaries(run_dir: str | Path, spec: ConcentrationSpec) -> xr.Dataset:
     out["p_allowed"] = (("tile", "coupling"), p_allowed)
     out["excluded"] = (("tile", "coupling"), excluded.astype(str))
     out["polarisation_ratio"] = ("tile", ratio)
+    out["polarisation_ratio"].attrs.update(
+        description="|tile mean Px| / the image's level (90th percentile of its tiles' |mean Px|)",
+        single_domain_ratio=spec.single_domain_ratio,
+        used_for=json.dumps([c.label for c in spec.couplings if c.tiles == "single-domain"]))
+    out["excluded"].attrs["description"] = "why a tile is not used for a coupling ('' = used)"
     out.attrs.update(run_dir=str(run_dir), standardize=post.attrs.get("standardize", ""),
                      units="raw (effect units per cause unit)", flagged_tiles_left_out=len(flagged))
     return out
@@ -758,6 +768,13 @@ def contraction(idata, spec: ConcentrationSpec, n_prior: int = 4000, seed: int =
         prior = {"y0": y0, "eps0": eps0, "y_star": y0 + 1 / eps0}
     out = {}
     diag = convergence(idata, tuple(prior))
+    # the whole posterior is judged, as convergence_warning does: an amplitude that did not
+    # converge, or divergent transitions, make y0 / y_star untrustworthy too (a fresh-user check
+    # found "identified": true beside a warning that said this file marks them not identified)
+    others = convergence(idata, tuple(v for v in ("amplitude",) if v not in prior))
+    div = int(idata.sample_stats["diverging"].sum()) if ("sample_stats" in idata.groups()
+                                                         and "diverging" in idata.sample_stats) else 0
+    trusted = div == 0 and all(v["converged"] is not False for v in others.values())
     for name, pr in prior.items():
         post = idata.posterior[name].values.ravel()
         con = float(1 - post.std() / pr.std())
@@ -766,12 +783,12 @@ def contraction(idata, spec: ConcentrationSpec, n_prior: int = 4000, seed: int =
                      "contraction": con,
                      # < 0.1: the data moved the prior by less than a tenth of its width (or widened it);
                      # and a posterior the sampler did not converge on identifies nothing
-                     "identified": bool(con >= 0.1 and ok is not False),
+                     "identified": bool(con >= 0.1 and ok is not False and trusted),
                      "prior_90": np.quantile(pr, [0.05, 0.95]).tolist(),
                      "posterior_90": np.quantile(post, [0.05, 0.95]).tolist(),
                      "posterior_mean": float(post.mean()), **diag[name]}
     if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
-        out["divergences"] = int(idata.sample_stats["diverging"].sum())
+        out["divergences"] = div
     return out
 
 
@@ -1206,15 +1223,36 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     n_left = int(res["summ"].attrs.get("flagged_tiles_left_out", 0))
     if n_left:
         log(f"{n_left} tile(s) with a noise misfit left out of the image values (tile_summaries.nc: 'excluded')")
-    excl = res["summ"]["excluded"].astype(str).values
-    across = np.char.startswith(excl.astype("U"), "not single-domain")
-    if across.any():
-        labs = [lab for lab, hit in zip(res["summ"]["coupling"].values.tolist(), across.any(0)) if hit]
-        log(f"{int(across.any(1).sum())} of {excl.shape[0]} tile(s) not inside one domain (a wall or the substrate "
-            f"in the tile) left out of {labs}: their slopes average over the polarisation profile "
-            "(tile_summaries.nc: 'excluded', 'polarisation_ratio')")
     return {"out_dir": str(out_dir), "contraction": cont, "couplings": res["couplings"], "links": res["links"],
             "divergences": res["divergences"]}
+
+
+def _report_single_domain(summ: xr.Dataset, log) -> None:
+    """Say how many tiles the single-domain selection left out, and which images it left without
+    any tile for a coupling (those images then say nothing about it)."""
+    excl = summ["excluded"].astype(str).values.astype("U")
+    across = np.char.startswith(excl, "not single-domain")
+    if not across.any():
+        return
+    labels = summ["coupling"].values.tolist()
+    labs = [lab for lab, hit in zip(labels, across.any(0)) if hit]
+    log(f"stage 1: {int(across.any(1).sum())} of {excl.shape[0]} tile(s) not inside one domain (a wall or the "
+        f"substrate in the tile) left out of {labs}: their slopes average over the polarisation profile "
+        "(tile_summaries.nc: 'excluded', 'polarisation_ratio')")
+    images = summ["image"].values.astype(str)
+    used = summ["used"].values.astype(bool)
+    lost = {}
+    for q, lab in enumerate(labels):
+        if lab not in labs:
+            continue
+        for g in dict.fromkeys(images.tolist()):
+            sel = images == g
+            if not used[sel, q].any() and across[sel, q].any():
+                lost.setdefault(g, []).append(lab)
+    if lost:
+        log("WARNING: no usable single-domain tile in " + "; ".join(f"image {g} for {v}" for g, v in lost.items())
+            + ": those images say nothing about these couplings (tiles smaller than the domains, --tile-size, "
+            "keep more)")
 
 
 def _concentration_job(job, run_dir, spec, alternatives, seed, universality_check, params, log) -> dict:
@@ -1231,6 +1269,7 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
         with job.output("tile_summaries.nc") as tmp:
             summ.to_netcdf(tmp, engine="h5netcdf")
     check_series(summ)
+    _report_single_domain(summ, log)
     # A coupling that no tile's causal order allows has no data; drop it (loudly) rather than
     # fail the whole job, which on real data would leave the other couplings unfitted.
     empty = [lab for lab in summ["coupling"].values.tolist() if not summ["used"].sel(coupling=lab).any()]

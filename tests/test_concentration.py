@@ -154,6 +154,15 @@ def test_stage1_leaves_tiles_across_domains_out_of_single_domain_couplings(tmp_p
     assert summ["used"].sel(coupling="a<-I14").values.all()
     # the other domain's tile is oriented, not dropped
     assert summ["mean"].sel(coupling="a<-Px").values[1] > 0
+    said = []
+    cn._report_single_domain(summ, said.append)
+    assert len(said) == 1 and "1 of 4 tile(s) not inside one domain" in said[0] and "a<-I14" not in said[0]
+    # an image left with no single-domain tile for a coupling is named
+    summ["used"].loc[{"coupling": "a<-Px"}] = False
+    summ["excluded"].loc[{"coupling": "a<-Px"}] = "not single-domain (polarisation ratio 0.40 < 0.95)"
+    said.clear()
+    cn._report_single_domain(summ, said.append)
+    assert said[-1].startswith("WARNING: no usable single-domain tile in image x for ['a<-Px']")
     # no polarisation to tell domains by: every tile is used, the ratio is NaN
     assert np.isnan(cn.polarisation_ratio(np.zeros(3), ["x"] * 3)).all()
     with pytest.raises(ValueError, match="tiles"):
@@ -603,3 +612,10 @@ def test_an_unconverged_concentration_posterior_is_not_reported_as_identified():
     div = fit(False, 30)  # converged but with divergent transitions: suspect, said
     cont = cn.contraction(div, spec)
     assert cont["divergences"] == 30 and "30 of 2000 transitions diverged" in cn.convergence_warning(div, cont)
+    # the warning says contraction.json marks them not identified: it must (a fresh-user check found
+    # "identified": true there beside 53 divergences, and beside an amplitude with r_hat 1.03)
+    assert cont["y0"]["converged"] and not cont["y0"]["identified"]
+    amp_bad = fit(False, 0)
+    amp_bad.posterior["amplitude"][1] += 0.5  # one amplitude's chains disagree
+    cont = cn.contraction(amp_bad, spec)
+    assert "amplitude (r_hat" in cn.convergence_warning(amp_bad, cont) and not cont["y0"]["identified"]
