@@ -288,6 +288,10 @@ def _open_run(run_dir: Path):
     return idata
 
 
+#: the start of ``excluded`` for a tile left out of a single-domain coupling (written by
+#: :func:`tile_summaries`, read back by :func:`_across_domains`)
+NOT_SINGLE_DOMAIN = "not single-domain"
+
 #: the quantile of an image's tile polarisations taken as its single-domain level (not the
 #: largest: one tile with an outlier does not set the scale)
 DOMAIN_LEVEL_QUANTILE = 0.9
@@ -377,7 +381,7 @@ def tile_summaries(run_dir: str | Path, spec: ConcentrationSpec) -> xr.Dataset:
                 excluded[t, q] = f"tile flagged ({flagged[int(tile_ids[t])]})"
                 continue
             if c.tiles == "single-domain" and ratio[t] < spec.single_domain_ratio:
-                excluded[t, q] = f"not single-domain (polarisation ratio {ratio[t]:.2f} < {spec.single_domain_ratio:g})"
+                excluded[t, q] = f"{NOT_SINGLE_DOMAIN} (polarisation ratio {ratio[t]:.2f} < {spec.single_domain_ratio:g})"
                 continue
             draws = draws[nonzero]
             if c.orient:
@@ -771,14 +775,13 @@ def contraction(idata, spec: ConcentrationSpec, n_prior: int = 4000, seed: int =
         eps0 = np.exp(np.log(spec.eps0_prior[0]) + spec.eps0_prior[1] * rng.standard_normal(n_prior))
         prior = {"y0": y0, "eps0": eps0, "y_star": y0 + 1 / eps0}
     out = {}
-    diag = convergence(idata, tuple(prior))
     # the whole posterior is judged, as convergence_warning does: an amplitude that did not
     # converge, or divergent transitions, make y0 / y_star untrustworthy too (a fresh-user check
     # found "identified": true beside a warning that said this file marks them not identified)
-    others = convergence(idata, tuple(v for v in ("amplitude",) if v not in prior))
+    diag = convergence(idata, (*prior, "amplitude"))
     div = int(idata.sample_stats["diverging"].sum()) if ("sample_stats" in idata.groups()
                                                          and "diverging" in idata.sample_stats) else 0
-    trusted = div == 0 and all(v["converged"] is not False for v in others.values())
+    trusted = div == 0 and diag.get("amplitude", {}).get("converged") is not False
     for name, pr in prior.items():
         post = idata.posterior[name].values.ravel()
         con = float(1 - post.std() / pr.std())
@@ -1231,16 +1234,20 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
             "divergences": res["divergences"]}
 
 
+def _across_domains(summ: xr.Dataset) -> np.ndarray:
+    """(tile, coupling): True where the single-domain selection left the tile out."""
+    return np.char.startswith(summ["excluded"].astype(str).values.astype("U"), NOT_SINGLE_DOMAIN)
+
+
 def _report_single_domain(summ: xr.Dataset, log) -> None:
     """Say how many tiles the single-domain selection left out, and which images it left without
     any tile for a coupling (those images then say nothing about it)."""
-    excl = summ["excluded"].astype(str).values.astype("U")
-    across = np.char.startswith(excl, "not single-domain")
+    across = _across_domains(summ)
     if not across.any():
         return
     labels = summ["coupling"].values.tolist()
     labs = [lab for lab, hit in zip(labels, across.any(0)) if hit]
-    log(f"stage 1: {int(across.any(1).sum())} of {excl.shape[0]} tile(s) not inside one domain (a wall or the "
+    log(f"stage 1: {int(across.any(1).sum())} of {across.shape[0]} tile(s) not inside one domain (a wall or the "
         f"substrate in the tile) left out of {labs}: their slopes average over the polarisation profile "
         "(tile_summaries.nc: 'excluded', 'polarisation_ratio')")
     images = summ["image"].values.astype(str)
@@ -1289,9 +1296,8 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
             log(f"WARNING: coupling(s) {of_derived} involve {sorted(set().union(*hit.values()))}, "
                 "treated as derived in this run (no equation, no effects: run --derived); left out of the fit")
         rest = [lab for lab in empty if lab not in of_derived]
-        excl = summ["excluded"].astype(str)
-        one_domain = [lab for lab in rest
-                      if any(e.startswith("not single-domain") for e in excl.sel(coupling=lab).values.tolist())]
+        across = dict(zip(summ["coupling"].values.tolist(), _across_domains(summ).any(0)))
+        one_domain = [lab for lab in rest if across[lab]]
         if one_domain:
             log(f"WARNING: coupling(s) {one_domain} have no tile inside one domain where the causal order allows "
                 f"them (single_domain_ratio {spec.single_domain_ratio:g}; tile_summaries.nc: 'polarisation_ratio'); "
