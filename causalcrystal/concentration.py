@@ -78,6 +78,7 @@ with ``arviz.compare`` (ELPD difference, its standard error, stacking weights).
 from __future__ import annotations
 
 import json
+import numbers
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -88,7 +89,7 @@ from scipy import special
 
 from causalcrystal import lgd
 from causalcrystal.cells import DESCRIPTORS
-from causalcrystal.errors import CausalCrystalError
+from causalcrystal.errors import CausalCrystalError, check_field_types
 from causalcrystal.evidence import compare_loo, loo_warnings_recorded
 from causalcrystal.sem import models_dir
 
@@ -134,6 +135,11 @@ class Coupling:
     tiles: str = "all"
 
     def __post_init__(self):
+        check_field_types(self, f"coupling {self.effect}<-{self.cause}")
+        a = self.amplitude
+        if not (a is None or a == "lgd" or (isinstance(a, numbers.Real) and not isinstance(a, bool))):
+            raise ValueError(f"coupling {self.label}: amplitude = {a!r} must be a number (raw units), \"lgd\" "
+                             "(from the LGD reference numbers) or left out (unknown: a wide prior).")
         for v in (self.effect, self.cause):
             if v not in DESCRIPTORS:
                 raise ValueError(f"coupling {self.label}: {v!r} is not a descriptor; use one of {list(DESCRIPTORS)}.")
@@ -175,6 +181,7 @@ class ConcentrationSpec:
     description: str = ""
 
     def __post_init__(self):
+        check_field_types(self, "concentration spec")
         if not self.couplings:
             raise ValueError("concentration spec: list at least one coupling.")
         labels = [c.label for c in self.couplings]
@@ -1330,6 +1337,13 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
     if alternatives:
         links, _ = compare_links(summ, [spec, *alternatives], seed=seed, params=params, fits={spec.name: idata},
                                  progress=lambda name: log(f"link comparison: {name}"))
+        shaky = links[links["warning"].astype(bool)]
+        if len(shaky):
+            # links.csv holds the flag (its warning column); said here too, because a fresh user read
+            # the weights without seeing it
+            log(f"WARNING: leave-one-image-out is unreliable for spec(s) {shaky['spec'].tolist()} (largest Pareto k "
+                f"{shaky['pareto_k_max'].max():.2f}: the fit without some image differs too much from the fit with "
+                "it); links.csv's elpd_diff and weights are rough. More images per composition make them reliable.")
     table = coupling_table(idata, spec, summ, evidence)
     cur = curves(idata, spec).to_dataframe().reset_index()
     cont = contraction(idata, spec, seed=seed)

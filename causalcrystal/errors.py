@@ -15,3 +15,42 @@ class CausalCrystalError(Exception):
 class WorkerLostError(CausalCrystalError, RuntimeError):
     """A worker process ended abruptly (killed by a signal, e.g. the out-of-memory killer) while a
     job ran; the parts finished so far are kept, so the same command resumes."""
+
+
+def check_field_types(spec, section: str) -> None:
+    """Refuse a specification value of the wrong kind, naming the key and the fix.
+
+    Each field of the dataclass ``spec`` whose default is a bool, an integer, a number, a string
+    or a tuple of numbers must hold a value of that kind (an integer is a number; a list stands
+    for a tuple, as JSON and TOML give them back). Without this check a number written in quotes
+    in a TOML file (``draws = "500"``) surfaced later as ``'<' not supported between instances
+    of 'str' and 'int'``. Raises ``ValueError`` ``"<section>: <key> = <value> ..."``; fields
+    defaulting to ``None`` or to another dataclass are left to the class's own checks.
+    """
+    import numbers
+    from dataclasses import fields
+
+    def is_number(v):
+        return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+    for f in fields(spec):
+        default, value = f.default, getattr(spec, f.name)
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, numbers.Integral):
+            ok, want = isinstance(value, numbers.Integral) and not isinstance(value, bool), "a whole number"
+        elif isinstance(default, numbers.Real):
+            ok, want = is_number(value), "a number"
+        elif isinstance(default, str):
+            ok, want = isinstance(value, str), "a string (in quotes)"
+        elif isinstance(default, tuple) and default and all(is_number(v) for v in default):
+            ok = isinstance(value, (tuple, list)) and len(value) == len(default) and all(map(is_number, value))
+            want = f"a list of {len(default)} numbers, e.g. {list(default)}"
+        else:  # None or no default, nested specifications: checked by their own classes
+            continue
+        if not ok:
+            hint = ""
+            if isinstance(value, str) and want != "a string (in quotes)":
+                hint = " (a number in quotes is a string: write it without the quotes)"
+            shown = list(value) if isinstance(value, tuple) else value  # as written in the TOML file
+            raise ValueError(f"{section}: {f.name} = {shown!r} must be {want}{hint}.")

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from causalcrystal.errors import check_field_types
 from causalcrystal.priors import PriorSpec
 
 
@@ -64,6 +65,7 @@ class MixtureSpec:
     mu_sd_rel: float = 2.0
 
     def __post_init__(self):
+        check_field_types(self, "noise")
         if not 1 <= self.components <= 8:
             raise ValueError(f"noise components {self.components}: use 1 to 8.")
         if self.alpha <= 0 or self.a0 <= 0 or self.var_rel <= 0 or self.mu_sd_rel <= 0:

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy import special
 
+from causalcrystal.errors import check_field_types
 from causalcrystal.gibbs import MixtureSpec, mixture_logpdf, mixture_moments, ols_constants, sample_equations
 from causalcrystal.priors import DagPrior, PriorSpec, conditional_inclusion, lower_pairs, to_descriptor_matrix
 
@@ -87,6 +88,7 @@ class SamplerSpec:
     scouts: int = 8
 
     def __post_init__(self):
+        check_field_types(self, "sampler")
         if self.name not in SAMPLERS:
             raise ValueError(f"sampler {self.name!r} unknown; use one of {SAMPLERS}.")
         bad = [f"{name} {value} (--{name}: needs >= {low})" for name, value, low in
@@ -111,6 +113,7 @@ class ModelSpec:
     mixture: MixtureSpec = field(default_factory=MixtureSpec)
 
     def __post_init__(self):
+        check_field_types(self, "model")
         if self.noise not in NOISE_FAMILIES:
             raise ValueError(f"noise {self.noise!r} unknown; use one of {NOISE_FAMILIES}.")
         if self.sampler is None:
@@ -201,6 +204,8 @@ def load_spec(name_or_path: str | Path = DEFAULT_SPEC) -> ModelSpec:
         )
     except TypeError as err:
         raise ValueError(f"{path}: {err} (check the key names against models/mog.toml).") from None
+    except ValueError as err:  # a value out of range or of the wrong kind: the message names the key
+        raise ValueError(f"{path}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------------

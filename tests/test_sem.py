@@ -160,6 +160,38 @@ def test_gaussian_noise_warns_and_spec_errors():
     assert ModelSpec(noise="laplace").sampler.name == "nutpie" and ModelSpec().sampler.name == "gibbs"
 
 
+def test_a_value_of_the_wrong_kind_in_a_spec_file_is_named(tmp_path):
+    """A number in quotes (TOML string) was a cryptic "'<' not supported between instances of 'str'
+    and 'float'" from the concentration specification; every spec section names the key instead."""
+    from causalcrystal import concentration as cn
+
+    def write(name, text):
+        (tmp_path / name).write_text(text)
+        return tmp_path / name
+
+    cases = [
+        (load_spec, write("m1.toml", '[sampler]\ndraws = "500"\n'), r"m1.toml: sampler: draws = '500' must be a whole"),
+        (load_spec, write("m2.toml", '[prior]\nslab_sd = "1.0"\n'), r"prior: slab_sd = '1.0' must be a number \(a number in quotes"),
+        (load_spec, write("m3.toml", '[noise]\nfamily = "mog"\ncomponents = 2.5\n'), r"noise: components = 2.5 must be a whole"),
+        (load_spec, write("m4.toml", 'name = 3\n'), r"model: name = 3 must be a string"),
+        (cn.load_spec, write("c1.toml", '[shared]\nk_cross = "0.25"\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
+         r"c1.toml: concentration spec: k_cross = '0.25' must be a number"),
+        (cn.load_spec, write("c2.toml", '[shared]\ny0_prior = [0.2, 0.05, 0.0]\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
+         r"y0_prior = \[0.2, 0.05, 0.0\] must be a list of 4 numbers"),
+        (cn.load_spec, write("c3.toml", '[[coupling]]\neffect = "a"\ncause = "Px"\norient = "yes"\n'),
+         r"coupling a<-Px: orient = 'yes' must be true or false"),
+        (cn.load_spec, write("c4.toml", '[[coupling]]\neffect = "a"\ncause = "Px"\namplitude = "-0.03"\n'),
+         r"coupling a<-Px: amplitude = '-0.03' must be a number"),
+    ]
+    for load, path, message in cases:
+        with pytest.raises(ValueError, match=message):
+            load(path)
+    # the right kinds still load: integers where a number is asked, lists for the tuples
+    ok = cn.load_spec(write("c5.toml", '[shared]\nk_cross = 1\ny0_prior = [0.2, 0.05, 0, 1]\n'
+                                       '[[coupling]]\neffect = "a"\ncause = "Px"\namplitude = -1\n'))
+    assert ok.k_cross == 1 and ok.y0_prior == (0.2, 0.05, 0, 1) and ok.couplings[0].amplitude == -1
+
+
 def test_named_specs_load():
     for name in ("mog", "laplace", "studentt", "gennorm", "normal"):
         assert load_spec(name).noise == name
