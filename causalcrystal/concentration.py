@@ -80,7 +80,7 @@ from __future__ import annotations
 import json
 import numbers
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +89,7 @@ from scipy import special
 
 from causalcrystal import lgd
 from causalcrystal.cells import DESCRIPTORS
-from causalcrystal.errors import CausalCrystalError, check_field_types
+from causalcrystal.errors import CausalCrystalError, check_field_types, quotes_hint, spec_table
 from causalcrystal.evidence import compare_loo, loo_warnings_recorded
 from causalcrystal.sem import models_dir
 
@@ -139,7 +139,7 @@ class Coupling:
         a = self.amplitude
         if not (a is None or a == "lgd" or (isinstance(a, numbers.Real) and not isinstance(a, bool))):
             raise ValueError(f"coupling {self.label}: amplitude = {a!r} must be a number (raw units), \"lgd\" "
-                             "(from the LGD reference numbers) or left out (unknown: a wide prior).")
+                             f"(from the LGD reference numbers) or left out (unknown: a wide prior){quotes_hint(a)}.")
         for v in (self.effect, self.cause):
             if v not in DESCRIPTORS:
                 raise ValueError(f"coupling {self.label}: {v!r} is not a descriptor; use one of {list(DESCRIPTORS)}.")
@@ -155,6 +155,12 @@ class Coupling:
     @property
     def label(self) -> str:
         return f"{self.effect}<-{self.cause}"
+
+
+_SHARED, _SAMPLER = "concentration spec [shared]", "concentration spec [sampler]"
+#: the TOML table each ConcentrationSpec key is read from (errors name it)
+_SPEC_SECTIONS = {**dict.fromkeys(("y0_prior", "eps0_prior", "k_cross", "tile_nu", "single_domain_ratio"), _SHARED),
+                  **dict.fromkeys(("draws", "tune", "chains"), _SAMPLER)}
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,7 @@ class ConcentrationSpec:
     description: str = ""
 
     def __post_init__(self):
-        check_field_types(self, "concentration spec")
+        check_field_types(self, "concentration spec", _SPEC_SECTIONS)
         if not self.couplings:
             raise ValueError("concentration spec: list at least one coupling.")
         labels = [c.label for c in self.couplings]
@@ -231,14 +237,21 @@ def load_spec(name_or_path: str | Path = "lgd") -> ConcentrationSpec:
 
     path, raw = read_spec_toml(name_or_path, SPECS_DIR, "concentration")
     try:
-        couplings = tuple(Coupling(**c) for c in raw.pop("coupling", []))
-        shared = raw.pop("shared", {})
-        sampler = raw.pop("sampler", {})
-        return ConcentrationSpec(name=raw.pop("name", path.stem), description=raw.pop("description", ""),
+        unknown = sorted(set(raw) - {"name", "description", "coupling", "shared", "sampler"})
+        if unknown:
+            raise ValueError(f"unknown key(s) or section(s) {unknown}; a concentration specification has name, "
+                             "description, [shared], [sampler] and [[coupling]] entries.")
+        entries = raw.get("coupling", [])
+        if not isinstance(entries, list):
+            raise ValueError("write each coupling as a [[coupling]] entry (double brackets).")
+        known = [f.name for f in fields(Coupling)]
+        couplings = tuple(Coupling(**spec_table({"c": c}, "c", known, f"[[coupling]] {k + 1}"))
+                          for k, c in enumerate(entries))
+        shared = spec_table(raw, "shared", [k for k in _SPEC_SECTIONS if _SPEC_SECTIONS[k] == _SHARED])
+        sampler = spec_table(raw, "sampler", [k for k in _SPEC_SECTIONS if _SPEC_SECTIONS[k] == _SAMPLER])
+        return ConcentrationSpec(name=raw.get("name", path.stem), description=raw.get("description", ""),
                                  couplings=couplings, **{k: tuple(v) if isinstance(v, list) else v
-                                                         for k, v in shared.items()}, **sampler, **raw)
-    except TypeError as err:
-        raise ValueError(f"{path}: {err} (check the key names against models/concentration/lgd.toml).") from None
+                                                         for k, v in shared.items()}, **sampler)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
 
@@ -1187,7 +1200,7 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
 
     from causalcrystal import __version__
     from causalcrystal.engine import run_fingerprint
-    from causalcrystal.jobs import Job, status
+    from causalcrystal.jobs import Job, not_finished, status
 
     from causalcrystal.logs import resolve
 
@@ -1197,10 +1210,14 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
     if out_dir.resolve() == run_dir.resolve():
         raise ConcentrationError(f"--out {out_dir} is the run folder itself; choose a separate folder (e.g. "
                                  f"{run_dir}/concentration).")
-    if status(run_dir, "posterior.nc") != "finished" or not (run_dir / "posterior.nc").is_file():
-        raise ConcentrationError(f"{run_dir} is not a finished run (no finished manifest.json and posterior.nc); "
-                                 f"finish it first (re-running the same `causalcrystal run ... --out {run_dir}` "
-                                 "resumes it).")
+    state = status(run_dir, "posterior.nc")
+    if state == "absent":
+        raise ConcentrationError(f"{run_dir} is not a causalcrystal run (no manifest.json); pass the --out folder of "
+                                 "`causalcrystal run` or `demo`.")
+    if state != "finished" or not (run_dir / "posterior.nc").is_file():
+        # one message with the report and open_run: resume, wait, or --overwrite (outputs deleted)
+        raise ConcentrationError(not_finished(run_dir, "run", "posterior.nc", f"causalcrystal run ... --out {run_dir}")
+                                 + " (then fit the concentration model).")
     alternatives = [all_links(spec, a) if a in LINKS else load_spec(a) if isinstance(a, (str, Path)) else a
                     for a in against]
     names = [spec.name] + [a.name for a in alternatives]
@@ -1234,9 +1251,6 @@ def run_concentration(run_dir: str | Path, out_dir: str | Path, spec: Concentrat
             log(f"WARNING: {name} is not identified by these images: its posterior is no narrower than its prior "
                 f"(contraction {cont[name]['contraction']:.2f}); report the prior, not a measurement (more images, "
                 "more compositions, or informative amplitude priors: see the concentration module's docstring)")
-    n_left = int(res["summ"].attrs.get("flagged_tiles_left_out", 0))
-    if n_left:
-        log(f"{n_left} tile(s) with a noise misfit left out of the image values (tile_summaries.nc: 'excluded')")
     return {"out_dir": str(out_dir), "contraction": cont, "couplings": res["couplings"], "links": res["links"],
             "divergences": res["divergences"]}
 
@@ -1269,8 +1283,8 @@ def _report_single_domain(summ: xr.Dataset, log) -> None:
                 lost.setdefault(g, []).append(lab)
     if lost:
         log("WARNING: no usable single-domain tile in " + "; ".join(f"image {g} for {v}" for g, v in lost.items())
-            + ": those images say nothing about these couplings (tiles smaller than the domains, --tile-size, "
-            "keep more)")
+            + ": those images say nothing about these couplings (a run with tiles smaller than the domains, "
+            "`causalcrystal run --tile-size`, keeps more)")
 
 
 def _concentration_job(job, run_dir, spec, alternatives, seed, universality_check, params, log) -> dict:
@@ -1287,6 +1301,9 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
         with job.output("tile_summaries.nc") as tmp:
             summ.to_netcdf(tmp, engine="h5netcdf")
     check_series(summ)
+    n_left = int(summ.attrs.get("flagged_tiles_left_out", 0))
+    if n_left:  # said with stage 1, where it happens (it came after the job's last line)
+        log(f"stage 1: {n_left} tile(s) with a noise misfit left out of the image values (tile_summaries.nc: 'excluded')")
     _report_single_domain(summ, log)
     # A coupling that no tile's causal order allows has no data; drop it (loudly) rather than
     # fail the whole job, which on real data would leave the other couplings unfitted.
@@ -1308,7 +1325,7 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
         if one_domain:
             log(f"WARNING: coupling(s) {one_domain} have no tile inside one domain where the causal order allows "
                 f"them (single_domain_ratio {spec.single_domain_ratio:g}; tile_summaries.nc: 'polarisation_ratio'); "
-                "left out of the fit. Smaller tiles (--tile-size) fit between walls; or set tiles = \"all\" for "
+                "left out of the fit. Smaller tiles (`causalcrystal run --tile-size`) fit between walls; or set tiles = \"all\" for "
                 "them in a copy of the specification (their tiles then average over walls: see its docstring)")
         rest = [lab for lab in rest if lab not in one_domain]
         if rest:

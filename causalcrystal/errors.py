@@ -17,7 +17,7 @@ class WorkerLostError(CausalCrystalError, RuntimeError):
     job ran; the parts finished so far are kept, so the same command resumes."""
 
 
-def check_field_types(spec, section: str) -> None:
+def check_field_types(spec, section: str, sections: dict | None = None) -> None:
     """Refuse a specification value of the wrong kind, naming the key and the fix.
 
     Each field of the dataclass ``spec`` whose default is a bool, an integer, a number, a string
@@ -26,6 +26,8 @@ def check_field_types(spec, section: str) -> None:
     in a TOML file (``draws = "500"``) surfaced later as ``'<' not supported between instances
     of 'str' and 'int'``. Raises ``ValueError`` ``"<section>: <key> = <value> ..."``; fields
     defaulting to ``None`` or to another dataclass are left to the class's own checks.
+    ``sections``: field name -> the section to name instead (one dataclass read from several TOML
+    tables, e.g. the concentration specification's ``[shared]`` and ``[sampler]``).
     """
     import numbers
     from dataclasses import fields
@@ -49,8 +51,37 @@ def check_field_types(spec, section: str) -> None:
         else:  # None or no default, nested specifications: checked by their own classes
             continue
         if not ok:
-            hint = ""
-            if isinstance(value, str) and want != "a string (in quotes)":
-                hint = " (a number in quotes is a string: write it without the quotes)"
             shown = list(value) if isinstance(value, tuple) else value  # as written in the TOML file
-            raise ValueError(f"{section}: {f.name} = {shown!r} must be {want}{hint}.")
+            where = (sections or {}).get(f.name, section)
+            raise ValueError(f"{where}: {f.name} = {shown!r} must be {want}{quotes_hint(value)}.")
+
+
+def quotes_hint(value) -> str:
+    """Why a TOML value in quotes is refused where a number or a boolean belongs ("" otherwise)."""
+    if isinstance(value, str):
+        try:
+            float(value)
+            return " (a number in quotes is a string: write it without the quotes)"
+        except ValueError:
+            if value.strip().lower() in ("true", "false"):
+                return " (write true or false without quotes)"
+    return ""
+
+
+def spec_table(raw: dict, key: str, allowed, section: str | None = None) -> dict:
+    """``raw[key]`` (default ``{}``), a TOML table whose keys must all be in ``allowed``.
+
+    The specification loaders' guard against a misspelt key or a section written as a value
+    (``sampler = 5``), which surfaced as Python's "__init__() got an unexpected keyword argument"
+    or "'int' object is not a mapping". ``section``: how the message names the table (default
+    ``[key]``). Raises ``ValueError`` naming the key and the keys allowed.
+    """
+    section = section or f"[{key}]"
+    table = raw.get(key, {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{section} must be a table (a line '{section}' followed by 'name = value' lines), "
+                         f"not {key} = {table!r}.")
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ValueError(f"{section}: unknown key(s) {unknown}; the known ones are {sorted(allowed)}.")
+    return table

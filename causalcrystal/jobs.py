@@ -99,7 +99,9 @@ def status(folder: str | os.PathLike, final: str | None = None) -> str:
     """``"finished"``, ``"partial"`` or ``"absent"`` (no job manifest) for a job folder.
 
     Manifests written before the status field existed count as finished when ``final`` (the file
-    those versions wrote last) exists.
+    those versions wrote last) exists. A finished job may have lost outputs since
+    (:func:`missing_outputs`); each reader checks the files it needs and says so with
+    :func:`not_finished`.
     """
     m = read_manifest(folder)
     if m is None:
@@ -107,6 +109,37 @@ def status(folder: str | os.PathLike, final: str | None = None) -> str:
     if "status" in m:
         return "finished" if m["status"] == "finished" else "partial"
     return "finished" if final and (Path(folder) / final).exists() else "partial"
+
+
+def missing_outputs(folder: str | os.PathLike, final: str | None = None) -> list[str]:
+    """The outputs a finished job's manifest recorded (its ``outputs``; else ``final``) that are gone."""
+    m = read_manifest(folder) or {}
+    names = m.get("outputs", [final] if final else [])
+    return [n for n in names if isinstance(n, str) and not (Path(folder) / n).exists()]
+
+
+def not_finished(folder: str | os.PathLike, kind: str, final: str | None, command: str,
+                 gone: list | None = None) -> str:
+    """Why ``folder`` holds no finished ``kind`` job and what to do, one sentence for every reader
+    (run, report, concentration, ``open_run``): running now, finished but with outputs gone
+    (``--overwrite``), or interrupted (the same command resumes). ``command``: the job's command
+    line to suggest when the manifest recorded none; ``gone``: the missing files, when the reader
+    checked more than the manifest recorded."""
+    where = safe_name(folder)
+    holder = running(folder)
+    if holder is not None:
+        return f"{where}: the {kind} is being written now ({describe_holder(holder)}); wait until it has finished."
+    m = read_manifest(folder) or {}
+    again = str(m.get("command") or command)
+    if m.get("status") == "finished":
+        gone = gone or missing_outputs(folder, final)
+    else:
+        gone = []
+    if gone:
+        again = again if "--overwrite" in again.split() else f"{again} --overwrite"
+        return (f"{where}: the {kind} finished, but its {', '.join(sorted(gone))} are gone (deleted or moved since); "
+                f"put them back, or recompute it with the same command and --overwrite: {again}")
+    return f"{where} holds an unfinished {kind}; run the same command again to finish it: {again}"
 
 
 def safe_name(path) -> str:
@@ -246,6 +279,13 @@ class Job:
                 raise RunExistsError(f"{self._where()} holds the output of a causalcrystal {kind}, not a {self.kind}; "
                                      "choose another --out.")
             state = status(out, self.final)
+            gone = sorted(missing_outputs(out, self.final)) if state == "finished" else []
+            if gone and not overwrite:
+                # a user who deleted outputs needs to hear which, and that the same command cannot resume
+                raise RunExistsError(
+                    f"{self._where()} holds a finished {self.kind} whose {', '.join(gone)} are gone (deleted or moved "
+                    "since): there is nothing to resume. Put them back, or pass --overwrite to recompute it (what is "
+                    "left is kept until the new job finishes), or choose another --out.")
             if state == "finished" and not overwrite:
                 raise RunExistsError(
                     f"{self._where()} already holds a finished {self.kind}; pass --overwrite to replace it (the old "
@@ -359,8 +399,10 @@ class Job:
         """Mark the job finished (the manifest, written last), then remove the previous outputs moved
         aside and, with ``drop_work``, the work parts (nothing needs them once the outputs exist)."""
         m = read_manifest(self.out_dir) or {}
+        # the outputs present now: a later reader calls the job damaged when one of them goes missing
+        written = [n for n in self.outputs if n != self.work and (self.out_dir / n).exists()]
         m.update({"job": self.kind, "causalcrystal": self.version, "settings": self.settings, "status": "finished",
-                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})})
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": written, **(extra or {})})
         _atomic_text(self.out_dir / MANIFEST, json.dumps(m, indent=1, sort_keys=True))
         prev = self.out_dir / PREVIOUS
         for name in self._replaces:  # only what this job (or the one it resumed) moved aside

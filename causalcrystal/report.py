@@ -47,6 +47,7 @@ import numpy as np
 from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.errors import CausalCrystalError
 from causalcrystal.jobs import atomic_text, describe_holder, generated_by_us, read_manifest, running
+from causalcrystal.jobs import not_finished
 from causalcrystal.jobs import status as job_status
 from causalcrystal.plots import (graph_data, literal, new_figure, no_tex, plot_graph,  # noqa: F401
                                  plot_polarisation, plot_prior_posterior, plot_total_effect_map, polarisation_data)
@@ -156,6 +157,10 @@ def load_context(run_dir, concentration=None, compare=None, log=None) -> Context
         if holder is not None:
             raise ReportError(f"{run_dir}: the run is being written now ({describe_holder(holder)}); re-run the "
                               "report when it has finished.")
+        if (read_manifest(run_dir) or {}).get("status") == "finished":
+            # finished, then files deleted: the same command would refuse (finished), --overwrite recomputes
+            raise ReportError(not_finished(run_dir, "run", "posterior.nc", f"causalcrystal run ... --out {run_dir}",
+                                           gone=missing))
         raise ReportError(f"{run_dir}: {', '.join(missing)} missing; this is not a finished run. Finish it first "
                           f"(re-running the same `causalcrystal run ... --out {run_dir}` resumes it).")
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -558,13 +563,17 @@ def _conc_theta(path: Path):
     return {"mean": flat.mean("s"), "lo": flat.quantile(0.05, "s"), "hi": flat.quantile(0.95, "s")}
 
 
-def _unfinished(d: Path, job: str) -> str:
-    """The note for an unfinished ``job`` in ``d``: running now (and by whom), or interrupted and how
-    to finish it."""
+def _unfinished(d: Path, job: str, final: str, needed: tuple = ()) -> str:
+    """The note for an unfinished ``job`` in ``d``: running now (and by whom), finished with outputs
+    gone since (--overwrite), or interrupted and how to finish it. ``needed``: the files the
+    section reads (named when gone, also for manifests that recorded no outputs)."""
     holder = running(d)
     if holder is not None:
         return _note(f"<code>{_esc(d)}</code> holds a {job} job that is running now ({_esc(describe_holder(holder))}); "
                      "re-run the report when it has finished.", "warn")
+    if (read_manifest(d) or {}).get("status") == "finished":
+        gone = [n for n in needed if not (d / n).exists()]
+        return _note(_esc(not_finished(d, job, final, f"causalcrystal {job} RUN --out {d}", gone=gone)), "warn")
     return _note(f"<code>{_esc(d)}</code> holds an unfinished {job} job (its manifest does not say finished). "
                  "Finish it by running the same command again:", "warn") + _resume_hint(d, job)
 
@@ -593,7 +602,7 @@ def section_concentration(ctx: Context) -> str:
                      "command below, then re-run the report (or pass <code>--concentration DIR</code>):") + hint
     if job_status(d, "concentration.nc") != "finished" or not (d / "curves.csv").is_file():
         # only a finished job's files are read: an interrupted one may hold some outputs and not others
-        return _unfinished(d, "concentration")
+        return _unfinished(d, "concentration", "concentration.nc", ("concentration.nc", "curves.csv"))
     out = ""
     man = d / "manifest.json"
     if man.is_file():
@@ -767,7 +776,7 @@ def section_compare(ctx: Context) -> str:
                                                    .get(p.name, 3), p.name))
     if job_status(d, "models.csv") != "finished" or not files:
         # only a finished job's tables are shown: an interrupted one may hold some tables and not others
-        return _unfinished(d, "compare")
+        return _unfinished(d, "compare", "models.csv", ("models.csv",))
     out = _stale_note(ctx, d / "manifest.json", "discovery.nc", "compare")
     from causalcrystal.intervals import renamed
 

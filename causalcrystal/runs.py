@@ -36,7 +36,7 @@ import numpy as np
 import xarray as xr
 
 from causalcrystal.errors import CausalCrystalError
-from causalcrystal.jobs import describe_holder, read_manifest, running, safe_name, status
+from causalcrystal.jobs import describe_holder, not_finished, read_manifest, running, safe_name, status
 
 __all__ = ["MissingPartError", "Run", "allowed_mask", "as_run", "open_run", "summary", "tile_data", "tile_loglik",
            "tile_loo"]
@@ -63,8 +63,7 @@ class Run:
             if holder is not None:
                 raise MissingPartError(f"{where}: the run is being written now ({describe_holder(holder)}); open it "
                                        "when it has finished.")
-            raise MissingPartError(f"{where} holds an unfinished run; run the same command again to finish it: "
-                                   f"{manifest.get('command') or 'causalcrystal run ... --out ' + where}")
+            raise MissingPartError(not_finished(self.path, "run", "posterior.nc", f"causalcrystal run ... --out {where}"))
         self.manifest: dict = manifest
         self.settings: dict = manifest.get("settings", {})
 
@@ -155,9 +154,7 @@ class Run:
             if holder is not None:
                 raise MissingPartError(f"{where}: the {job} job is running now ({describe_holder(holder)}); read it "
                                        "when it has finished.")
-            again = (read_manifest(d) or {}).get("command") or command
-            raise MissingPartError(f"{where} holds an unfinished {job} job; run the same command again to finish "
-                                   f"it: {again}")
+            raise MissingPartError(not_finished(d, f"{job} job", final, command))
         return d
 
     @cached_property

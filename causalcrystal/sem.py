@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import tomllib
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 from scipy import special
 
-from causalcrystal.errors import check_field_types
+from causalcrystal.errors import check_field_types, spec_table
 from causalcrystal.gibbs import MixtureSpec, mixture_logpdf, mixture_moments, ols_constants, sample_equations
 from causalcrystal.priors import DagPrior, PriorSpec, conditional_inclusion, lower_pairs, to_descriptor_matrix
 
@@ -91,7 +91,8 @@ class SamplerSpec:
         check_field_types(self, "sampler")
         if self.name not in SAMPLERS:
             raise ValueError(f"sampler {self.name!r} unknown; use one of {SAMPLERS}.")
-        bad = [f"{name} {value} (--{name}: needs >= {low})" for name, value, low in
+        # the same message for a command-line option and a spec file's [sampler] key
+        bad = [f"{name} {value} (needs >= {low}: the --{name} option, or {name} in a spec's [sampler])" for name, value, low in
                (("chains", self.chains, 1), ("draws", self.draws, 10), ("tune", self.tune, 0), ("thin", self.thin, 1),
                 ("scouts", self.scouts, 0))
                if value < low]
@@ -191,20 +192,19 @@ def load_spec(name_or_path: str | Path = DEFAULT_SPEC) -> ModelSpec:
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(known)}.")
-    noise = dict(raw.get("noise", {}))
-    family = noise.pop("family", "laplace")
     try:
+        noise = dict(spec_table(raw, "noise", ["family", *(f.name for f in fields(MixtureSpec))]))
+        family = noise.pop("family", "laplace")
         return ModelSpec(
             name=raw.get("name", path.stem),
             description=raw.get("description", ""),
             noise=family,
-            prior=PriorSpec(**raw.get("prior", {})),
-            sampler=SamplerSpec(**{"name": "gibbs" if family == "mog" else "nutpie", **raw.get("sampler", {})}),
+            prior=PriorSpec(**spec_table(raw, "prior", [f.name for f in fields(PriorSpec)])),
+            sampler=SamplerSpec(**{"name": "gibbs" if family == "mog" else "nutpie",
+                                   **spec_table(raw, "sampler", [f.name for f in fields(SamplerSpec)])}),
             mixture=MixtureSpec(**noise),
         )
-    except TypeError as err:
-        raise ValueError(f"{path}: {err} (check the key names against models/mog.toml).") from None
-    except ValueError as err:  # a value out of range or of the wrong kind: the message names the key
+    except ValueError as err:  # a value out of range, of the wrong kind or an unknown key: the message names it
         raise ValueError(f"{path}: {err}") from None
 
 

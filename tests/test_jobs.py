@@ -78,6 +78,34 @@ def test_finished_job_is_refused_and_overwrite_moves_it_aside_until_the_new_one_
     assert jobs.status(tmp_path) == "finished"
 
 
+def test_a_finished_job_whose_outputs_were_deleted_is_named_so_and_overwrite_recomputes_it(tmp_path):
+    """A fresh user deleted a finished run's outputs: `run` said "finished, pass --overwrite", the
+    report and `concentration` said "unfinished, the same command resumes it" (which `run` then
+    refused). Now every reader names the missing files and --overwrite."""
+    _finished(tmp_path)
+    assert json.loads((tmp_path / jobs.MANIFEST).read_text())["outputs"] == ["result.csv"]  # not the work folder
+    assert jobs.status(tmp_path) == "finished" and jobs.missing_outputs(tmp_path) == []
+    (tmp_path / "result.csv").unlink()
+    assert jobs.status(tmp_path) == "finished" and jobs.missing_outputs(tmp_path) == ["result.csv"]
+    with pytest.raises(RunExistsError, match="finished demo whose result.csv are gone .*pass --overwrite to recompute"):
+        with _job(tmp_path).open():
+            pass
+    msg = jobs.not_finished(tmp_path, "demo", None, "causalcrystal demo --out X")
+    assert "result.csv are gone" in msg and msg.endswith(" --overwrite")  # after the recorded command
+    with _job(tmp_path).open(overwrite=True) as job:
+        with job.output("result.csv") as tmp:
+            tmp.write_text("new")
+        job.finish()
+    assert jobs.status(tmp_path) == "finished" and (tmp_path / "result.csv").read_text() == "new"
+    # a manifest from before outputs were recorded: judged by the final file
+    m = json.loads((tmp_path / jobs.MANIFEST).read_text())
+    del m["outputs"]
+    (tmp_path / jobs.MANIFEST).write_text(json.dumps(m))
+    assert jobs.missing_outputs(tmp_path, "result.csv") == []
+    (tmp_path / "result.csv").unlink()
+    assert jobs.missing_outputs(tmp_path, "result.csv") == ["result.csv"] and jobs.missing_outputs(tmp_path) == []
+
+
 def test_a_users_file_in_the_work_folder_survives_overwrite(tmp_path):
     with _job(tmp_path).open() as job:
         (job.work_dir / "part_00001.json").write_text("{}")
@@ -420,6 +448,27 @@ def test_a_finished_run_has_no_work_files_and_its_manifest_says_finished(finishe
     # the Gibbs sampler (mog) has divergences (none) but no tree depth, step size or energy to store
     assert set(idata.sample_stats.data_vars) == {"diverging"}
     assert {"discovery.nc", "posterior.nc", "summary.csv"} <= {p.name for p in finished_run.iterdir()}
+
+
+def test_every_reader_of_a_run_whose_outputs_were_deleted_gives_the_same_advice(small_cells, finished_run, tmp_path):
+    import shutil
+
+    from causalcrystal.concentration import ConcentrationError, run_concentration
+    from causalcrystal.engine import run_pipeline
+    from causalcrystal.report import ReportError, load_context
+
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    for name in ("posterior.nc", "summary.csv"):
+        (run / name).unlink()
+    advice = r"posterior.nc, summary.csv are gone \(deleted or moved since\).*--overwrite"
+    with pytest.raises(RunExistsError, match="finished run whose posterior.nc, summary.csv are gone"):
+        run_pipeline(small_cells, run, **_kw())
+    with pytest.raises(ReportError, match=advice):
+        load_context(run)
+    with pytest.raises(ConcentrationError, match=advice):
+        run_concentration(run, tmp_path / "conc", log=lambda m: None)
+    assert not (tmp_path / "conc").exists()
+    assert (run / "discovery.nc").exists()  # what is left stays until --overwrite
 
 
 def test_a_partial_run_does_not_resume_on_changed_data(small_cells, tmp_path):

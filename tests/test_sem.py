@@ -1,6 +1,8 @@
 """The per-tile Bayesian SEM: recovery of known coefficients, calibration, direction, noise models."""
 
 
+from dataclasses import fields
+
 import arviz as az
 import numpy as np
 import pytest
@@ -152,7 +154,7 @@ def test_gaussian_noise_warns_and_spec_errors():
         load_spec("no-such-model")
     with pytest.raises(ValueError, match="sampler"):
         SamplerSpec(name="metropolis")
-    with pytest.raises(ValueError, match=r"scouts -1 \(--scouts: needs >= 0\)"):
+    with pytest.raises(ValueError, match=r"scouts -1 \(needs >= 0: the --scouts option, or scouts in a spec's \[sampler\]\)"):
         SamplerSpec(scouts=-1)
     assert load_spec("mog").sampler.scouts == 8 and SamplerSpec(scouts=0).scouts == 0
     with pytest.raises(ValueError, match="gibbs sampler serves the 'mog'"):
@@ -175,13 +177,26 @@ def test_a_value_of_the_wrong_kind_in_a_spec_file_is_named(tmp_path):
         (load_spec, write("m3.toml", '[noise]\nfamily = "mog"\ncomponents = 2.5\n'), r"noise: components = 2.5 must be a whole"),
         (load_spec, write("m4.toml", 'name = 3\n'), r"model: name = 3 must be a string"),
         (cn.load_spec, write("c1.toml", '[shared]\nk_cross = "0.25"\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
-         r"c1.toml: concentration spec: k_cross = '0.25' must be a number"),
+         r"c1.toml: concentration spec \[shared\]: k_cross = '0.25' must be a number \(a number in quotes"),
         (cn.load_spec, write("c2.toml", '[shared]\ny0_prior = [0.2, 0.05, 0.0]\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
-         r"y0_prior = \[0.2, 0.05, 0.0\] must be a list of 4 numbers"),
+         r"\[shared\]: y0_prior = \[0.2, 0.05, 0.0\] must be a list of 4 numbers"),
         (cn.load_spec, write("c3.toml", '[[coupling]]\neffect = "a"\ncause = "Px"\norient = "yes"\n'),
-         r"coupling a<-Px: orient = 'yes' must be true or false"),
+         r"coupling a<-Px: orient = 'yes' must be true or false\.$"),  # no "number in quotes" hint
         (cn.load_spec, write("c4.toml", '[[coupling]]\neffect = "a"\ncause = "Px"\namplitude = "-0.03"\n'),
-         r"coupling a<-Px: amplitude = '-0.03' must be a number"),
+         r"coupling a<-Px: amplitude = '-0.03' must be a number.*\(a number in quotes"),
+        (cn.load_spec, write("c6.toml", '[sampler]\ndraws = "1000"\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
+         r"concentration spec \[sampler\]: draws = '1000' must be a whole number"),
+        # misspelt keys and sections written as values: named, with the keys allowed
+        (load_spec, write("m5.toml", '[sampler]\ndrawz = 500\n'), r"m5.toml: \[sampler\]: unknown key\(s\) \['drawz'\]; the known ones are \[.*'draws'"),
+        (load_spec, write("m6.toml", 'sampler = 5\n'), r"\[sampler\] must be a table .*not sampler = 5"),
+        (load_spec, write("m7.toml", '[sampler]\ndraws = -5\n'), r"draws -5 \(needs >= 10: the --draws option, or draws in a spec's \[sampler\]\)"),
+        (cn.load_spec, write("c7.toml", '[shared]\nkcross = 0.25\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
+         r"\[shared\]: unknown key\(s\) \['kcross'\]; the known ones are \[.*'k_cross'"),
+        (cn.load_spec, write("c8.toml", '[[coupling]]\neffect = "a"\ncause = "Px"\nlnk = "ps"\n'),
+         r"\[\[coupling\]\] 1: unknown key\(s\) \['lnk'\]"),
+        (cn.load_spec, write("c9.toml", 'k_cross = 0.25\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
+         r"unknown key\(s\) or section\(s\) \['k_cross'\]; a concentration specification has"),
+        (cn.load_spec, write("c10.toml", '[coupling]\neffect = "a"\ncause = "Px"\n'), r"\[\[coupling\]\] entry \(double brackets\)"),
     ]
     for load, path, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -190,6 +205,8 @@ def test_a_value_of_the_wrong_kind_in_a_spec_file_is_named(tmp_path):
     ok = cn.load_spec(write("c5.toml", '[shared]\nk_cross = 1\ny0_prior = [0.2, 0.05, 0, 1]\n'
                                        '[[coupling]]\neffect = "a"\ncause = "Px"\namplitude = -1\n'))
     assert ok.k_cross == 1 and ok.y0_prior == (0.2, 0.05, 0, 1) and ok.couplings[0].amplitude == -1
+    # every key of the concentration specification is read from a named table
+    assert set(cn._SPEC_SECTIONS) == {f.name for f in fields(cn.ConcentrationSpec)} - {"name", "description", "couplings"}
 
 
 def test_named_specs_load():
