@@ -137,7 +137,8 @@ def not_finished(folder: str | os.PathLike, kind: str, final: str | None, comman
         gone = []
     if gone:
         again = again if "--overwrite" in again.split() else f"{again} --overwrite"
-        return (f"{where}: the {kind} finished, but its {', '.join(sorted(gone))} are gone (deleted or moved since); "
+        return (f"{where}: the {kind} finished, but its {', '.join(sorted(gone))} {'is' if len(gone) == 1 else 'are'} "
+                "gone (deleted or moved since); "
                 f"put them back, or recompute it with the same command and --overwrite: {again}")
     return f"{where} holds an unfinished {kind}; run the same command again to finish it: {again}"
 
@@ -283,9 +284,10 @@ class Job:
             if gone and not overwrite:
                 # a user who deleted outputs needs to hear which, and that the same command cannot resume
                 raise RunExistsError(
-                    f"{self._where()} holds a finished {self.kind} whose {', '.join(gone)} are gone (deleted or moved "
-                    "since): there is nothing to resume. Put them back, or pass --overwrite to recompute it (what is "
-                    "left is kept until the new job finishes), or choose another --out.")
+                    f"{self._where()} holds a finished {self.kind} whose {', '.join(gone)} "
+                    f"{'is' if len(gone) == 1 else 'are'} gone (deleted or moved since): there is nothing to resume. "
+                    "Put them back, or pass --overwrite to recompute it (what is left is kept until the new job "
+                    "finishes), or choose another --out.")
             if state == "finished" and not overwrite:
                 raise RunExistsError(
                     f"{self._where()} already holds a finished {self.kind}; pass --overwrite to replace it (the old "

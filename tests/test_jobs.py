@@ -87,11 +87,11 @@ def test_a_finished_job_whose_outputs_were_deleted_is_named_so_and_overwrite_rec
     assert jobs.status(tmp_path) == "finished" and jobs.missing_outputs(tmp_path) == []
     (tmp_path / "result.csv").unlink()
     assert jobs.status(tmp_path) == "finished" and jobs.missing_outputs(tmp_path) == ["result.csv"]
-    with pytest.raises(RunExistsError, match="finished demo whose result.csv are gone .*pass --overwrite to recompute"):
+    with pytest.raises(RunExistsError, match="finished demo whose result.csv is gone .*pass --overwrite to recompute"):
         with _job(tmp_path).open():
             pass
     msg = jobs.not_finished(tmp_path, "demo", None, "causalcrystal demo --out X")
-    assert "result.csv are gone" in msg and msg.endswith(" --overwrite")  # after the recorded command
+    assert "result.csv is gone" in msg and msg.endswith(" --overwrite")  # after the recorded command
     with _job(tmp_path).open(overwrite=True) as job:
         with job.output("result.csv") as tmp:
             tmp.write_text("new")
