@@ -48,12 +48,18 @@ def eq1_chain(n: int, seed: int) -> np.ndarray:
     return np.column_stack([z0, z1, z2])
 
 
-def lgd_spec_file(path, labels):
+def lgd_spec_file(path, labels, draws: int | None = None):
     """Write a concentration specification with the couplings ``labels`` of ``lgd.toml`` (its
-    shared priors and sampler settings, blocks copied verbatim) to ``path``; return ``path``."""
+    shared priors and sampler settings, blocks copied verbatim) to ``path``; return ``path``.
+    ``draws``: tuning steps and draws per chain instead of the specification's (shorter tests)."""
+    import re
+
     from causalcrystal import concentration as cn
 
     head, *blocks = (cn.SPECS_DIR / "lgd.toml").read_text().split("[[coupling]]")
+    if draws is not None:
+        head, n = re.subn(r"(?m)^(draws|tune) = \d+$", lambda m: f"{m.group(1)} = {int(draws)}", head)
+        assert n == 2, "lgd.toml's [sampler] no longer lists draws and tune"
     spec = cn.load_spec("lgd")
     keep = [b for b, c in zip(blocks, spec.couplings) if c.label in labels]
     assert len(keep) == len(labels), f"{labels} not all in lgd.toml"

@@ -338,7 +338,8 @@ def test_concentration_command_on_a_run(small_run, tmp_path, capsys, monkeypatch
     small_run = shutil.copytree(small_run, tmp_path / "run")
     out = small_run / "concentration"  # where --out defaults to (and where `report` looks)
     spec = tmp_path / "small.toml"
-    lgd_spec_file(spec, ["a<-Px", "Vol<-a"])
+    # 500 + 500 per chain: five stage-2 fits whose numbers are only checked for their kind here
+    lgd_spec_file(spec, ["a<-Px", "Vol<-a"], draws=500)
     assert main(["concentration", str(small_run), "--spec", str(spec), "--quiet"]) == 0
     for name in cn.OUTPUTS:
         assert (out / name).exists() == (name != "links.csv"), name  # links.csv only with --against
