@@ -7,6 +7,9 @@ holds something else, a damaged work file); each is also the built-in kind it al
 and the fix.
 """
 
+import numbers
+from dataclasses import fields
+
 
 class CausalCrystalError(Exception):
     """Base class of causalcrystal's own errors."""
@@ -29,9 +32,6 @@ def check_field_types(spec, section: str, sections: dict | None = None) -> None:
     ``sections``: field name -> the section to name instead (one dataclass read from several TOML
     tables, e.g. the concentration specification's ``[shared]`` and ``[sampler]``).
     """
-    import numbers
-    from dataclasses import fields
-
     def is_number(v):
         return isinstance(v, numbers.Real) and not isinstance(v, bool)
 

@@ -137,10 +137,14 @@ def not_finished(folder: str | os.PathLike, kind: str, final: str | None, comman
         gone = []
     if gone:
         again = again if "--overwrite" in again.split() else f"{again} --overwrite"
-        return (f"{where}: the {kind} finished, but its {', '.join(sorted(gone))} {'is' if len(gone) == 1 else 'are'} "
-                "gone (deleted or moved since); "
-                f"put them back, or recompute it with the same command and --overwrite: {again}")
+        return (f"{where}: the {kind} finished, but its {_gone(gone)}; put them back, or recompute it with the "
+                f"same command and --overwrite: {again}")
     return f"{where} holds an unfinished {kind}; run the same command again to finish it: {again}"
+
+
+def _gone(names) -> str:
+    """``"a, b are gone (deleted or moved since)"``: the one wording of :func:`not_finished` and ``Job``."""
+    return f"{', '.join(sorted(names))} {'is' if len(names) == 1 else 'are'} gone (deleted or moved since)"
 
 
 def safe_name(path) -> str:
@@ -280,12 +284,11 @@ class Job:
                 raise RunExistsError(f"{self._where()} holds the output of a causalcrystal {kind}, not a {self.kind}; "
                                      "choose another --out.")
             state = status(out, self.final)
-            gone = sorted(missing_outputs(out, self.final)) if state == "finished" else []
+            gone = missing_outputs(out, self.final) if state == "finished" else []
             if gone and not overwrite:
                 # a user who deleted outputs needs to hear which, and that the same command cannot resume
                 raise RunExistsError(
-                    f"{self._where()} holds a finished {self.kind} whose {', '.join(gone)} "
-                    f"{'is' if len(gone) == 1 else 'are'} gone (deleted or moved since): there is nothing to resume. "
+                    f"{self._where()} holds a finished {self.kind} whose {_gone(gone)}: there is nothing to resume. "
                     "Put them back, or pass --overwrite to recompute it (what is left is kept until the new job "
                     "finishes), or choose another --out.")
             if state == "finished" and not overwrite:
@@ -401,7 +404,7 @@ class Job:
         """Mark the job finished (the manifest, written last), then remove the previous outputs moved
         aside and, with ``drop_work``, the work parts (nothing needs them once the outputs exist)."""
         m = read_manifest(self.out_dir) or {}
-        # the outputs present now: a later reader calls the job damaged when one of them goes missing
+        # the outputs present now: readers name any that go missing later (missing_outputs)
         written = [n for n in self.outputs if n != self.work and (self.out_dir / n).exists()]
         m.update({"job": self.kind, "causalcrystal": self.version, "settings": self.settings, "status": "finished",
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "outputs": written, **(extra or {})})
