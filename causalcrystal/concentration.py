@@ -89,7 +89,7 @@ from scipy import special
 
 from causalcrystal import lgd
 from causalcrystal.cells import DESCRIPTORS
-from causalcrystal.errors import CausalCrystalError, check_field_types, quotes_hint, spec_table
+from causalcrystal.errors import CausalCrystalError, check_field_types, did_you_mean, quotes_hint, spec_table
 from causalcrystal.evidence import compare_loo, loo_warnings_recorded
 from causalcrystal.sem import models_dir
 
@@ -239,7 +239,8 @@ def load_spec(name_or_path: str | Path = "lgd") -> ConcentrationSpec:
     try:
         unknown = sorted(set(raw) - {"name", "description", "coupling", "shared", "sampler"})
         if unknown:
-            raise ValueError(f"unknown key(s) or section(s) {unknown}; a concentration specification has name, "
+            hint = did_you_mean(unknown, ["name", "description", "coupling", "shared", "sampler"])
+            raise ValueError(f"unknown key(s) or section(s) {unknown}{hint}; a concentration specification has name, "
                              "description, [shared], [sampler] and [[coupling]] entries.")
         entries = raw.get("coupling", [])
         if not isinstance(entries, list):

@@ -7,6 +7,7 @@ holds something else, a damaged work file); each is also the built-in kind it al
 and the fix.
 """
 
+import difflib
 import numbers
 from dataclasses import fields
 
@@ -83,5 +84,18 @@ def spec_table(raw: dict, key: str, allowed, section: str | None = None) -> dict
                          f"not {key} = {table!r}.")
     unknown = sorted(set(table) - set(allowed))
     if unknown:
-        raise ValueError(f"{section}: unknown key(s) {unknown}; the known ones are {sorted(allowed)}.")
+        raise ValueError(f"{section}: unknown key(s) {unknown}{did_you_mean(unknown, allowed)}; the known ones are "
+                         f"{sorted(allowed)}.")
     return table
+
+
+def did_you_mean(unknown, known) -> str:
+    """`` (did you mean 'draws'?)`` for the misspelt names in ``unknown`` that are close to one of
+    ``known`` (``difflib``'s similarity >= 0.6), else ``""``. A list of ten allowed keys is easy to
+    read past; the one meant is not."""
+    pairs = []
+    for word in unknown:
+        close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=0.6)
+        if close:
+            pairs.append(f"{close[0]!r}" if len(unknown) == 1 else f"{close[0]!r} for {str(word)!r}")
+    return f" (did you mean {', '.join(pairs)}?)" if pairs else ""

@@ -65,7 +65,7 @@ class MixtureSpec:
     mu_sd_rel: float = 2.0
 
     def __post_init__(self):
-        check_field_types(self, "noise")
+        check_field_types(self, "[noise]")
         if not 1 <= self.components <= 8:
             raise ValueError(f"noise components {self.components}: use 1 to 8.")
         if self.alpha <= 0 or self.a0 <= 0 or self.var_rel <= 0 or self.mu_sd_rel <= 0:

@@ -64,7 +64,7 @@ class PriorSpec:
     nu_beta: float = 0.1
 
     def __post_init__(self):
-        check_field_types(self, "prior")
+        check_field_types(self, "[prior]")
         if not (0 < self.spike_sd < self.slab_sd):
             raise ValueError(f"prior: need 0 < spike_sd ({self.spike_sd}) < slab_sd ({self.slab_sd}).")
         if not (0 < self.floor < 0.5):

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy import special
 
-from causalcrystal.errors import check_field_types, spec_table
+from causalcrystal.errors import check_field_types, did_you_mean, spec_table
 from causalcrystal.gibbs import MixtureSpec, mixture_logpdf, mixture_moments, ols_constants, sample_equations
 from causalcrystal.priors import DagPrior, PriorSpec, conditional_inclusion, lower_pairs, to_descriptor_matrix
 
@@ -88,7 +88,7 @@ class SamplerSpec:
     scouts: int = 8
 
     def __post_init__(self):
-        check_field_types(self, "sampler")
+        check_field_types(self, "[sampler]")
         if self.name not in SAMPLERS:
             raise ValueError(f"sampler {self.name!r} unknown; use one of {SAMPLERS}.")
         # the same message for a command-line option and a spec file's [sampler] key
@@ -166,8 +166,9 @@ def read_spec_toml(name_or_path: str | Path, directory: Path, kind: str) -> tupl
     if path.suffix != ".toml":
         path = directory / f"{name_or_path}.toml"
     if not path.is_file():
+        hint = did_you_mean([str(name_or_path)], specs_in(directory)) if path.parent == directory else ""
         raise ValueError(
-            f"{kind} specification {str(name_or_path)!r} not found (looked for {path}); "
+            f"{kind} specification {str(name_or_path)!r} not found (looked for {path}){hint}; "
             f"available: {specs_in(directory)} or give a path to a .toml file."
         )
     try:
@@ -191,7 +192,8 @@ def load_spec(name_or_path: str | Path = DEFAULT_SPEC) -> ModelSpec:
     known = {"name", "description", "noise", "prior", "sampler"}
     unknown = set(raw) - known
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(known)}.")
+        raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}{did_you_mean(sorted(unknown), known)}; "
+                         f"allowed: {sorted(known)}.")
     try:
         noise = dict(spec_table(raw, "noise", ["family", *(f.name for f in fields(MixtureSpec))]))
         family = noise.pop("family", "laplace")

@@ -172,9 +172,9 @@ def test_a_value_of_the_wrong_kind_in_a_spec_file_is_named(tmp_path):
         return tmp_path / name
 
     cases = [
-        (load_spec, write("m1.toml", '[sampler]\ndraws = "500"\n'), r"m1.toml: sampler: draws = '500' must be a whole"),
-        (load_spec, write("m2.toml", '[prior]\nslab_sd = "1.0"\n'), r"prior: slab_sd = '1.0' must be a number \(a number in quotes"),
-        (load_spec, write("m3.toml", '[noise]\nfamily = "mog"\ncomponents = 2.5\n'), r"noise: components = 2.5 must be a whole"),
+        (load_spec, write("m1.toml", '[sampler]\ndraws = "500"\n'), r"m1.toml: \[sampler\]: draws = '500' must be a whole"),
+        (load_spec, write("m2.toml", '[prior]\nslab_sd = "1.0"\n'), r"\[prior\]: slab_sd = '1.0' must be a number \(a number in quotes"),
+        (load_spec, write("m3.toml", '[noise]\nfamily = "mog"\ncomponents = 2.5\n'), r"\[noise\]: components = 2.5 must be a whole"),
         (load_spec, write("m4.toml", 'name = 3\n'), r"model: name = 3 must be a string"),
         (cn.load_spec, write("c1.toml", '[shared]\nk_cross = "0.25"\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
          r"c1.toml: concentration spec \[shared\]: k_cross = '0.25' must be a number \(a number in quotes"),
@@ -187,16 +187,24 @@ def test_a_value_of_the_wrong_kind_in_a_spec_file_is_named(tmp_path):
         (cn.load_spec, write("c6.toml", '[sampler]\ndraws = "1000"\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
          r"concentration spec \[sampler\]: draws = '1000' must be a whole number"),
         # misspelt keys and sections written as values: named, with the keys allowed
-        (load_spec, write("m5.toml", '[sampler]\ndrawz = 500\n'), r"m5.toml: \[sampler\]: unknown key\(s\) \['drawz'\]; the known ones are \[.*'draws'"),
+        (load_spec, write("m5.toml", '[sampler]\ndrawz = 500\n'), r"m5.toml: \[sampler\]: unknown key\(s\) \['drawz'\] \(did you mean 'draws'\?\); the known ones are \[.*'draws'"),
         (load_spec, write("m6.toml", 'sampler = 5\n'), r"\[sampler\] must be a table .*not sampler = 5"),
         (load_spec, write("m7.toml", '[sampler]\ndraws = -5\n'), r"draws -5 \(needs >= 10: the --draws option, or draws in a spec's \[sampler\]\)"),
         (cn.load_spec, write("c7.toml", '[shared]\nkcross = 0.25\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
-         r"\[shared\]: unknown key\(s\) \['kcross'\]; the known ones are \[.*'k_cross'"),
+         r"\[shared\]: unknown key\(s\) \['kcross'\] \(did you mean 'k_cross'\?\); the known ones are \[.*'k_cross'"),
         (cn.load_spec, write("c8.toml", '[[coupling]]\neffect = "a"\ncause = "Px"\nlnk = "ps"\n'),
-         r"\[\[coupling\]\] 1: unknown key\(s\) \['lnk'\]"),
+         r"\[\[coupling\]\] 1: unknown key\(s\) \['lnk'\] \(did you mean 'link'\?\)"),
         (cn.load_spec, write("c9.toml", 'k_cross = 0.25\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
          r"unknown key\(s\) or section\(s\) \['k_cross'\]; a concentration specification has"),
         (cn.load_spec, write("c10.toml", '[coupling]\neffect = "a"\ncause = "Px"\n'), r"\[\[coupling\]\] entry \(double brackets\)"),
+        # a suggestion only for names close to a known one, each unknown name with its own
+        (load_spec, write("m8.toml", '[samplr]\ndraws = 500\n'), r"unknown section\(s\) \['samplr'\] \(did you mean 'sampler'\?\)"),
+        (load_spec, write("m9.toml", '[sampler]\ndrawz = 5\ntunee = 3\nxyz = 1\n'),
+         r"\['drawz', 'tunee', 'xyz'\] \(did you mean 'draws' for 'drawz', 'tune' for 'tunee'\?\); the known"),
+        (cn.load_spec, write("c11.toml", '[[couplings]]\neffect = "a"\n'), r"\['couplings'\] \(did you mean 'coupling'\?\)"),
+        (load_spec, "mgo", r"'mgo' not found .*\(did you mean 'mog'\?\); available"),
+        (cn.load_spec, "lgdd", r"'lgdd' not found .*\(did you mean 'lgd'\?\); available"),
+        (load_spec, "zzz", r"'zzz' not found \(looked for [^)]*\); available"),
     ]
     for load, path, message in cases:
         with pytest.raises(ValueError, match=message):
