@@ -972,6 +972,14 @@ def universality(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: 
     return pd.DataFrame(rows), fits
 
 
+def universality_summary(evidence) -> str:
+    """One console line of :func:`universality`'s verdicts, with the note of any coupling that has
+    one (``"universality (couplings.csv 'favours'): a<-Px universal; b<-Px not testable (seen in 2
+    image(s) ...)"``)."""
+    return "universality (couplings.csv 'favours'): " + "; ".join(
+        f"{r.coupling} {r.favours}" + (f" ({r.note})" if r.note else "") for r in evidence.itertuples())
+
+
 def all_links(spec: ConcentrationSpec, link: str) -> ConcentrationSpec:
     """``spec`` with every coupling on ``link`` (named after the link), for link comparisons.
 
@@ -1346,6 +1354,9 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
         done = iter(range(1, n + 1))
         evidence, _ = universality(summ, spec, seed=seed, params=params, idata=idata,
                                    progress=lambda lab: log(f"universality {next(done)}/{n}: {lab}"))
+        # the verdicts on the console too (a fresh user saw 'unclear' / 'not testable' only in
+        # couplings.csv); progress-level: an untestable coupling is a property of the data, not a fault
+        log(universality_summary(evidence))
     links = None
     n_img = np.unique(summ["image"].values[summ["used"].values.any(axis=1)]).size
     if alternatives and n_img < MIN_IMAGES:

@@ -570,6 +570,9 @@ def test_two_images_are_not_a_test_of_universality():
     assert list(fits) == ["spec"]                      # no variant was fitted
     assert (table["favours"] == "not testable").all() and table["weight_dependent"].isna().all()
     assert table["note"].str.contains("2 image").all()
+    # the job says the verdicts on the console too, each coupling with its note
+    line = cn.universality_summary(table)
+    assert all(f"{lab} not testable (seen in 2 image(s)" in line for lab in LABELS), line
     with pytest.raises(cn.ConcentrationError, match=">= 3 images"):
         cn.compare_links(summ, [spec, cn.all_links(spec, "universal")])
 
