@@ -563,17 +563,25 @@ def _conc_theta(path: Path):
     return {"mean": flat.mean("s"), "lo": flat.quantile(0.05, "s"), "hi": flat.quantile(0.95, "s")}
 
 
-def _unfinished(d: Path, job: str, final: str, needed: tuple = ()) -> str:
+def _unfinished(d: Path, job: str, final: str, needed: tuple = (), log=None) -> str:
     """The note for an unfinished ``job`` in ``d``: running now (and by whom), finished with outputs
     gone since (--overwrite), or interrupted and how to finish it. ``needed``: the files the
-    section reads (named when gone, also for manifests that recorded no outputs)."""
+    section reads (named when gone, also for manifests that recorded no outputs). ``log``: also
+    says it on the console (a fresh user saw a damaged companion folder only in the HTML)."""
+    say = log or (lambda msg: None)
     holder = running(d)
     if holder is not None:
+        say(f"WARNING: {d} holds a {job} job that is running now ({describe_holder(holder)}); the report's {job} "
+            "section is empty: re-run the report when it has finished.")
         return _note(f"<code>{_esc(d)}</code> holds a {job} job that is running now ({_esc(describe_holder(holder))}); "
                      "re-run the report when it has finished.", "warn")
     if (read_manifest(d) or {}).get("status") == "finished":
         gone = [n for n in needed if not (d / n).exists()]
-        return _note(_esc(not_finished(d, job, final, f"causalcrystal {job} RUN --out {d}", gone=gone)), "warn")
+        text = not_finished(d, job, final, f"causalcrystal {job} RUN --out {d}", gone=gone)
+        say(f"WARNING: the report's {job} section is empty: {text}")
+        return _note(_esc(text), "warn")
+    say(f"WARNING: {d} holds an unfinished {job} job (its manifest does not say finished), so the report's {job} "
+        "section is empty; the same command that started it finishes it (the report shows that command).")
     return _note(f"<code>{_esc(d)}</code> holds an unfinished {job} job (its manifest does not say finished). "
                  "Finish it by running the same command again:", "warn") + _resume_hint(d, job)
 
@@ -602,7 +610,7 @@ def section_concentration(ctx: Context) -> str:
                      "command below, then re-run the report (or pass <code>--concentration DIR</code>):") + hint
     if job_status(d, "concentration.nc") != "finished" or not (d / "curves.csv").is_file():
         # only a finished job's files are read: an interrupted one may hold some outputs and not others
-        return _unfinished(d, "concentration", "concentration.nc", ("concentration.nc", "curves.csv"))
+        return _unfinished(d, "concentration", "concentration.nc", ("concentration.nc", "curves.csv"), ctx.log)
     out = ""
     man = d / "manifest.json"
     if man.is_file():
@@ -776,7 +784,7 @@ def section_compare(ctx: Context) -> str:
                                                    .get(p.name, 3), p.name))
     if job_status(d, "models.csv") != "finished" or not files:
         # only a finished job's tables are shown: an interrupted one may hold some tables and not others
-        return _unfinished(d, "compare", "models.csv", ("models.csv",))
+        return _unfinished(d, "compare", "models.csv", ("models.csv",), ctx.log)
     out = _stale_note(ctx, d / "manifest.json", "discovery.nc", "compare")
     from causalcrystal.intervals import renamed
 

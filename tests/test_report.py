@@ -313,10 +313,13 @@ def test_an_unfinished_companion_job_is_shown_as_unfinished_not_as_results(run, 
     m = json.loads((d / "manifest.json").read_text())
     command = f"/somewhere/bin/causalcrystal {job} {run} --out {d} --seed 3"
     (d / "manifest.json").write_text(json.dumps({**m, "status": "running", "command": command}))
-    ctx = rp.load_context(run, log=lambda m: None, **{job: d})
+    said = []
+    ctx = rp.load_context(run, log=said.append, **{job: d})
     fn = {sid: f for sid, _, f in SECTIONS}[job]
     html = fn(ctx)
     assert "unfinished" in html and "same command" in html
+    # said on the console too, not only in the HTML
+    assert [m for m in said if m.startswith("WARNING") and f"unfinished {job} job" in m and str(d) in m], said
     assert "<table" not in html
     assert f"--out {d} --seed 3" in html  # the command that started it (its --out, its options), not a default
     # while a process is writing it, the report says so (and who), not "run it again"
@@ -330,8 +333,10 @@ def test_an_unfinished_companion_job_is_shown_as_unfinished_not_as_results(run, 
     p = subprocess.Popen([sys.executable, "-c", hold, str(d), job], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "holding"
-        html = fn(rp.load_context(run, log=lambda m: None, **{job: d}))
+        said.clear()
+        html = fn(rp.load_context(run, log=said.append, **{job: d}))
         assert "running now (pid 4242" in html and f"cc {job}" in html and "same command" not in html
+        assert any(m.startswith("WARNING") and "running now (pid 4242" in m for m in said), said
     finally:
         p.kill()
         p.wait()
