@@ -92,9 +92,11 @@ class LocalExecutor:
                     result = fut.result()
                 except BrokenProcessPool as err:
                     raise WorkerLostError(
-                        f"a worker process ended abruptly ({err}); it was killed (e.g. by the out-of-memory killer "
-                        "or kill -9). Every part finished before is kept: run the same command again to resume it "
-                        f"(with fewer --workers than {self.workers} if memory is short).") from None
+                        f"a worker process ended abruptly ({err}): it was killed (e.g. by the out-of-memory killer "
+                        "or kill -9), or it exited while starting (workers are spawned and import the main script: "
+                        "a script calling causalcrystal with workers needs its top-level code under "
+                        "`if __name__ == \"__main__\":`). Every part finished before is kept: run the same command "
+                        f"again to resume it (with fewer --workers than {self.workers} if memory is short).") from None
                 yield idx, result
 
     def close(self) -> None:
