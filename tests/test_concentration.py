@@ -317,18 +317,31 @@ def small_cells():
     return simulate((0.0, 0.1, 0.2), shape=(24, 24), seed=fixed_seed(5), n_walls=0, interface_fraction=0.0)
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory, small_cells):
+def _small_run(tmp_path_factory, cells, stride):
     from causalcrystal.engine import run_pipeline
     from causalcrystal.sem import load_spec
 
-    cells = small_cells
     out = tmp_path_factory.mktemp("conc") / "run"
     # one causal order per tile: the one-stage model conditions on the run's best order, so the
     # two-stage fit it is compared with must come from a run that did too
-    run_pipeline(cells, out, tile_size=12, n_bootstrap=5, image_bootstrap=10, seed=fixed_seed(5), workers=1, progress=False,
-                 spec=load_spec("laplace").with_(draws=200, tune=200), n_orders=1, log=lambda m: None)
+    run_pipeline(cells, out, tile_size=12, stride=stride, n_bootstrap=5, image_bootstrap=10, seed=fixed_seed(5),
+                 workers=1, progress=False, spec=load_spec("laplace").with_(draws=200, tune=200), n_orders=1,
+                 log=lambda m: None)
     return out
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, small_cells):
+    """A finished run whose tiles partition each image (4 per image): what the default tests need,
+    at half the cost of the overlapping tiling (27 tiles, ~60 s of the default suite's setup)."""
+    return _small_run(tmp_path_factory, small_cells, stride=12)
+
+
+@pytest.fixture(scope="module")
+def overlapping_run(tmp_path_factory, small_cells):
+    """The same with the paper's overlapping tiles (stride 6: 9 per image), which the joint model
+    partitions (the slow tests)."""
+    return _small_run(tmp_path_factory, small_cells, stride=None)
 
 
 def test_concentration_command_on_a_run(small_run, tmp_path, capsys, monkeypatch):
@@ -473,7 +486,7 @@ def _min_over(ds) -> float:
 # slow: ~90 s, the largest single default test (the joint model is optional, CAUSALCRYSTAL_NOTEBOOK_JOINT=1);
 # the default suite was at 571 s of its 600 s budget on 2 quiet cores (2026-11-30)
 @pytest.mark.slow
-def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
+def test_one_stage_and_two_stage_agree(overlapping_run, small_cells, tmp_path):
     """The joint model over a partition of the run's tiles and the two-stage fit of the same tiles
     are two approximations of one posterior (the two-stage one replaces each tile's likelihood by a
     normal and keeps the tile's spike-and-slab prior on the coupling): every shared parameter must
@@ -502,7 +515,7 @@ def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
     members = members[members >= 0]
     assert part.size == 12 and members.size == np.unique(members).size == small_cells.sizes["cell"]
 
-    one, summ = joint.fit_joint(small_cells, small_run, spec, seed=fixed_seed(1))
+    one, summ = joint.fit_joint(small_cells, overlapping_run, spec, seed=fixed_seed(1))
     assert list(summ["tile"].values) == part.tolist()
     two = cn.fit(summ, spec, seed=fixed_seed(1))
     table = joint.agreement(two, one, names=("y0", "y_star", "amplitude", "theta", "tau"))
@@ -537,11 +550,11 @@ def test_one_stage_and_two_stage_agree(small_run, small_cells, tmp_path):
     np.testing.assert_allclose(np.median(b[lab == "a<-Px"]), np.nanmedian(m), atol=0.1 * abs(np.nanmedian(m)))
 
     with pytest.raises(cn.ConcentrationError, match="cells but the run"):
-        joint.prepare(small_cells.isel(cell=slice(0, 100)), small_run, spec)
+        joint.prepare(small_cells.isel(cell=slice(0, 100)), overlapping_run, spec)
 
 
 @pytest.mark.slow
-def test_one_stage_fit_converges(small_run, small_cells, tmp_path):
+def test_one_stage_fit_converges(overlapping_run, small_cells, tmp_path):
     """The joint posterior converges by the usual standard (Vehtari et al. 2021: rank-normalised
     r_hat <= 1.01 and bulk ESS >= 400 on every parameter the comparison uses) given enough draws:
     4 chains x 2,000 draws (measured over seeds 1-3: r_hat <= 1.004, ESS >= 881; ~60 s)."""
@@ -550,7 +563,7 @@ def test_one_stage_fit_converges(small_run, small_cells, tmp_path):
     from causalcrystal import joint
 
     spec = replace(cn.load_spec(lgd_spec_file(tmp_path / "small.toml", ["a<-Px", "a<-I14"])), chains=4, draws=2000)
-    one, _ = joint.fit_joint(small_cells, small_run, spec, seed=fixed_seed(1))
+    one, _ = joint.fit_joint(small_cells, overlapping_run, spec, seed=fixed_seed(1))
     rhat = max(float(v.max()) for v in az.rhat(one, var_names=AGREEMENT_VARS).data_vars.values())
     ess = _min_over(az.ess(one, var_names=AGREEMENT_VARS, method="bulk"))
     assert rhat <= 1.01 and ess >= 400, (rhat, ess)
