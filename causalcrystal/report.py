@@ -580,8 +580,11 @@ def _unfinished(d: Path, job: str, final: str, needed: tuple = (), log=None) -> 
         text = not_finished(d, job, final, f"causalcrystal {job} RUN --out {d}", gone=gone)
         say(f"WARNING: the report's {job} section is empty: {text}")
         return _note(_esc(text), "warn")
+    command = str((read_manifest(d) or {}).get("command", ""))
+    again = (f"run `{command}` again" if command.split(" ", 1)[0].endswith("causalcrystal")
+             else f"run the same `causalcrystal {job}` command (or Python call) with --out {d} again")
     say(f"WARNING: {d} holds an unfinished {job} job (its manifest does not say finished), so the report's {job} "
-        "section is empty; the same command that started it finishes it (the report shows that command).")
+        f"section is empty; to finish it, {again}, then re-run the report.")
     return _note(f"<code>{_esc(d)}</code> holds an unfinished {job} job (its manifest does not say finished). "
                  "Finish it by running the same command again:", "warn") + _resume_hint(d, job)
 
