@@ -306,9 +306,9 @@ class Job:
             elif state == "partial" and not self._has_work():
                 pass  # a setup error left only a manifest: start afresh
             elif state == "partial" and not overwrite:
-                diff = _diff(old.get("settings", {}), self.settings)
+                diff = _diff_described(old.get("settings", {}), self.settings)
                 raise RunExistsError(
-                    f"{self._where()} holds a partial {self.kind} with other settings ({', '.join(diff)}); run the "
+                    f"{self._where()} holds a partial {self.kind} with other settings ({'; '.join(diff)}); run the "
                     "same command as before to resume it, pass --overwrite to start again (the partial outputs are "
                     "kept until the new job finishes), or choose another --out.")
             else:
@@ -497,6 +497,19 @@ def data_fingerprint(ds) -> str:
 def _diff(old: dict, new: dict) -> list[str]:
     old, new = normalise(old), normalise(new)
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _diff_described(old: dict, new: dict, width: int = 80) -> list[str]:
+    """The settings that differ, each with its value before and now when both fit in ``width``
+    characters (a fresh user was refused over "other settings (against)" without being told the
+    partial job had ``["universal"]`` and the new command none); long values (a whole model
+    specification) by name only."""
+    o, n = normalise(old), normalise(new)
+    out = []
+    for k in _diff(old, new):
+        a, b = (json.dumps(d[k]) if k in d else "(not set)" for d in (o, n))
+        out.append(f"{k}: {a} before, {b} now" if len(a) + len(b) <= width else k)
+    return out
 
 
 def _atomic_text(path: Path, text: str) -> None:

@@ -252,8 +252,12 @@ def test_partial_job_resumes_only_with_the_same_settings_and_a_bare_manifest_doe
     with _job(tmp_path, {"a": 2}).open() as job:
         assert not job.resumed
         (job.work_dir / "part_0.json").write_text("{}")
-    with pytest.raises(RunExistsError, match=r"other settings \(a\)"):
+    with pytest.raises(RunExistsError, match=r"other settings \(a: 2 before, 3 now\)"):
         with _job(tmp_path, {"a": 3}).open():
+            pass
+    # each differing setting with both values, a long one (a whole specification) by name only
+    with pytest.raises(RunExistsError, match=r"other settings \(a: 2 before, \(not set\) now; b; c: \(not set\) before, \[\"u\"\] now\)"):
+        with _job(tmp_path, {"b": "x" * 90, "c": ("u",)}).open():
             pass
     with _job(tmp_path, {"a": 2}).open() as job:
         assert job.resumed and (job.work_dir / "part_0.json").exists()
