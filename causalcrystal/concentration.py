@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -957,12 +958,8 @@ def universality(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: 
         diff = e_dep - e_uni
         dse = float(cmp["dse"].max())
         kmax = float(max(ks))
-        favours = "dependent" if diff > 2 * dse else "universal" if diff < -2 * dse else "unclear"
-        note = ""
-        if not dse > 0:
-            favours, note = "unclear", "the two fits predict the held-out images identically (dse 0)"
-        elif kmax > 1:
-            favours, note = "unclear", f"leave-one-image-out unreliable (Pareto k {kmax:.2f} > 1): too few images"
+        good_k = min(float(getattr(loos[k], "good_k", 0.7)) for k in loos)
+        favours, note = universality_verdict(diff, dse, kmax, good_k)
         rows.append({"coupling": c.label, "spec_link": c.link, "dependent_link": dep_link,
                      "elpd_dependent": e_dep, "elpd_universal": e_uni, "elpd_diff": diff, "dse": dse,
                      "weight_dependent": float(cmp.loc["dependent", "weight"]), "favours": favours,
@@ -972,12 +969,38 @@ def universality(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: 
     return pd.DataFrame(rows), fits
 
 
-def universality_summary(evidence) -> str:
-    """One console line of :func:`universality`'s verdicts, with the note of any coupling that has
-    one (``"universality (couplings.csv 'favours'): a<-Px universal; b<-Px not testable (seen in 2
-    image(s) ...)"``)."""
-    return "universality (couplings.csv 'favours'): " + "; ".join(
-        f"{r.coupling} {r.favours}" + (f" ({r.note})" if r.note else "") for r in evidence.itertuples())
+def universality_verdict(elpd_diff: float, dse: float, pareto_k_max: float, good_k: float = 0.7) -> tuple[str, str]:
+    """``(favours, note)`` of one coupling's leave-one-image-out comparison: ``"dependent"`` when
+    ``elpd_diff`` (dependent - universal) exceeds 2 ``dse``, ``"universal"`` when below -2 ``dse``,
+    else ``"unclear"``; also ``"unclear"`` when the two fits cannot be told apart (``dse`` 0) or
+    when PSIS-LOO is unreliable: the largest Pareto k above ``good_k``, ArviZ's threshold
+    (``min(1 - 1/log10(S), 0.7)`` for S draws; Vehtari et al. 2024), the same one the link
+    comparison's ``warning`` column uses (with a threshold of 1 here a fresh user saw "universal"
+    at k 0.72-0.81 beside a link comparison called unreliable)."""
+    favours = "dependent" if elpd_diff > 2 * dse else "universal" if elpd_diff < -2 * dse else "unclear"
+    if not dse > 0:
+        return "unclear", "the two fits predict the held-out images identically (dse 0)"
+    if pareto_k_max > good_k:
+        return "unclear", (f"leave-one-image-out unreliable (Pareto k {pareto_k_max:.2f} > {good_k:.2f}): the fit "
+                           "without some image differs too much from the fit with it; more images per composition "
+                           "make it reliable")
+    return favours, ""
+
+
+def universality_summary(evidence, converged: bool = True) -> str:
+    """One console line of :func:`universality`'s verdicts: the couplings grouped by verdict and
+    note (``"universality (couplings.csv 'favours'): dependent: a<-Px; not testable (seen in 2
+    image(s) ...): b<-Px, Px<-Py"``; each coupling's own Pareto k stays in ``couplings.csv``).
+    ``converged=False`` adds that the verdicts come from a fit that did not converge."""
+    groups: dict = {}
+    for r in evidence.itertuples():
+        note = re.sub(r"Pareto k [0-9.]+ > ", "Pareto k > ", str(r.note or ""))
+        groups.setdefault((r.favours, note), []).append(r.coupling)
+    parts = [f"{fav}{f' ({note})' if note else ''}: {', '.join(labels)}" for (fav, note), labels in groups.items()]
+    line = "universality (couplings.csv 'favours'): " + "; ".join(parts)
+    if not converged:
+        line += " [from a fit that did not converge (the warning above): read these as unreliable too]"
+    return line
 
 
 def all_links(spec: ConcentrationSpec, link: str) -> ConcentrationSpec:
@@ -1354,9 +1377,6 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
         done = iter(range(1, n + 1))
         evidence, _ = universality(summ, spec, seed=seed, params=params, idata=idata,
                                    progress=lambda lab: log(f"universality {next(done)}/{n}: {lab}"))
-        # the verdicts on the console too (a fresh user saw 'unclear' / 'not testable' only in
-        # couplings.csv); progress-level: an untestable coupling is a property of the data, not a fault
-        log(universality_summary(evidence))
     links = None
     n_img = np.unique(summ["image"].values[summ["used"].values.any(axis=1)]).size
     if alternatives and n_img < MIN_IMAGES:
@@ -1379,6 +1399,11 @@ def _concentration_job(job, run_dir, spec, alternatives, seed, universality_chec
     warning = convergence_warning(idata, cont)
     if warning:
         log(warning)
+    if evidence is not None:
+        # the verdicts on the console too (a fresh user saw 'unclear' / 'not testable' only in
+        # couplings.csv); progress-level: an untestable coupling is a property of the data, not a
+        # fault. After the convergence warning, which they inherit.
+        log(universality_summary(evidence, converged=not warning))
     with job.output("concentration.nc") as tmp:
         idata.to_netcdf(str(tmp), engine="h5netcdf")
     with job.output("couplings.csv") as tmp:
