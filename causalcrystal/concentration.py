@@ -969,6 +969,34 @@ def universality(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: 
     return pd.DataFrame(rows), fits
 
 
+def resume_command(folder) -> str:
+    """The ``causalcrystal concentration`` command that finishes or recomputes the job in
+    ``folder`` (its ``--out``), rebuilt from the settings its manifest recorded: for a job the
+    ``demo`` started, or any whose recorded command is not a ``concentration`` one. The spec is
+    named when it is a shipped one (``models/concentration``) unchanged; otherwise a placeholder
+    says which file to give."""
+    import shlex
+
+    from causalcrystal.jobs import normalise, read_manifest
+
+    st = (read_manifest(folder) or {}).get("settings", {})
+    spec = st.get("spec") or {}
+    name = str(spec.get("name", "lgd"))
+    try:
+        shipped = name in available_specs() and normalise(load_spec(name).to_dict()) == normalise(spec)
+    except ValueError:
+        shipped = False
+    words = ["causalcrystal", "concentration", str(st.get("run_dir", "RUN_DIR")), "--out", str(folder)]
+    words += ["--spec", name if shipped else f"<the .toml file of spec {name!r}>"]
+    if st.get("seed") is not None:
+        words += ["--seed", str(st["seed"])]
+    if st.get("against"):
+        words += ["--against", ",".join(map(str, st["against"]))]
+    if st.get("universality") is False:
+        words.append("--no-universality")
+    return shlex.join(words)
+
+
 def universality_verdict(elpd_diff: float, dse: float, pareto_k_max: float, good_k: float = 0.7) -> tuple[str, str]:
     """``(favours, note)`` of one coupling's leave-one-image-out comparison: ``"dependent"`` when
     ``elpd_diff`` (dependent - universal) exceeds 2 ``dse``, ``"universal"`` when below -2 ``dse``,

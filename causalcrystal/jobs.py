@@ -130,7 +130,7 @@ def not_finished(folder: str | os.PathLike, kind: str, final: str | None, comman
     if holder is not None:
         return f"{where}: the {kind} is being written now ({describe_holder(holder)}); wait until it has finished."
     m = read_manifest(folder) or {}
-    again = str(m.get("command") or command)
+    again = recorded_command(m, kind) or command
     if m.get("status") == "finished":
         gone = gone or missing_outputs(folder, final)
     else:
@@ -140,6 +140,27 @@ def not_finished(folder: str | os.PathLike, kind: str, final: str | None, comman
         return (f"{where}: the {kind} finished, but its {_gone(gone)}; put them back, or recompute it with the "
                 f"same command and --overwrite: {again}")
     return f"{where} holds an unfinished {kind}; run the same command again to finish it: {again}"
+
+
+def recorded_command(manifest: dict, kind: str) -> str | None:
+    """The command line a job's manifest recorded, when re-running it is how to finish or recompute
+    that job: a user's own script or Python call (re-run it), or the ``causalcrystal`` command of
+    this kind (``demo`` counts for a run). ``None`` for another ``causalcrystal`` command, e.g. the
+    ``demo`` that also fitted a concentration job: the demo refuses its finished run, so repeating
+    it would not finish the concentration (a fresh user was told to). Shell quoting is not checked."""
+    import shlex
+
+    command = str(manifest.get("command") or "")
+    if not command:
+        return None
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    if not words or not Path(words[0]).name.startswith("causalcrystal"):
+        return command
+    sub = words[1] if len(words) > 1 else ""
+    return command if sub == kind or (kind == "run" and sub == "demo") else None
 
 
 def _gone(names) -> str:

@@ -47,7 +47,7 @@ import numpy as np
 from causalcrystal.cells import DESCRIPTORS
 from causalcrystal.errors import CausalCrystalError
 from causalcrystal.jobs import atomic_text, describe_holder, generated_by_us, read_manifest, running
-from causalcrystal.jobs import not_finished
+from causalcrystal.jobs import not_finished, recorded_command
 from causalcrystal.jobs import status as job_status
 from causalcrystal.plots import (graph_data, literal, new_figure, no_tex, plot_graph,  # noqa: F401
                                  plot_polarisation, plot_prior_posterior, plot_total_effect_map, polarisation_data)
@@ -575,28 +575,38 @@ def _unfinished(d: Path, job: str, final: str, needed: tuple = (), log=None) -> 
             "section is empty: re-run the report when it has finished.")
         return _note(f"<code>{_esc(d)}</code> holds a {job} job that is running now ({_esc(describe_holder(holder))}); "
                      "re-run the report when it has finished.", "warn")
+    fallback = _job_command(d, job)
     if (read_manifest(d) or {}).get("status") == "finished":
         gone = [n for n in needed if not (d / n).exists()]
-        text = not_finished(d, job, final, f"causalcrystal {job} RUN --out {d}", gone=gone)
+        text = not_finished(d, job, final, fallback, gone=gone)
         say(f"WARNING: the report's {job} section is empty: {text}")
         return _note(_esc(text), "warn")
-    command = str((read_manifest(d) or {}).get("command", ""))
-    again = (f"run `{command}` again" if command.split(" ", 1)[0].endswith("causalcrystal")
-             else f"run the same `causalcrystal {job}` command (or Python call) with --out {d} again")
-    say(f"WARNING: {d} holds an unfinished {job} job (its manifest does not say finished), so the report's {job} "
-        f"section is empty; to finish it, {again}, then re-run the report.")
+    say(f"WARNING: the report's {job} section is empty: {not_finished(d, job, final, fallback)} (then re-run the "
+        "report)")
     return _note(f"<code>{_esc(d)}</code> holds an unfinished {job} job (its manifest does not say finished). "
                  "Finish it by running the same command again:", "warn") + _resume_hint(d, job)
 
 
+def _job_command(d: Path, job: str) -> str:
+    """The command that finishes or recomputes the ``job`` in ``d`` when its manifest recorded none
+    of its own: a concentration job's is rebuilt from its settings (the demo's, for one), a
+    comparison's is generic."""
+    if job == "concentration":
+        from causalcrystal.concentration import resume_command
+
+        return resume_command(d)
+    return f"causalcrystal {job} RUN --out {d}"
+
+
 def _resume_hint(d: Path, job: str) -> str:
-    """How to finish the unfinished job in ``d``: the command line its manifest recorded when it was
-    the ``causalcrystal`` command, otherwise what to call (the job's own --out is ``d``)."""
-    m = read_manifest(d) or {}
-    command = str(m.get("command", ""))
-    first = command.split(" ", 1)[0]
-    if first.endswith("causalcrystal") and f" {job} " in f" {command} ":
+    """How to finish the unfinished job in ``d``: the ``causalcrystal`` command line its manifest
+    recorded for this job, a concentration command rebuilt from its settings (e.g. for the demo's),
+    otherwise what to call (the job's own --out is ``d``)."""
+    command = recorded_command(read_manifest(d) or {}, job)
+    if command and Path(command.split(" ", 1)[0]).name.startswith("causalcrystal"):
         return _cmd(command)
+    if command is None and job == "concentration":
+        return _cmd(_job_command(d, job))
     return _note(f"the same <code>causalcrystal {job}</code> command (or Python call) that started it, with "
                  f"<code>--out {_esc(d)}</code>.")
 

@@ -319,7 +319,8 @@ def test_an_unfinished_companion_job_is_shown_as_unfinished_not_as_results(run, 
     html = fn(ctx)
     assert "unfinished" in html and "same command" in html
     # said on the console too, not only in the HTML
-    assert [m for m in said if m.startswith("WARNING") and f"unfinished {job} job" in m and f"run `{command}` again" in m], said
+    assert [m for m in said if m.startswith("WARNING") and f"holds an unfinished {job}" in m and m.endswith(
+        f"finish it: {command} (then re-run the report)")], said
     assert "<table" not in html
     assert f"--out {d} --seed 3" in html  # the command that started it (its --out, its options), not a default
     # while a process is writing it, the report says so (and who), not "run it again"
@@ -341,6 +342,26 @@ def test_an_unfinished_companion_job_is_shown_as_unfinished_not_as_results(run, 
         p.kill()
         p.wait()
     assert "same command" in fn(rp.load_context(run, log=lambda m: None, **{job: d}))  # the lock died with it
+    if job == "concentration":
+        # started by `demo`: repeating the demo would not finish it (the demo refuses its finished run),
+        # so the hint is the concentration command rebuilt from the job's settings, one the CLI parses
+        # back into those settings
+        import shlex
+
+        from causalcrystal.cli import build_parser
+
+        settings = {**m.get("settings", {}), "spec": cn.load_spec("lgd").to_dict(), "seed": 7,
+                    "against": ["universal"], "universality": False}
+        (d / "manifest.json").write_text(json.dumps({**m, "status": "running", "settings": settings,
+                                                     "command": "causalcrystal demo --out demo-out"}))
+        said.clear()
+        html = fn(rp.load_context(run, log=said.append, **{job: d}))
+        hint = cn.resume_command(d)
+        assert "demo" not in hint and any(m.endswith(f"finish it: {hint} (then re-run the report)") for m in said), said
+        assert rp._esc(hint) in html
+        args = build_parser().parse_args(shlex.split(hint)[1:])
+        assert (args.verb, args.spec, args.seed, args.against, args.no_universality, args.out) == (
+            "concentration", "lgd", 7, "universal", True, str(d))
 
 
 def test_polarisation_is_drawn_per_cell_from_the_runs_cells(run, report):
