@@ -497,7 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder of `causalcrystal concentration` (default: RUN_DIR/concentration if present)")
     p.add_argument("--compare", default=None,
                    help="output folder of `causalcrystal compare` (default: RUN_DIR/compare if present)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing report file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a file at --out that is not a causalcrystal report (an earlier report is always "
+                        "replaced: it is derived from the run)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("concentration", help="LGD hierarchical model of the couplings against Sm fraction",

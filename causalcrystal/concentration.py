@@ -1343,7 +1343,8 @@ def _report_single_domain(summ: xr.Dataset, log) -> None:
                 lost.setdefault(g, []).append(lab)
     if lost:
         log("WARNING: no usable single-domain tile in " + "; ".join(f"image {g} for {v}" for g, v in lost.items())
-            + ": those images say nothing about these couplings (a run with tiles smaller than the domains, "
+            + f": {'those images say' if len(lost) > 1 else 'it says'} nothing about "
+            f"{'these couplings' if sum(map(len, lost.values())) > 1 else 'this coupling'} (a run with tiles smaller than the domains, "
             "`causalcrystal run --tile-size`, keeps more)")
 
 

@@ -296,8 +296,9 @@ def exogenous_indices(exogenous, n_variables: int) -> list[int]:
         elif v in DESCRIPTORS and n_variables == _N:
             k = DESCRIPTORS.index(v)
         else:
+            empty = " (an empty name: a comma too many in --exogenous?)" if not str(v).strip() else ""
             raise ValueError(
-                f"exogenous variable {v!r} unknown; give names from {list(DESCRIPTORS)} (8-column data) "
+                f"exogenous variable {v!r} unknown{empty}; give names from {list(DESCRIPTORS)} (8-column data) "
                 "or column indices."
             )
         if not 0 <= k < n_variables:

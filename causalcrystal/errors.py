@@ -94,8 +94,10 @@ def did_you_mean(unknown, known) -> str:
     ``known`` (``difflib``'s similarity >= 0.6), else ``""``. A list of ten allowed keys is easy to
     read past; the one meant is not."""
     pairs = []
+    by_lower = {str(k).lower(): str(k) for k in known}  # 'LGD' means 'lgd'
     for word in unknown:
-        close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
         if close:
+            close = [by_lower[close[0]]]
             pairs.append(f"{close[0]!r}" if len(unknown) == 1 else f"{close[0]!r} for {str(word)!r}")
     return f" (did you mean {', '.join(pairs)}?)" if pairs else ""

@@ -137,7 +137,8 @@ def not_finished(folder: str | os.PathLike, kind: str, final: str | None, comman
         gone = []
     if gone:
         again = again if "--overwrite" in again.split() else f"{again} --overwrite"
-        return (f"{where}: the {kind} finished, but its {_gone(gone)}; put them back, or recompute it with the "
+        return (f"{where}: the {kind} finished, but its {_gone(gone)}; put {'it' if len(gone) == 1 else 'them'} back, "
+                "or recompute it with the "
                 f"same command and --overwrite: {again}")
     return f"{where} holds an unfinished {kind}; run the same command again to finish it: {again}"
 

@@ -1070,8 +1070,9 @@ def write_report(run_dir, out=None, *, concentration=None, compare=None, overwri
     ``RUN_DIR/report.html``) and return its path.
 
     ``concentration`` / ``compare``: output folders of ``causalcrystal concentration`` /
-    ``compare`` (default: ``RUN_DIR/concentration`` / ``RUN_DIR/compare`` when they exist). An
-    existing report is replaced only with ``overwrite=True``; the file is written atomically.
+    ``compare`` (default: ``RUN_DIR/concentration`` / ``RUN_DIR/compare`` when they exist). A
+    report causalcrystal wrote earlier is replaced (it is derived from the run and can be written
+    again); any other file at ``out`` only with ``overwrite=True``. Written atomically.
     ``log``: a callable for progress messages (default: stderr).
     """
     from causalcrystal.logs import resolve

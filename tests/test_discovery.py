@@ -113,6 +113,8 @@ def test_exogenous_prior_knowledge_forces_the_order(chain):
     assert np.all(B[2] == 0)
     with pytest.raises(ValueError, match="unknown"):
         fit_lingam(chain, exogenous=["I14"])  # names need the 8-descriptor layout
+    with pytest.raises(ValueError, match=r"'' unknown \(an empty name: a comma too many in --exogenous\?\)"):
+        fit_lingam(chain, exogenous=[""])  # what `--exogenous I14,I5,` gives
 
 
 # ---------------------------------------------------------------------------------------------

@@ -204,6 +204,7 @@ def test_a_value_of_the_wrong_kind_in_a_spec_file_is_named(tmp_path):
         (cn.load_spec, write("c11.toml", '[[couplings]]\neffect = "a"\n'), r"\['couplings'\] \(did you mean 'coupling'\?\)"),
         (load_spec, "mgo", r"'mgo' not found .*\(did you mean 'mog'\?\); available"),
         (cn.load_spec, "lgdd", r"'lgdd' not found .*\(did you mean 'lgd'\?\); available"),
+        (cn.load_spec, "LGD", r"'LGD' not found .*\(did you mean 'lgd'\?\); available"),  # any case
         (load_spec, "zzz", r"'zzz' not found \(looked for [^)]*\); available"),
     ]
     for load, path, message in cases:
