@@ -249,8 +249,12 @@ def load_spec(name_or_path: str | Path = "lgd") -> ConcentrationSpec:
         known = [f.name for f in fields(Coupling)]
         couplings = tuple(Coupling(**spec_table({"c": c}, "c", known, f"[[coupling]] {k + 1}"))
                           for k, c in enumerate(entries))
-        shared = spec_table(raw, "shared", [k for k in _SPEC_SECTIONS if _SPEC_SECTIONS[k] == _SHARED], _SHARED)
-        sampler = spec_table(raw, "sampler", [k for k in _SPEC_SECTIONS if _SPEC_SECTIONS[k] == _SAMPLER], _SAMPLER)
+        def table(key, section):
+            other = {k: f"[{t.rsplit('[', 1)[1]}" for k, t in _SPEC_SECTIONS.items() if t != section}
+            return spec_table(raw, key, [k for k in _SPEC_SECTIONS if _SPEC_SECTIONS[k] == section], section,
+                              elsewhere=other)
+
+        shared, sampler = table("shared", _SHARED), table("sampler", _SAMPLER)
         return ConcentrationSpec(name=raw.get("name", path.stem), description=raw.get("description", ""),
                                  couplings=couplings, **{k: tuple(v) if isinstance(v, list) else v
                                                          for k, v in shared.items()}, **sampler)

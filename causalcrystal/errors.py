@@ -69,13 +69,14 @@ def quotes_hint(value) -> str:
     return ""
 
 
-def spec_table(raw: dict, key: str, allowed, section: str | None = None) -> dict:
+def spec_table(raw: dict, key: str, allowed, section: str | None = None, elsewhere: dict | None = None) -> dict:
     """``raw[key]`` (default ``{}``), a TOML table whose keys must all be in ``allowed``.
 
     The specification loaders' guard against a misspelt key or a section written as a value
     (``sampler = 5``), which surfaced as Python's "__init__() got an unexpected keyword argument"
     or "'int' object is not a mapping". ``section``: how the message names the table (default
-    ``[key]``). Raises ``ValueError`` naming the key and the keys allowed.
+    ``[key]``); ``elsewhere``: key -> the table it belongs in, for keys of the file's other tables
+    (``draws`` written under ``[prior]``). Raises ``ValueError`` naming the key and the keys allowed.
     """
     section = section or f"[{key}]"
     table = raw.get(key, {})
@@ -84,8 +85,9 @@ def spec_table(raw: dict, key: str, allowed, section: str | None = None) -> dict
                          f"not {key} = {table!r}.")
     unknown = sorted(set(table) - set(allowed))
     if unknown:
-        raise ValueError(f"{section}: unknown key(s) {unknown}{did_you_mean(unknown, allowed)}; the known ones are "
-                         f"{sorted(allowed)}.")
+        moved = [f"{k} belongs in {elsewhere[k]}" for k in unknown if k in (elsewhere or {})]
+        hint = f" ({'; '.join(moved)})" if moved else did_you_mean(unknown, allowed)
+        raise ValueError(f"{section}: unknown key(s) {unknown}{hint}; the known ones are {sorted(allowed)}.")
     return table
 
 

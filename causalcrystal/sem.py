@@ -194,16 +194,23 @@ def load_spec(name_or_path: str | Path = DEFAULT_SPEC) -> ModelSpec:
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {sorted(unknown)}{did_you_mean(sorted(unknown), known)}; "
                          f"allowed: {sorted(known)}.")
+    tables = {"noise": ["family", *(f.name for f in fields(MixtureSpec))],
+              "prior": [f.name for f in fields(PriorSpec)], "sampler": [f.name for f in fields(SamplerSpec)]}
+
+    def table(key):
+        # a key of another table named as such ("draws belongs in [sampler]"), not as a misspelling
+        elsewhere = {k: f"[{t}]" for t, keys in tables.items() if t != key for k in keys if k not in tables[key]}
+        return dict(spec_table(raw, key, tables[key], elsewhere=elsewhere))
+
     try:
-        noise = dict(spec_table(raw, "noise", ["family", *(f.name for f in fields(MixtureSpec))]))
+        noise = table("noise")
         family = noise.pop("family", "laplace")
         return ModelSpec(
             name=raw.get("name", path.stem),
             description=raw.get("description", ""),
             noise=family,
-            prior=PriorSpec(**spec_table(raw, "prior", [f.name for f in fields(PriorSpec)])),
-            sampler=SamplerSpec(**{"name": "gibbs" if family == "mog" else "nutpie",
-                                   **spec_table(raw, "sampler", [f.name for f in fields(SamplerSpec)])}),
+            prior=PriorSpec(**table("prior")),
+            sampler=SamplerSpec(**{"name": "gibbs" if family == "mog" else "nutpie", **table("sampler")}),
             mixture=MixtureSpec(**noise),
         )
     except ValueError as err:  # a value out of range, of the wrong kind or an unknown key: the message names it

@@ -205,6 +205,9 @@ def test_a_value_of_the_wrong_kind_in_a_spec_file_is_named(tmp_path):
         (load_spec, "mgo", r"'mgo' not found .*\(did you mean 'mog'\?\); available"),
         (cn.load_spec, "lgdd", r"'lgdd' not found .*\(did you mean 'lgd'\?\); available"),
         (cn.load_spec, "LGD", r"'LGD' not found .*\(did you mean 'lgd'\?\); available"),  # any case
+        (load_spec, write("m10.toml", '[prior]\ndraws = 500\n'), r"\[prior\]: unknown key\(s\) \['draws'\] \(draws belongs in \[sampler\]\)"),
+        (cn.load_spec, write("c12.toml", '[shared]\ndraws = 500\n[[coupling]]\neffect = "a"\ncause = "Px"\n'),
+         r"\[shared\]: unknown key\(s\) \['draws'\] \(draws belongs in \[sampler\]\)"),
         (load_spec, "zzz", r"'zzz' not found \(looked for [^)]*\); available"),
     ]
     for load, path, message in cases:
