@@ -975,10 +975,11 @@ def universality(summ: xr.Dataset, spec: ConcentrationSpec | str = "lgd", seed: 
 
 def resume_command(folder) -> str:
     """The ``causalcrystal concentration`` command that finishes or recomputes the job in
-    ``folder`` (its ``--out``), rebuilt from the settings its manifest recorded: for a job the
-    ``demo`` started, or any whose recorded command is not a ``concentration`` one. The spec is
-    named when it is a shipped one (``models/concentration``) unchanged; otherwise a placeholder
-    says which file to give."""
+    ``folder`` (its ``--out``), rebuilt from the settings its manifest recorded, with absolute
+    paths (the recorded command line may be the ``demo``'s, which refuses its finished run, and its
+    relative paths point to where it was started). The run is ``folder``'s parent when ``folder``
+    is a run's ``concentration`` sub-folder, else the recorded one. The spec is named when it is a
+    shipped one (``models/concentration``) unchanged; otherwise a placeholder says which file."""
     import shlex
 
     from causalcrystal.jobs import normalise, read_manifest
@@ -990,7 +991,12 @@ def resume_command(folder) -> str:
         shipped = name in available_specs() and normalise(load_spec(name).to_dict()) == normalise(spec)
     except ValueError:
         shipped = False
-    words = ["causalcrystal", "concentration", str(st.get("run_dir", "RUN_DIR")), "--out", str(folder)]
+    folder = Path(folder).resolve()
+    run_dir = st.get("run_dir", "RUN_DIR")
+    parent = read_manifest(folder.parent) or {}
+    if folder.name == "concentration" and parent.get("job") == "run":
+        run_dir = folder.parent  # the default layout RUN/concentration: right also after RUN was moved or copied
+    words = ["causalcrystal", "concentration", str(run_dir), "--out", str(folder)]
     words += ["--spec", name if shipped else f"<the .toml file of spec {name!r}>"]
     if st.get("seed") is not None:
         words += ["--seed", str(st["seed"])]

@@ -119,18 +119,19 @@ def missing_outputs(folder: str | os.PathLike, final: str | None = None) -> list
 
 
 def not_finished(folder: str | os.PathLike, kind: str, final: str | None, command: str,
-                 gone: list | None = None) -> str:
+                 gone: list | None = None, exact: bool = False) -> str:
     """Why ``folder`` holds no finished ``kind`` job and what to do, one sentence for every reader
     (run, report, concentration, ``open_run``): running now, finished but with outputs gone
     (``--overwrite``), or interrupted (the same command resumes). ``command``: the job's command
     line to suggest when the manifest recorded none; ``gone``: the missing files, when the reader
-    checked more than the manifest recorded."""
+    checked more than the manifest recorded; ``exact``: ``command`` is rebuilt from the job's
+    settings and is suggested instead of the recorded one."""
     where = safe_name(folder)
     holder = running(folder)
     if holder is not None:
         return f"{where}: the {kind} is being written now ({describe_holder(holder)}); wait until it has finished."
     m = read_manifest(folder) or {}
-    again = recorded_command(m, kind) or command
+    again = command if exact else recorded_command(m, kind) or command
     if m.get("status") == "finished":
         gone = gone or missing_outputs(folder, final)
     else:
@@ -159,9 +160,25 @@ def recorded_command(manifest: dict, kind: str) -> str | None:
     except ValueError:
         words = command.split()
     if not words or not Path(words[0]).name.startswith("causalcrystal"):
-        return command
+        return _from_cwd(manifest, command)
     sub = words[1] if len(words) > 1 else ""
-    return command if sub == kind or (kind == "run" and sub == "demo") else None
+    if not (sub == kind or (kind == "run" and sub == "demo")):
+        return None
+    return _from_cwd(manifest, command)
+
+
+def _from_cwd(manifest: dict, command: str) -> str:
+    """``command`` prefixed with ``cd <the folder it was started in> &&`` when that is not the
+    current one: its relative paths point there (a fresh user ran a suggested
+    `causalcrystal concentration demo-out ...` from another folder and got "not a causalcrystal run")."""
+    import shlex
+
+    cwd = manifest.get("cwd")
+    try:
+        here = os.getcwd()
+    except OSError:
+        here = None
+    return f"cd {shlex.quote(cwd)} && {command}" if cwd and cwd != here else command
 
 
 def _gone(names) -> str:
@@ -353,6 +370,7 @@ class Job:
 
         manifest = {"job": self.kind, "causalcrystal": self.version, "status": "running", "settings": self.settings,
                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": shlex.join(sys.argv),
+                    "cwd": os.getcwd(),  # where the command's relative paths point
                     "replaces": self._replaces,
                     # what this job writes, so a job replacing it (run --overwrite) moves only these
                     "files": {"outputs": list(self.outputs), "work": self.work, "parts": self.parts}}

@@ -575,22 +575,22 @@ def _unfinished(d: Path, job: str, final: str, needed: tuple = (), log=None) -> 
             "section is empty: re-run the report when it has finished.")
         return _note(f"<code>{_esc(d)}</code> holds a {job} job that is running now ({_esc(describe_holder(holder))}); "
                      "re-run the report when it has finished.", "warn")
-    fallback = _job_command(d, job)
+    fallback, exact = _job_command(d, job), job == "concentration"
     if (read_manifest(d) or {}).get("status") == "finished":
         gone = [n for n in needed if not (d / n).exists()]
-        text = not_finished(d, job, final, fallback, gone=gone)
+        text = not_finished(d, job, final, fallback, gone=gone, exact=exact)
         say(f"WARNING: the report's {job} section is empty: {text}")
         return _note(_esc(text), "warn")
-    say(f"WARNING: the report's {job} section is empty: {not_finished(d, job, final, fallback)} (then re-run the "
-        "report)")
+    say(f"WARNING: the report's {job} section is empty: {not_finished(d, job, final, fallback, exact=exact)} (then "
+        "re-run the report)")
     return _note(f"<code>{_esc(d)}</code> holds an unfinished {job} job (its manifest does not say finished). "
                  "Finish it by running the same command again:", "warn") + _resume_hint(d, job)
 
 
 def _job_command(d: Path, job: str) -> str:
-    """The command that finishes or recomputes the ``job`` in ``d`` when its manifest recorded none
-    of its own: a concentration job's is rebuilt from its settings (the demo's, for one), a
-    comparison's is generic."""
+    """The command that finishes or recomputes the ``job`` in ``d``: a concentration job's is
+    rebuilt from its settings (:func:`causalcrystal.concentration.resume_command`, always used), a
+    comparison's is generic (used when its manifest recorded no command of its own)."""
     if job == "concentration":
         from causalcrystal.concentration import resume_command
 
@@ -602,11 +602,11 @@ def _resume_hint(d: Path, job: str) -> str:
     """How to finish the unfinished job in ``d``: the ``causalcrystal`` command line its manifest
     recorded for this job, a concentration command rebuilt from its settings (e.g. for the demo's),
     otherwise what to call (the job's own --out is ``d``)."""
-    command = recorded_command(read_manifest(d) or {}, job)
-    if command and Path(command.split(" ", 1)[0]).name.startswith("causalcrystal"):
-        return _cmd(command)
-    if command is None and job == "concentration":
+    if job == "concentration":
         return _cmd(_job_command(d, job))
+    command = recorded_command(read_manifest(d) or {}, job)
+    if command and "causalcrystal" in command.split(" && ")[-1].split(" ", 1)[0]:
+        return _cmd(command)
     return _note(f"the same <code>causalcrystal {job}</code> command (or Python call) that started it, with "
                  f"<code>--out {_esc(d)}</code>.")
 

@@ -318,11 +318,20 @@ def test_an_unfinished_companion_job_is_shown_as_unfinished_not_as_results(run, 
     fn = {sid: f for sid, _, f in SECTIONS}[job]
     html = fn(ctx)
     assert "unfinished" in html and "same command" in html
+    assert "<table" not in html
+    # the command that finishes it: a comparison's as it was started (its --out, its options); a
+    # concentration job's rebuilt from its settings with absolute paths (its recorded line may be the
+    # demo's, and relative paths point to where it started)
+    again = cn.resume_command(d) if job == "concentration" else command
+    assert rp._esc(again) in html and (job == "compare") == (f"--out {d} --seed 3" in html)
     # said on the console too, not only in the HTML
     assert [m for m in said if m.startswith("WARNING") and f"holds an unfinished {job}" in m and m.endswith(
-        f"finish it: {command} (then re-run the report)")], said
-    assert "<table" not in html
-    assert f"--out {d} --seed 3" in html  # the command that started it (its --out, its options), not a default
+        f"finish it: {again} (then re-run the report)")], said
+    if job == "compare":
+        # started in another folder: its relative paths point there
+        (d / "manifest.json").write_text(json.dumps({**m, "status": "running", "command": command, "cwd": "/elsewhere"}))
+        assert "cd /elsewhere &amp;&amp; " + rp._esc(command) in fn(rp.load_context(run, log=lambda m: None, **{job: d}))
+        (d / "manifest.json").write_text(json.dumps({**m, "status": "running", "command": command}))
     # while a process is writing it, the report says so (and who), not "run it again"
     import subprocess
     import sys
@@ -359,6 +368,7 @@ def test_an_unfinished_companion_job_is_shown_as_unfinished_not_as_results(run, 
         hint = cn.resume_command(d)
         assert "demo" not in hint and any(m.endswith(f"finish it: {hint} (then re-run the report)") for m in said), said
         assert rp._esc(hint) in html
+        assert hint.startswith(f"causalcrystal concentration {run.resolve()} --out {d.resolve()} ")  # absolute paths
         args = build_parser().parse_args(shlex.split(hint)[1:])
         assert (args.verb, args.spec, args.seed, args.against, args.no_universality, args.out) == (
             "concentration", "lgd", 7, "universal", True, str(d))
