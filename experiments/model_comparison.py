@@ -394,7 +394,8 @@ print(f"y_star: posterior {cont['y_star']['posterior_mean']:.3f} (90 % {cont['y_
 #
 # `elpd_diff` = ELPD(dependent link) - ELPD(universal), leave-one-image-out; `favours` is
 # "dependent" / "universal" when the difference exceeds twice its standard error, else
-# "unclear". With few images per composition the evidence is weak by construction: "unclear"
+# "unclear" (also when leave-one-image-out is unreliable: a Pareto k above ArviZ's threshold,
+# 0.7). With few images per composition the evidence is weak by construction: "unclear"
 # is an honest answer, a confident wrong answer is the failure to look for.
 
 # %%
