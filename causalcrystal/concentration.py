@@ -238,11 +238,11 @@ def load_spec(name_or_path: str | Path = "lgd") -> ConcentrationSpec:
 
     path, raw = read_spec_toml(name_or_path, SPECS_DIR, "concentration")
     try:
-        unknown = sorted(set(raw) - {"name", "description", "coupling", "shared", "sampler"})
+        top = ["name", "description", "coupling", "shared", "sampler"]
+        unknown = sorted(set(raw) - set(top))
         if unknown:
-            hint = did_you_mean(unknown, ["name", "description", "coupling", "shared", "sampler"])
-            raise ValueError(f"unknown key(s) or section(s) {unknown}{hint}; a concentration specification has name, "
-                             "description, [shared], [sampler] and [[coupling]] entries.")
+            raise ValueError(f"unknown key(s) or section(s) {unknown}{did_you_mean(unknown, top)}; a concentration "
+                             "specification has name, description, [shared], [sampler] and [[coupling]] entries.")
         entries = raw.get("coupling", [])
         if not isinstance(entries, list):
             raise ValueError("write each coupling as a [[coupling]] entry (double brackets).")

@@ -159,11 +159,10 @@ def recorded_command(manifest: dict, kind: str) -> str | None:
         words = shlex.split(command)
     except ValueError:
         words = command.split()
-    if not words or not Path(words[0]).name.startswith("causalcrystal"):
-        return _from_cwd(manifest, command)
-    sub = words[1] if len(words) > 1 else ""
-    if not (sub == kind or (kind == "run" and sub == "demo")):
-        return None
+    if words and Path(words[0]).name.startswith("causalcrystal"):
+        sub = words[1] if len(words) > 1 else ""
+        if not (sub == kind or (kind == "run" and sub == "demo")):
+            return None
     return _from_cwd(manifest, command)
 
 
